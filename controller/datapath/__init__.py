@@ -1,0 +1,80 @@
+"""The datapath interface the controller drives.
+
+Boundary: the controller calls these methods from inside the network namespace
+it manages (the daemon process has already entered it), after links exist and
+before it reports success; a raise makes the controller roll the whole
+operation back. Implementations: ``bridge`` (no programs, the kernel bridge does
+everything) and the eBPF datapath in ``bpfnet.datapath.ebpf``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..model import EndpointSpec, NetworkSpec
+
+MODES = ("redirect-peer", "redirect", "bridge")
+
+
+class Datapath(Protocol):
+    mode: str
+
+    def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
+        """Load or reuse pinned maps/programs and bring them in step with the given state."""
+
+    def attach_network(self, net: NetworkSpec) -> None:
+        """Attach the bridge program(s) of one network. Idempotent."""
+
+    def detach_network(self, net: NetworkSpec) -> None:
+        """Remove what attach_network made. Idempotent."""
+
+    def add_endpoint(self, ep: EndpointSpec) -> None:
+        """Add map entries and attach programs on the host-side veth. Idempotent."""
+
+    def remove_endpoint(self, ep: EndpointSpec) -> None:
+        """Remove map entries, zero its counters and detach. Idempotent."""
+
+    def counters(self) -> dict[int, dict[str, Any]]:
+        """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
+
+    def info(self) -> dict[str, Any]:
+        """Mode, loaded programs (id, tag, attach point), pin directory."""
+
+    def close(self) -> None:
+        """Release file descriptors; programs and pins stay (no blackhole)."""
+
+    def cleanup(self) -> None:
+        """Remove every program, filter, map entry and pin bpfnet made."""
+
+
+class BridgeDatapath:
+    """Bridge mode: no programs, the Linux bridge forwards everything."""
+
+    mode = "bridge"
+
+    def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
+        return None
+
+    def attach_network(self, net: NetworkSpec) -> None:
+        return None
+
+    def detach_network(self, net: NetworkSpec) -> None:
+        return None
+
+    def add_endpoint(self, ep: EndpointSpec) -> None:
+        return None
+
+    def remove_endpoint(self, ep: EndpointSpec) -> None:
+        return None
+
+    def counters(self) -> dict[int, dict[str, Any]]:
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        return {"mode": self.mode, "programs": [], "pin_dir": None}
+
+    def close(self) -> None:
+        return None
+
+    def cleanup(self) -> None:
+        return None

@@ -1,0 +1,39 @@
+"""Plain data shared by the controller and the datapath.
+
+Boundary: no I/O here. These are the facts the datapath needs about networks
+and endpoints; the controller fills them in after it has created the links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network as the datapath sees it: one bridge in the managed namespace."""
+
+    name: str
+    id: int  # small stable integer, > 0, used as the network id in BPF maps
+    bridge: str  # bridge ifname in the managed namespace
+    bridge_ifindex: int
+    bridge_mac: str  # "02:42:.."
+    gateway4: IPv4Address
+    gateway6: tuple[IPv6Address, ...] = ()  # global gateway and fe80::1
+    icc: bool = True  # inter-container communication allowed
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """An endpoint as the datapath sees it: the host end of its veth pair."""
+
+    name: str
+    id: int  # slot in the per-endpoint counter array, 0 <= id < MAX_ENDPOINTS
+    network: str
+    network_id: int
+    host_ifname: str  # host-side veth in the managed namespace
+    host_ifindex: int
+    mac: str  # MAC of eth0 inside the endpoint namespace
+    ipv4: IPv4Address
+    ipv6: tuple[IPv6Address, ...] = field(default=())  # global and link-local
