@@ -1,0 +1,286 @@
+"""The ``bpfnet`` command line: the daemon's flags and a thin API client.
+
+Boundary: argument parsing, output formatting (tables or --json) and exit
+codes. Every command but ``daemon`` and ``demo`` is one or two API calls; an
+error prints one line to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .client import Client, ClientError
+from .config import DEFAULT_SOCKET, IFNAME_MAX
+from .errors import BpfnetError
+
+DEFAULT_HOST = os.environ.get("BPFNET_HOST", DEFAULT_SOCKET)
+
+
+def bridge_name_for(network: str) -> str:
+    """Docker names bridges br-<id>; we use br-<name> when it fits, else a hash."""
+    name = f"br-{network}"
+    if len(name) <= IFNAME_MAX:
+        return name
+    return "br-" + hashlib.sha256(network.encode()).hexdigest()[:12]
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+# command handlers --------------------------------------------------------
+def cmd_info(args: argparse.Namespace, c: Client) -> None:
+    info = c.get("/v1/info")
+    dp = info["datapath"]
+    lines = [
+        f"Version:      {info['version']}",
+        f"Kernel:       {info['kernel']}",
+        f"Host netns:   {info['host_netns'] or '(the daemon’s own)'}",
+        f"State dir:    {info['state_dir']}",
+        f"Listeners:    {', '.join(info['listeners'])}",
+        f"Metrics:      {info.get('metrics_addr') or '-'}",
+        f"Datapath:     {dp['mode']}",
+        f"Networks:     {info['networks']}",
+        f"Endpoints:    {info['endpoints']}",
+    ]
+    for prog in dp.get("programs", []):
+        lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}")
+    emit(args, info, "\n".join(lines))
+
+
+def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
+    body: dict[str, Any] = {"name": args.name, "bridge": args.bridge or bridge_name_for(args.name),
+                            "subnet4": args.subnet, "icc": args.icc}
+    for key, value in (("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
+                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu)):
+        if value is not None:
+            body[key] = value
+    if args.ipv6:
+        body["ipv6"] = True
+    net = c.post("/v1/networks", body)
+    emit(args, net, net["name"])
+
+
+def _net_rows(nets: list[dict[str, Any]]) -> str:
+    rows = []
+    for n in nets:
+        v6 = n["ipam"].get("ipv6") or {}
+        rows.append([n["name"], n["bridge"], n["ipam"]["ipv4"]["subnet"], v6.get("subnet") or "-",
+                     len(n["endpoints"]), "yes" if n["icc"] else "no"])
+    return table(rows, ["NAME", "BRIDGE", "SUBNET", "SUBNET6", "ENDPOINTS", "ICC"])
+
+
+def cmd_network_ls(args: argparse.Namespace, c: Client) -> None:
+    nets = c.get("/v1/networks")
+    emit(args, nets, _net_rows(nets))
+
+
+def cmd_network_inspect(args: argparse.Namespace, c: Client) -> None:
+    net = c.get(f"/v1/networks/{args.name}")
+    print(json.dumps(net, indent=2))
+
+
+def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
+    for name in args.names:
+        c.delete(f"/v1/networks/{name}")
+        if not args.json:
+            print(name)
+
+
+def cmd_endpoint_add(args: argparse.Namespace, c: Client) -> None:
+    body: dict[str, Any] = {"name": args.name}
+    for key, value in (("network", args.network), ("ip", args.ip), ("ip6", args.ip6), ("mac", args.mac),
+                       ("netns", args.netns)):
+        if value is not None:
+            body[key] = value
+    ep = c.post("/v1/endpoints", body)
+    emit(args, ep, _ep_rows([ep]))
+
+
+def _ep_rows(eps: list[dict[str, Any]]) -> str:
+    rows = [[e["name"], e["network"], e["netns"], e["host_ifname"], e["mac"], e["ipv4"],
+             ", ".join(e.get("ipv6") or []) or "-"] for e in eps]
+    return table(rows, ["NAME", "NETWORK", "NETNS", "HOST VETH", "MAC", "IPV4", "IPV6"])
+
+
+def cmd_endpoint_ls(args: argparse.Namespace, c: Client) -> None:
+    eps = c.get("/v1/endpoints")
+    emit(args, eps, _ep_rows(eps))
+
+
+def cmd_endpoint_inspect(args: argparse.Namespace, c: Client) -> None:
+    print(json.dumps(c.get(f"/v1/endpoints/{args.name}"), indent=2))
+
+
+def cmd_endpoint_rm(args: argparse.Namespace, c: Client) -> None:
+    for name in args.names:
+        c.delete(f"/v1/endpoints/{name}")
+        if not args.json:
+            print(name)
+
+
+def stats_table(stats: dict[str, Any]) -> str:
+    rows = []
+    for e in stats["endpoints"]:
+        k = e.get("counters") or {}
+        drops = k.get("drops", {})
+        ndrops = sum(sum(d.values()) for d in drops.values()) if drops else 0
+        rows.append([e["name"], e["network"],
+                     k.get("rx_fast_packets", 0) + k.get("rx_kernel_packets", 0),
+                     k.get("rx_fast_bytes", 0) + k.get("rx_kernel_bytes", 0),
+                     k.get("tx_fast_packets", 0) + k.get("tx_kernel_packets", 0),
+                     k.get("tx_fast_bytes", 0) + k.get("tx_kernel_bytes", 0),
+                     k.get("tx_fast_packets", 0), k.get("tx_kernel_packets", 0), ndrops])
+    head = f"datapath: {stats['mode']}\n"
+    return head + table(rows, ["ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES",
+                               "TX FAST", "TX KERNEL", "DROPS"])
+
+
+def cmd_stats(args: argparse.Namespace, c: Client) -> None:
+    stats = c.get("/v1/stats")
+    emit(args, stats, stats_table(stats))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from .config import load_daemon_config
+    from .daemon import run
+
+    overrides = {
+        "hosts": args.host, "allow_public_api": args.allow_public_api or None, "netns": args.netns,
+        "state_dir": args.state_dir, "bridge": args.bridge, "bip": args.bip, "fixed_cidr": args.fixed_cidr,
+        "ipv6": args.ipv6, "fixed_cidr_v6": args.fixed_cidr_v6, "default_gateway": args.default_gateway,
+        "default_gateway_v6": args.default_gateway_v6, "mtu": args.mtu, "icc": args.icc,
+        "ndp_proxy_iface": args.ndp_proxy_iface, "datapath": args.datapath, "metrics_addr": args.metrics_addr,
+        "allow_public_metrics": args.allow_public_metrics or None, "log_level": args.log_level,
+    }
+    cfg = load_daemon_config(args.config, overrides)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in cfg.listeners():
+        if h.kind == "tcp" and h.host not in ("127.0.0.1", "::1", "localhost"):
+            logging.getLogger("bpfnet").warning("API on %s has no authentication: anyone who reaches it "
+                                                "controls this host's networking", h)
+    return run(cfg, cleanup=args.cleanup)
+
+
+# parser ------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    client_opts = argparse.ArgumentParser(add_help=False)
+    client_opts.add_argument("-H", "--host", default=None,
+                             help=f"daemon to talk to (default {DEFAULT_SOCKET}, or $BPFNET_HOST)")
+    client_opts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = argparse.ArgumentParser(prog="bpfnet", description="Docker-style bridge networking with an eBPF fast path")
+    p.add_argument("--version", action="version", version=f"bpfnet {__version__}")
+    p.add_argument("-H", "--host", dest="global_host", default=None, metavar="HOST",
+                   help="daemon to talk to, as with docker -H (also accepted after the command)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("daemon", help="run the controller daemon")
+    d.add_argument("-H", "--host", action="append", help="listen on unix:///path or tcp://127.0.0.1:PORT (repeatable)")
+    d.add_argument("--allow-public-api", action="store_true", help="allow a non-loopback TCP API address")
+    d.add_argument("--config", help="TOML file with the same settings (flags win)")
+    d.add_argument("--netns", help="manage this named network namespace (created if missing) as the host side")
+    d.add_argument("--state-dir", help="where state lives (default /var/lib/bpfnet)")
+    d.add_argument("--bridge", help="bridge of the default network (default bpfnet0)")
+    d.add_argument("--bip", help="bridge IPv4 address and prefix, e.g. 172.17.0.1/16")
+    d.add_argument("--fixed-cidr", help="limit the default network's IPv4 range, e.g. 172.17.1.0/25")
+    d.add_argument("--ipv6", action="store_true", default=None, help="dual-stack default network")
+    d.add_argument("--fixed-cidr-v6", help="IPv6 subnet of the default network, e.g. 1553:ba3:2::/64")
+    d.add_argument("--default-gateway", help="endpoints' IPv4 default gateway (default: the bridge)")
+    d.add_argument("--default-gateway-v6", help="endpoints' IPv6 default gateway (default: fe80::1)")
+    d.add_argument("--mtu", type=int, help="MTU of the default network (default 1500)")
+    d.add_argument("--icc", dest="icc", action="store_true", default=None,
+                   help="allow traffic between endpoints of the default network (default)")
+    d.add_argument("--no-icc", dest="icc", action="store_false", help="isolate endpoints from each other")
+    d.add_argument("--ndp-proxy-iface", help="answer NDP for endpoint IPv6 addresses on this interface")
+    d.add_argument("--datapath", choices=["auto", "redirect-peer", "redirect", "bridge"],
+                   help="force a datapath mode (default auto: the best the kernel offers)")
+    d.add_argument("--metrics-addr", help="Prometheus /metrics address (default 127.0.0.1:9523)")
+    d.add_argument("--allow-public-metrics", action="store_true", help="allow a non-loopback metrics address")
+    d.add_argument("--log-level", help="debug, info (default), warning, error")
+    d.add_argument("--cleanup", action="store_true",
+                   help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
+
+    i = sub.add_parser("info", parents=[client_opts], help="daemon version, kernel, datapath mode")
+    i.set_defaults(func=cmd_info)
+
+    net = sub.add_parser("network", help="manage networks").add_subparsers(dest="sub", required=True)
+    nc = net.add_parser("create", parents=[client_opts], help="create a bridge network")
+    nc.add_argument("name")
+    nc.add_argument("--subnet", required=True, help="IPv4 subnet, e.g. 10.10.0.0/24")
+    nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")
+    nc.add_argument("--ip-range", help="allocate IPv4 addresses only from this sub-range")
+    nc.add_argument("--ipv6", action="store_true", help="dual stack")
+    nc.add_argument("--subnet6", help="IPv6 subnet, e.g. 1553:ba3:3::/64")
+    nc.add_argument("--gateway6", help="global IPv6 gateway on the bridge (default: first address)")
+    nc.add_argument("--ip-range6", help="allocate IPv6 addresses only from this sub-range")
+    nc.add_argument("--bridge", help="bridge name (default br-NAME)")
+    nc.add_argument("--mtu", type=int, help="MTU (default 1500)")
+    nc.add_argument("--icc", dest="icc", action="store_true", default=True, help="allow endpoint-to-endpoint traffic (default)")
+    nc.add_argument("--no-icc", dest="icc", action="store_false", help="isolate endpoints from each other")
+    nc.set_defaults(func=cmd_network_create)
+    nl = net.add_parser("ls", parents=[client_opts], help="list networks")
+    nl.set_defaults(func=cmd_network_ls)
+    ni = net.add_parser("inspect", parents=[client_opts], help="show one network as JSON")
+    ni.add_argument("name")
+    ni.set_defaults(func=cmd_network_inspect)
+    nr = net.add_parser("rm", parents=[client_opts], help="remove networks (refused while endpoints are attached)")
+    nr.add_argument("names", nargs="+")
+    nr.set_defaults(func=cmd_network_rm)
+
+    ep = sub.add_parser("endpoint", help="manage endpoints").add_subparsers(dest="sub", required=True)
+    ea = ep.add_parser("add", parents=[client_opts], help="create a namespace joined to a network")
+    ea.add_argument("name")
+    ea.add_argument("--network", help="network to join (default: the default network)")
+    ea.add_argument("--ip", help="static IPv4 address")
+    ea.add_argument("--ip6", help="static IPv6 address")
+    ea.add_argument("--mac", help="MAC address (default 02:42 + the IPv4 address)")
+    ea.add_argument("--netns", help="adopt this existing namespace instead of creating NAME")
+    ea.set_defaults(func=cmd_endpoint_add)
+    el = ep.add_parser("ls", parents=[client_opts], help="list endpoints")
+    el.set_defaults(func=cmd_endpoint_ls)
+    ei = ep.add_parser("inspect", parents=[client_opts], help="show one endpoint as JSON")
+    ei.add_argument("name")
+    ei.set_defaults(func=cmd_endpoint_inspect)
+    er = ep.add_parser("rm", parents=[client_opts], help="remove endpoints")
+    er.add_argument("names", nargs="+")
+    er.set_defaults(func=cmd_endpoint_rm)
+
+    st = sub.add_parser("stats", parents=[client_opts], help="per-endpoint counters from the BPF maps")
+    st.set_defaults(func=cmd_stats)
+
+    dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "daemon":
+            return cmd_daemon(args)
+        if args.cmd == "demo":
+            from .demo import run_demo
+
+            return int(run_demo())
+        args.func(args, Client(args.host or args.global_host or DEFAULT_HOST))
+        return 0
+    except (ClientError, BpfnetError) as exc:
+        print(f"bpfnet: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,212 @@
+"""The bpfnet daemon: wiring, start-up reconciliation, and the API routes.
+
+Boundary: builds the runtime (store, datapath, services), binds listeners in
+the namespace the daemon was started in, then enters the namespace it manages
+(--netns) and serves until SIGTERM/SIGINT. Stopping leaves programs, pins,
+bridges and endpoints in place, so traffic keeps flowing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from . import __version__, links, netns
+from .api import ApiServers, Router
+from .config import DaemonConfig, default_network_config
+from .datapath import BridgeDatapath, Datapath
+from .endpoints import EndpointService
+from .errors import BpfnetError, Conflict, InvalidArgument
+from .networks import NetworkService
+from .runtime import Runtime
+from .state import Store
+
+log = logging.getLogger(__name__)
+PIN_ROOT = Path("/sys/fs/bpf/bpfnet")
+
+
+def pin_dir(hostns: str | None) -> str:
+    return str(PIN_ROOT / (hostns or "host"))
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.on_request: Callable[[str, str, int], None] = lambda route, method, status: None
+        self.extra_routes: list[tuple[str, str, Any]] = []
+
+    # start-up ---------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        if os.geteuid() != 0:
+            raise BpfnetError("bpfnet daemon must run as root (it creates namespaces, links and BPF programs)")
+        with IPRoute() as outer:
+            outer_prefixes = links.host_prefixes(outer) if cfg.netns else []
+        self.router = Router()
+        self.servers = ApiServers(cfg.listeners(), self.router, lambda r, m, s: self.on_request(r, m, s))
+        try:
+            self._enter_and_build()
+        except BaseException:
+            self.servers.close()
+            raise
+        self.rt.outer_prefixes = outer_prefixes
+        self._add_routes()
+
+    def _enter_and_build(self) -> None:
+        cfg = self.cfg
+        if cfg.netns:
+            netns.enter(cfg.netns)  # before any thread exists: threads inherit the namespace
+        store = Store(cfg.state_dir)
+        self._check_state_owner(store)
+        datapath: Datapath = BridgeDatapath()
+        self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
+                          ndp_proxy_iface=cfg.ndp_proxy_iface)
+        self.networks = NetworkService(self.rt)
+        self.endpoints = EndpointService(self.rt, self.networks)
+
+    def _check_state_owner(self, store: Store) -> None:
+        owner = self.cfg.netns or ""
+        with store.tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'hostns'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('hostns', ?)", (owner,))
+            elif row[0] != owner:
+                raise Conflict(
+                    f"--state-dir {self.cfg.state_dir} belongs to a daemon managing "
+                    f"{row[0] or 'its own namespace'!r}, not {owner or 'its own namespace'!r}"
+                )
+
+    def reconcile(self) -> dict[str, int]:
+        """Bring kernel and state in step after a restart (or a crash)."""
+        rt, cfg = self.rt, self.cfg
+        for row in rt.store.networks():
+            if not row.is_default:
+                self.networks.ensure_present(row)
+        self.networks.update_default(default_network_config(
+            bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
+            fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
+            default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
+        ))
+        stats = self.endpoints.reconcile()
+        if cfg.ndp_proxy_iface:
+            self._ndp_proxy()
+        nets = [self.networks.spec(r) for r in rt.store.networks()]
+        rt.datapath.start(nets, self.endpoints.specs())
+        log.info("reconciled: %s; datapath mode %s", stats, rt.datapath.mode)
+        return stats
+
+    def _ndp_proxy(self) -> None:
+        iface = self.cfg.ndp_proxy_iface
+        assert iface
+        index = links.link_index(self.rt.ipr, iface)
+        if index is None:
+            raise InvalidArgument(f"--ndp-proxy-iface {iface}: no such interface in the managed namespace")
+        netns.write_sysctls({f"net/ipv6/conf/{iface}/proxy_ndp": "1"})
+        want = {IPv6Address(lease.address) for lease in self.rt.store.leases() if lease.family == 6}
+        ours = [IPv6Network(r.config["subnet6"]) for r in self.rt.store.networks() if r.config.get("subnet6")]
+        for text in links.proxy_neighbours(self.rt.ipr, index):
+            address = IPv6Address(text)
+            if address not in want and any(address in net for net in ours):
+                links.remove_proxy_neighbour(self.rt.ipr, index, address)  # left by a removed endpoint
+        for address in want:
+            links.ensure_proxy_neighbour(self.rt.ipr, index, address)
+
+    # API --------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        u = platform.uname()
+        return {
+            "version": __version__,
+            "kernel": u.release,
+            "hostname": u.node,
+            "host_netns": self.cfg.netns,
+            "state_dir": self.cfg.state_dir,
+            "listeners": [str(listener) for listener in self.cfg.listeners()],
+            "metrics_addr": self.cfg.metrics_addr,
+            "datapath": self.rt.datapath.info(),
+            "networks": len(self.rt.store.networks()),
+            "endpoints": len(self.rt.store.endpoints()),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.rt.datapath.counters()
+        return {
+            "mode": self.rt.datapath.mode,
+            "endpoints": [
+                {"name": row.name, "network": row.network, "id": row.id, "counters": counters.get(row.id)}
+                for row in self.rt.store.endpoints()
+                if row.state == "ready"
+            ],
+        }
+
+    def _add_routes(self) -> None:
+        r = self.router
+        nets, eps = self.networks, self.endpoints
+        ok = HTTPStatus.OK
+        r.add("GET", "/v1/info", lambda p, b: (ok, self.info()))
+        r.add("GET", "/v1/stats", lambda p, b: (ok, self.stats()))
+        r.add("GET", "/v1/networks", lambda p, b: (ok, nets.list_all()))
+        r.add("POST", "/v1/networks", lambda p, b: (HTTPStatus.CREATED, nets.create(_body(b))))
+        r.add("GET", "/v1/networks/{name}", lambda p, b: (ok, nets.describe(nets.config(p["name"])[0])))
+        r.add("DELETE", "/v1/networks/{name}", lambda p, b: _no_content(nets.remove, p["name"]))
+        r.add("GET", "/v1/endpoints", lambda p, b: (ok, eps.list_all()))
+        r.add("POST", "/v1/endpoints", lambda p, b: (HTTPStatus.CREATED, eps.add(_body(b))))
+        r.add("GET", "/v1/endpoints/{name}", lambda p, b: (ok, eps.inspect(p["name"])))
+        r.add("DELETE", "/v1/endpoints/{name}", lambda p, b: _no_content(eps.remove, p["name"]))
+        for method, pattern, handler in self.extra_routes:
+            r.add(method, pattern, handler)
+
+    # run --------------------------------------------------------------
+    def serve(self) -> None:
+        self.servers.serve()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        log.info("bpfnet %s ready (datapath %s)", __version__, self.rt.datapath.mode)
+        self.stop_event.wait()
+        log.info("stopping; programs, pins and endpoints stay in place")
+
+    def close(self) -> None:
+        self.servers.close()
+        self.rt.datapath.close()
+        self.rt.ipr.close()
+        self.rt.store.close()
+
+    def cleanup(self) -> None:
+        """--cleanup: remove every program, filter, map entry and pin bpfnet made."""
+        self.rt.datapath.cleanup()
+        log.info("removed bpfnet's BPF programs, filters and pins")
+
+
+def _no_content(action: Callable[[str], None], name: str) -> tuple[int, None]:
+    action(name)
+    return HTTPStatus.NO_CONTENT, None
+
+
+def _body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidArgument("expected a JSON object in the request body")
+    return body
+
+
+def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
+    daemon = Daemon(cfg)
+    daemon.setup()
+    try:
+        if cleanup:
+            daemon.cleanup()
+            return 0
+        daemon.reconcile()
+        daemon.serve()
+    finally:
+        daemon.close()
+    return 0

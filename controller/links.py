@@ -1,0 +1,206 @@
+"""Links, addresses, routes and neighbours, through pyroute2.
+
+Boundary: kernel objects only, no state and no policy. Functions are
+idempotent in the pyroute2 style: EEXIST on add and ENODEV/ESRCH/ENOENT on
+delete count as success. Functions taking an ``IPRoute`` act on whatever
+namespace that socket lives in: the daemon's own (the managed host side) or
+an endpoint's (``IPRoute(netns=name)``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import netns
+
+log = logging.getLogger(__name__)
+
+IFA_F_NODAD = 0x02  # skip duplicate address detection: the address is usable at once
+NTF_PROXY = 0x08
+GONE = (errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL)
+
+
+def link_index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def link_mac(ipr: Any, index: int) -> str:
+    return str(ipr.link("get", index=index)[0].get("IFLA_ADDRESS"))
+
+
+def ensure_bridge(ipr: Any, name: str, mac: str, mtu: int) -> tuple[int, bool]:
+    """Create (or adopt) bridge NAME, up, with a fixed MAC; returns (ifindex, created)."""
+    created = False
+    try:
+        ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
+        created = True
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+    index = link_index(ipr, name)
+    if index is None:
+        raise RuntimeError(f"bridge {name} vanished right after creation")
+    link = ipr.link("get", index=index)[0]
+    info = link.get("IFLA_LINKINFO")
+    if info is None or info.get("IFLA_INFO_KIND") != "bridge":
+        raise RuntimeError(f"{name} exists and is not a bridge")
+    ipr.link("set", index=index, state="up")
+    return index, created
+
+
+def delete_link(ipr: Any, name: str) -> None:
+    index = link_index(ipr, name)
+    if index is None:
+        return
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise
+
+
+def ensure_address(ipr: Any, index: int, address: str, prefixlen: int, nodad: bool = False) -> None:
+    kwargs: dict[str, Any] = {"index": index, "address": address, "prefixlen": prefixlen}
+    if nodad:
+        kwargs["flags"] = IFA_F_NODAD
+    try:
+        ipr.addr("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def addresses(ipr: Any, index: int | None = None) -> list[tuple[str, int]]:
+    out = []
+    for msg in ipr.addr("dump"):
+        if index is not None and msg["index"] != index:
+            continue
+        out.append((str(msg.get("IFA_ADDRESS")), int(msg["prefixlen"])))
+    return out
+
+
+def host_prefixes(ipr: Any, skip_ifindexes: set[int] | None = None) -> list[Any]:
+    """Every route destination and address prefix in a namespace, default routes excluded."""
+    skip = skip_ifindexes or set()
+    nets = []
+    for family in (2, 10):
+        for route in ipr.route("dump", family=family):
+            dst = route.get("RTA_DST")
+            if dst is None or route["dst_len"] == 0 or route.get("RTA_TABLE") == 255:
+                continue  # default routes and the local table are not networks to avoid
+            if route.get("RTA_OIF") in skip:
+                continue
+            net = ip_network(f"{dst}/{route['dst_len']}", strict=False)
+            if not (net.is_loopback or net.is_link_local or net.is_multicast):
+                nets.append(net)
+    for msg in ipr.addr("dump"):
+        if msg["index"] in skip:
+            continue
+        net = ip_network(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
+        if not (net.is_loopback or net.is_link_local):
+            nets.append(net)
+    return nets
+
+
+def create_veth(ipr: Any, host: str, peer_ns: str, peer_mac: str, mtu: int) -> int:
+    """Create veth HOST <-> eth0 (inside PEER_NS, with PEER_MAC) and return HOST's ifindex."""
+    ipr.link(
+        "add",
+        ifname=host,
+        kind="veth",
+        mtu=mtu,
+        peer={"ifname": "eth0", "net_ns_fd": peer_ns, "address": peer_mac, "mtu": mtu},
+    )
+    index = link_index(ipr, host)
+    if index is None:
+        raise RuntimeError(f"veth {host} vanished right after creation")
+    return index
+
+
+def attach_to_bridge(ipr: Any, index: int, bridge_index: int) -> None:
+    ipr.link("set", index=index, master=bridge_index, state="up")
+
+
+def ensure_proxy_neighbour(ipr: Any, iface: int, address: IPv6Address) -> None:
+    try:
+        ipr.neigh("add", dst=str(address), ifindex=iface, flags=NTF_PROXY)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def remove_proxy_neighbour(ipr: Any, iface: int, address: IPv6Address) -> None:
+    try:
+        ipr.neigh("del", dst=str(address), ifindex=iface, flags=NTF_PROXY)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise
+
+
+def proxy_neighbours(ipr: Any, iface: int) -> list[str]:
+    return [
+        str(m.get("NDA_DST"))
+        for m in ipr.neigh("dump", family=10, flags=NTF_PROXY)
+        if m["ifindex"] == iface and m["flags"] & NTF_PROXY
+    ]
+
+
+def prepare_endpoint_netns(name: str) -> None:
+    """Sysctls in the endpoint namespace before its eth0 arrives.
+
+    default.accept_dad=0 is copied to eth0 when it registers there, so neither
+    its link-local nor its global address waits ~1 s in 'tentative' state.
+    """
+    netns.run_in(
+        name,
+        lambda: netns.write_sysctls(
+            {"net/ipv6/conf/default/accept_dad": "0", "net/ipv6/conf/all/accept_dad": "0"}
+        ),
+    )
+
+
+def configure_endpoint(
+    ns: str,
+    ipv4: IPv4Address,
+    prefix4: int,
+    gateway4: IPv4Address,
+    ipv6: Iterable[tuple[IPv6Address, int]],
+    gateway6: IPv6Address | None,
+) -> None:
+    """Inside the endpoint namespace: lo and eth0 up, addresses, default routes."""
+    with IPRoute(netns=ns) as ipr:
+        lo = link_index(ipr, "lo")
+        if lo is not None:
+            ipr.link("set", index=lo, state="up")
+        eth0 = link_index(ipr, "eth0")
+        if eth0 is None:
+            raise RuntimeError(f"eth0 missing in namespace {ns}")
+        ensure_address(ipr, eth0, str(ipv4), prefix4)
+        for address, prefixlen in ipv6:
+            ensure_address(ipr, eth0, str(address), prefixlen, nodad=True)
+        ipr.link("set", index=eth0, state="up")
+        _ensure_route(ipr, dst="0.0.0.0/0", gateway=str(gateway4), oif=eth0)
+        if gateway6 is not None:
+            _ensure_route(ipr, dst="::/0", gateway=str(gateway6), oif=eth0, family=10)
+
+
+def _ensure_route(ipr: Any, **kwargs: Any) -> None:
+    try:
+        ipr.route("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def ensure_route_via(ipr: Any, dst: str, oif: int) -> None:
+    """A connected route for DST via device OIF (the v6 subnet routed via the bridge)."""
+    family = 10 if ":" in dst else 2
+    _ensure_route(ipr, dst=dst, oif=oif, family=family)

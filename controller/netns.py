@@ -1,0 +1,96 @@
+"""Named network namespaces and running code inside them.
+
+Boundary: create/remove/list namespaces visible to ``ip netns`` (bind mounts
+under /run/netns), move the daemon process into the namespace it manages, and
+run short functions (sysctl writes) in another namespace on a private thread.
+setns(2) changes only the calling thread, which is why per-namespace work runs
+on a throwaway thread instead of switching the daemon's threads back and forth.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from pyroute2 import netns as _netns
+
+log = logging.getLogger(__name__)
+RUN_DIR = Path("/run/netns")
+T = TypeVar("T")
+
+
+def exists(name: str) -> bool:
+    return (RUN_DIR / name).exists()
+
+
+def create(name: str) -> bool:
+    """Create the named namespace; False if it already existed."""
+    if exists(name):
+        return False
+    try:
+        _netns.create(name)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            return False
+        raise
+    log.debug("created netns %s", name)
+    return True
+
+
+def remove(name: str) -> None:
+    """Remove the named namespace; missing is success."""
+    if not exists(name):
+        return
+    _netns.remove(name)
+    log.debug("removed netns %s", name)
+
+
+def inode(name: str) -> int:
+    return os.stat(RUN_DIR / name).st_ino
+
+
+def enter(name: str) -> bool:
+    """Move the calling thread (call before starting threads) into NAME, creating it if missing."""
+    created = create(name)
+    _netns.setns(name, flags=0)
+    log.info("managing network namespace %s%s", name, " (created)" if created else "")
+    return created
+
+
+def run_in(name: str, fn: Callable[[], T]) -> T:
+    """Run fn on a fresh thread that has joined namespace NAME; re-raise its exception."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _netns.setns(name, flags=0)
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            error.append(exc)
+
+    t = threading.Thread(target=body, name=f"netns-{name}")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write a sysctl of the calling thread's namespace (/proc/sys is per network namespace).
+
+    KEY is slash-separated ("net/ipv6/conf/br.0/forwarding") because
+    interface names may contain dots.
+    """
+    (Path("/proc/sys") / key).write_text(value)
+
+
+def write_sysctls(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        write_sysctl(key, value)

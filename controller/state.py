@@ -1,0 +1,218 @@
+"""Persistent controller state in SQLite.
+
+Boundary: rows for networks, endpoints and IP leases, nothing about the
+kernel. Endpoint rows carry a ``state`` ('creating', 'ready', 'removing') that
+is written *before* kernel work starts, so a daemon killed mid-operation knows
+what to reconcile at its next start. Every method is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    id INTEGER UNIQUE NOT NULL,
+    config TEXT NOT NULL,
+    is_default INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY,
+    id INTEGER UNIQUE NOT NULL,
+    network TEXT NOT NULL REFERENCES networks(name),
+    netns TEXT NOT NULL,
+    adopted INTEGER NOT NULL,
+    host_ifname TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    network TEXT NOT NULL,
+    address TEXT NOT NULL,
+    family INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    PRIMARY KEY (network, address)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class NetworkRow:
+    name: str
+    id: int
+    config: dict[str, Any]
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    name: str
+    id: int
+    network: str
+    netns: str
+    adopted: bool
+    host_ifname: str
+    mac: str
+    state: str
+    created: float
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    network: str
+    address: str
+    family: int
+    endpoint: str
+
+
+class Store:
+    """SQLite-backed state; safe to share between the API's threads."""
+
+    def __init__(self, state_dir: str) -> None:
+        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = str(Path(state_dir) / "bpfnet.db")
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # networks
+    def networks(self) -> list[NetworkRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, id, config, is_default FROM networks ORDER BY id").fetchall()
+        return [NetworkRow(r[0], r[1], json.loads(r[2]), bool(r[3])) for r in rows]
+
+    def network(self, name: str) -> NetworkRow | None:
+        return next((n for n in self.networks() if n.name == name), None)
+
+    def add_network(self, name: str, config: dict[str, Any], is_default: bool = False) -> int:
+        with self.tx() as c:
+            used = {r[0] for r in c.execute("SELECT id FROM networks")}
+            net_id = next(i for i in range(1, len(used) + 2) if i not in used)
+            c.execute(
+                "INSERT INTO networks (name, id, config, is_default) VALUES (?, ?, ?, ?)",
+                (name, net_id, json.dumps(config), int(is_default)),
+            )
+        return net_id
+
+    def update_network(self, name: str, config: dict[str, Any]) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE networks SET config = ? WHERE name = ?", (json.dumps(config), name))
+
+    def remove_network(self, name: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM leases WHERE network = ?", (name,))
+            c.execute("DELETE FROM networks WHERE name = ?", (name,))
+
+    # endpoints
+    def endpoints(self, network: str | None = None) -> list[EndpointRow]:
+        q = "SELECT name, id, network, netns, adopted, host_ifname, mac, state, created FROM endpoints"
+        args: tuple[Any, ...] = ()
+        if network is not None:
+            q += " WHERE network = ?"
+            args = (network,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY created, name", args).fetchall()
+        return [EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+
+    def endpoint(self, name: str) -> EndpointRow | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT name, id, network, netns, adopted, host_ifname, mac, state, created "
+                "FROM endpoints WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return None if r is None else EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8])
+
+    def reserve_endpoint(
+        self,
+        name: str,
+        network: str,
+        netns: str,
+        adopted: bool,
+        mac: str,
+        leases: list[tuple[str, int]],
+        max_id: int,
+        created: float,
+        host_ifname_for: Any,
+    ) -> EndpointRow | None:
+        """Insert an endpoint in state 'creating' with its leases, atomically.
+
+        Returns None when the name exists. ``host_ifname_for(id)`` names the host veth.
+        Raises sqlite3.IntegrityError when a lease is taken meanwhile.
+        """
+        with self.tx() as c:
+            if c.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone():
+                return None
+            used = {r[0] for r in c.execute("SELECT id FROM endpoints")}
+            ep_id = next((i for i in range(max_id) if i not in used), None)
+            if ep_id is None:
+                raise OverflowError(f"all {max_id} endpoint slots are in use")
+            host_ifname = host_ifname_for(ep_id)
+            c.execute(
+                "INSERT INTO endpoints (name, id, network, netns, adopted, host_ifname, mac, state, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?)",
+                (name, ep_id, network, netns, int(adopted), host_ifname, mac, created),
+            )
+            for address, family in leases:
+                c.execute(
+                    "INSERT INTO leases (network, address, family, endpoint) VALUES (?, ?, ?, ?)",
+                    (network, address, family, name),
+                )
+        return EndpointRow(name, ep_id, network, netns, adopted, host_ifname, mac, "creating", created)
+
+    def set_endpoint_state(self, name: str, state: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE endpoints SET state = ? WHERE name = ?", (state, name))
+
+    def remove_endpoint(self, name: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM leases WHERE endpoint = ?", (name,))
+            c.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+
+    # leases
+    def leases(self, network: str | None = None) -> list[LeaseRow]:
+        q = "SELECT network, address, family, endpoint FROM leases"
+        args: tuple[Any, ...] = ()
+        if network is not None:
+            q += " WHERE network = ?"
+            args = (network,)
+        with self._lock:
+            rows = self._db.execute(q, args).fetchall()
+        return [LeaseRow(*r) for r in rows]
+
+    def remove_orphan_leases(self) -> list[LeaseRow]:
+        """Delete leases whose endpoint row no longer exists; return them."""
+        with self.tx() as c:
+            rows = c.execute(
+                "SELECT network, address, family, endpoint FROM leases "
+                "WHERE endpoint NOT IN (SELECT name FROM endpoints)"
+            ).fetchall()
+            c.execute("DELETE FROM leases WHERE endpoint NOT IN (SELECT name FROM endpoints)")
+        return [LeaseRow(*r) for r in rows]
