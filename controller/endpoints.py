@@ -10,6 +10,7 @@ killed mid-way is reconciled at its next start.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from functools import partial
@@ -31,6 +32,14 @@ from .state import EndpointRow
 
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
+
+
+def debug_pause(stage: str) -> None:
+    """Crash-recovery tests set BPFNET_DEBUG_PAUSE=STAGE:SECONDS to SIGKILL the daemon mid-operation."""
+    spec = os.environ.get("BPFNET_DEBUG_PAUSE", "")
+    if spec.partition(":")[0] == stage:
+        log.warning("BPFNET_DEBUG_PAUSE: pausing at %s", stage)
+        time.sleep(float(spec.partition(":")[2] or 30))
 
 
 def host_ifname(ep_id: int) -> str:
@@ -218,6 +227,7 @@ class EndpointService:
         links.create_veth(ipr, row.host_ifname, row.netns, row.mac, cfg.mtu)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
         rb.push(f"veth {row.host_ifname}", lambda: links.delete_link(ipr, row.host_ifname))
+        debug_pause("endpoint-add-after-veth")
         bridge = links.link_index(ipr, cfg.bridge)
         if bridge is None:
             raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
