@@ -299,3 +299,67 @@ def test_alert_rules_fire_as_intended(tmp_path: Path) -> None:
         timeout=60,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --- Grafana dashboard -----------------------------------------------------------
+
+DASHBOARD = ROOT / "contrib" / "grafana" / "bpfnet.json"
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every panel target, Grafana variables filled in."""
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            expr = (
+                t["expr"]
+                .replace("$__rate_interval", "10s")
+                .replace("$instance", ".*")
+                .replace("$network", ".*")
+                .replace("$endpoint", ".*")
+            )
+            out.append((panel["title"], expr))
+    return out
+
+
+def test_dashboard_structure() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] == "bpfnet"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"])
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        for t in p.get("targets", []):
+            assert t["datasource"]["uid"] == "${datasource}"
+            assert "$" not in t["expr"].replace("$__rate_interval", "").replace(
+                "$instance", ""
+            ).replace("$network", "").replace("$endpoint", ""), t["expr"]
+    names = {v["name"] for v in dash["templating"]["list"]}
+    assert names == {"datasource", "instance", "network", "endpoint"}
+    assert len(dashboard_queries()) >= 15
+
+
+def test_dashboard_queries_run_in_prometheus(
+    prometheus: Prometheus, metrics_target: MetricsTarget
+) -> None:
+    sel = f'network="{metrics_target.network}",endpoint="{metrics_target.endpoint}"'
+    prometheus.wait_value(f"rate(bpfnet_endpoint_receive_bytes_total{{{sel}}}[10s])")
+    empty = set()
+    for title, expr in dashboard_queries():
+        result = prometheus.query(expr)  # raises on a PromQL error (HTTP 400)
+        if not result:
+            empty.add(title)
+    must_have_data = {
+        "Datapath mode",
+        "Fell back to bridge",
+        "Endpoints",
+        "Fast-path share",
+        "Receive bit/s",
+        "Transmit packets/s",
+        "Fast-path share per endpoint",
+        "Drops by reason",
+        "IPAM pool usage",
+    }
+    assert not (must_have_data & empty), must_have_data & empty
