@@ -78,3 +78,27 @@ class BridgeDatapath:
 
     def cleanup(self) -> None:
         return None
+
+
+def make_datapath(requested: str = "auto", pin_dir: str = "/sys/fs/bpf/bpfnet/default",
+                  max_endpoints: int = 4096) -> Datapath:
+    """The datapath for a requested mode: "auto" (best the kernel offers, see
+    ``probe.probe_mode``), "redirect-peer", "redirect" or "bridge". Logs the choice.
+    eBPF modules are imported only when needed, so bridge mode works without bcc."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    if requested not in ("auto", *MODES):
+        raise ValueError(f"unknown datapath mode {requested!r}; choose auto or one of {MODES}")
+    mode = requested
+    if requested == "auto":
+        from .probe import probe_mode
+
+        mode = probe_mode()
+    if mode == "bridge":
+        log.info("datapath mode bridge (requested %s): no eBPF programs", requested)
+        return BridgeDatapath()
+    from .ebpf import EbpfDatapath
+
+    log.info("datapath mode %s (requested %s), maps pinned in %s", mode, requested, pin_dir)
+    return EbpfDatapath(mode=mode, pin_dir=pin_dir, max_endpoints=max_endpoints)

@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The forwarding decision shared by the endpoint and bridge programs: which
+ * endpoint (if any) a unicast IP packet may be handed to directly, and the
+ * redirect itself. Anything not positively recognised stays on the kernel
+ * path: the fast path is an optimisation, never the only way a packet works.
+ */
+#ifndef BPFNET_FORWARD_H
+#define BPFNET_FORWARD_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "parsing.h"
+#include "maps.h"
+#include "metrics.h"
+
+#ifndef BPFNET_REDIRECT_PEER
+#define BPFNET_REDIRECT_PEER 1
+#endif
+
+/*
+ * Marker in skb->cb[0..1] for packets we bpf_redirect() to a host veth's
+ * egress. The endpoint egress program sees them again there; the marker tells
+ * it they were already counted as fast path. cb[] (qdisc_skb_cb data) is not
+ * cleared on the redirect, and two magic words make a stale match from other
+ * users of skb->cb (e.g. the bridge) practically impossible.
+ */
+#define BPFNET_CB_MARK0 0xb9f0fa57
+#define BPFNET_CB_MARK1 0x5eedc0de
+
+static __always_inline struct endpoint *lookup_endpoint(__u32 ifindex)
+{
+	__u32 key = ifindex;
+
+	return endpoint_by_ifindex.lookup(&key);
+}
+
+/* The endpoint of network_id that owns iph->daddr, or NULL. Fragments stay on
+ * the kernel path. */
+static __always_inline struct endpoint *fast_target_ipv4(__u32 network_id, struct iphdr *iph)
+{
+	struct ep_ipv4_key key = {};
+	__u32 *ifindex;
+
+	if (ipv4_is_fragment(iph))
+		return NULL;
+	key.network_id = network_id;
+	key.addr = iph->daddr;
+	ifindex = endpoint_by_ipv4.lookup(&key);
+	if (!ifindex)
+		return NULL;
+	return lookup_endpoint(*ifindex);
+}
+
+/* The endpoint of network_id that owns ip6h->daddr, or NULL. Only TCP, UDP
+ * and non-ND ICMPv6 directly after the fixed header qualify: extension
+ * headers are not parsed and ND must reach the kernel's neighbour code. */
+static __always_inline struct endpoint *fast_target_ipv6(__u32 network_id, struct ipv6hdr *ip6h,
+							 struct hdr_cursor *nh, void *data_end)
+{
+	struct ep_ipv6_key key = {};
+	__u32 *ifindex;
+	int type;
+
+	if (ip6h->daddr.in6_u.u6_addr8[0] == 0xff)
+		return NULL; /* multicast */
+	switch (ip6h->nexthdr) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	case IPPROTO_ICMPV6_:
+		type = parse_icmp6_type(nh, data_end);
+		if (type < 0 || (type >= ICMPV6_ND_FIRST && type <= ICMPV6_ND_LAST))
+			return NULL;
+		break;
+	default:
+		return NULL;
+	}
+	key.network_id = network_id;
+	__builtin_memcpy(key.addr, &ip6h->daddr, sizeof(key.addr));
+	ifindex = endpoint_by_ipv6.lookup(&key);
+	if (!ifindex)
+		return NULL;
+	return lookup_endpoint(*ifindex);
+}
+
+/*
+ * Set the destination MAC and redirect to dst. peer=1: into dst's eth0 ingress
+ * (only valid from a tc ingress hook); peer=0: out of dst's host veth, marked
+ * so its egress program does not count the packet a second time.
+ * Returns a tc verdict, or -1 when the MAC could not be written (the caller
+ * then lets the kernel have the packet).
+ */
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint *dst,
+						int peer)
+{
+	if (bpf_skb_store_bytes(skb, 0, dst->mac, ETH_ALEN_, 0) < 0)
+		return -1;
+	if (peer)
+		return bpf_redirect_peer(dst->ifindex, 0);
+	skb->cb[0] = BPFNET_CB_MARK0;
+	skb->cb[1] = BPFNET_CB_MARK1;
+	return bpf_redirect(dst->ifindex, 0);
+}
+
+/* Make the first bytes linear: senders such as AF_PACKET can hand us skbs
+ * whose headers are in fragments, and direct packet access only sees the
+ * linear part. Asking for more than skb->len would fail, hence the min. */
+static __always_inline void pull_headers(struct __sk_buff *skb)
+{
+	__u32 len = skb->len < BPFNET_PULL_LEN ? skb->len : BPFNET_PULL_LEN;
+
+	bpf_skb_pull_data(skb, len);
+}
+
+#endif

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The maps shared by all bpfnet programs, and the structs they hold.
+ *
+ * Every map is pinned under BPFNET_PIN_DIR (a -D cflag set by the controller,
+ * e.g. "/sys/fs/bpf/bpfnet/<hostns>"). bcc opens a map that is already pinned
+ * there instead of creating a new one, so a restarted daemon keeps its
+ * counters and map entries. controller/datapath/maps.py mirrors these structs
+ * byte for byte; change both together (and bump the layout version below:
+ * the controller drops pins whose sizes no longer match).
+ *
+ * Byte order: IPv4/IPv6 addresses are stored exactly as they appear on the
+ * wire (network byte order) so the programs can compare and look them up
+ * without swapping. Everything else is host byte order.
+ */
+#ifndef BPFNET_MAPS_H
+#define BPFNET_MAPS_H
+
+#include "drop_reasons.h"
+
+#ifndef BPFNET_PIN_DIR
+#error "BPFNET_PIN_DIR must be defined (-DBPFNET_PIN_DIR=\"/sys/fs/bpf/...\")"
+#endif
+#ifndef MAX_ENDPOINTS
+#define MAX_ENDPOINTS 4096
+#endif
+#ifndef MAX_NETWORKS
+#define MAX_NETWORKS 1024
+#endif
+
+#define MAX_EP_IPV6 4 /* global addresses + link-local per endpoint */
+
+/* The endpoint behind one host-side veth. */
+struct endpoint {
+	__u32 id;         /* slot in endpoint_counters, < MAX_ENDPOINTS */
+	__u32 network_id; /* key of network_by_id */
+	__u32 ifindex;    /* host-side veth: redirect target */
+	__u8 mac[6];      /* MAC of eth0 inside the endpoint */
+	__u8 n_ipv6;      /* valid entries in ipv6[] */
+	__u8 pad;
+	__be32 ipv4;                    /* network byte order */
+	__u32 ipv6[MAX_EP_IPV6][4];     /* network byte order */
+};
+
+/* One bridge network. */
+struct network {
+	__u32 id;
+	__u32 bridge_ifindex;
+	__u8 icc;            /* 0: drop unicast between endpoints of this network */
+	__u8 n_gateway6;     /* valid entries in gateway6[] */
+	__u8 bridge_mac[6];
+	__be32 gateway4;     /* network byte order */
+	__u32 gateway6[2][4]; /* network byte order */
+};
+
+/* Keys of the address maps. The network id is part of the key: the fast path
+ * only ever goes to an endpoint of the sender's own network. */
+struct ep_ipv4_key {
+	__u32 network_id;
+	__be32 addr; /* network byte order */
+};
+
+struct ep_ipv6_key {
+	__u32 network_id;
+	__u32 addr[4]; /* network byte order */
+};
+
+enum direction {
+	DIR_TX = 0, /* packets the endpoint sends */
+	DIR_RX = 1, /* packets delivered to the endpoint */
+};
+
+struct path_counters {
+	__u64 fast_packets; /* forwarded by bpfnet's redirect */
+	__u64 fast_bytes;
+	__u64 kernel_packets; /* left to the kernel (bridge, routing) */
+	__u64 kernel_bytes;
+	__u64 drops[DROP_REASON_COUNT];
+};
+
+struct endpoint_counters {
+	struct path_counters dir[2]; /* indexed by enum direction */
+};
+
+#define BPFNET_PIN(name) BPFNET_PIN_DIR "/" #name
+
+/* host-side veth ifindex -> endpoint */
+BPF_TABLE_PINNED("hash", __u32, struct endpoint, endpoint_by_ifindex, MAX_ENDPOINTS,
+		 BPFNET_PIN(endpoint_by_ifindex));
+/* (network id, IPv4 in network byte order) -> host-side veth ifindex */
+BPF_TABLE_PINNED("hash", struct ep_ipv4_key, __u32, endpoint_by_ipv4, MAX_ENDPOINTS,
+		 BPFNET_PIN(endpoint_by_ipv4));
+/* (network id, IPv6 in network byte order) -> host-side veth ifindex */
+BPF_TABLE_PINNED("hash", struct ep_ipv6_key, __u32, endpoint_by_ipv6,
+		 MAX_ENDPOINTS * MAX_EP_IPV6, BPFNET_PIN(endpoint_by_ipv6));
+/* network id -> network config (icc, gateways) */
+BPF_TABLE_PINNED("hash", __u32, struct network, network_by_id, MAX_NETWORKS,
+		 BPFNET_PIN(network_by_id));
+/* bridge ifindex -> network id, for the program on the bridge */
+BPF_TABLE_PINNED("hash", __u32, __u32, network_by_bridge_ifindex, MAX_NETWORKS,
+		 BPFNET_PIN(network_by_bridge_ifindex));
+/* EndpointSpec.id -> counters; per CPU so updates need no atomics, summed
+ * over CPUs by the controller. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct endpoint_counters, endpoint_counters,
+		 MAX_ENDPOINTS, BPFNET_PIN(endpoint_counters));
+
+#endif

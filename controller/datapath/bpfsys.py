@@ -1,0 +1,272 @@
+"""Thin ctypes wrappers around the bpf(2) syscall commands bcc 0.26 does not expose.
+
+Boundary: raw kernel interface only (no knowledge of bpfnet's maps or
+programs). Used for batch map reads (one syscall for a whole map, which keeps
+``counters()`` cheap at scrape time), pinned-object access without recompiling,
+program info (id, tag), BPF_PROG_TEST_RUN for tests, and the feature probe.
+The attribute structs follow ``union bpf_attr`` in include/uapi/linux/bpf.h;
+fields we do not set stay zero, as the kernel requires.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_PROG_LOAD = 5
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(OSError):
+    """A bpf(2) command failed; errno tells why."""
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    ret = int(_libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"bpf(cmd={cmd}): {os.strerror(err)}")
+    return ret
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
+    return ctypes.addressof(buf) if buf is not None else 0
+
+
+class _ObjGetAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32)]
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
+                ("batch_size", ctypes.c_uint32)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16)]
+
+
+class _ProgInfo(ctypes.Structure):
+    # Prefix of struct bpf_prog_info; info_len tells the kernel how much we read.
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", ctypes.c_uint32),
+                ("xlated_prog_len", ctypes.c_uint32), ("jited_prog_insns", ctypes.c_uint64),
+                ("xlated_prog_insns", ctypes.c_uint64), ("load_time", ctypes.c_uint64),
+                ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16)]
+
+
+class _MapInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16)]
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    tag: str
+    name: str
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int
+    data: bytes
+    ctx: bytes
+    duration_ns: int
+
+
+@lru_cache(maxsize=1)
+def possible_cpus() -> int:
+    """Number of possible CPUs: per-CPU map values come in this many copies."""
+    with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
+        spec = f.read().strip()
+    n = 0
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        n = max(n, int(hi or lo) + 1)
+    return n
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned map or program; returns a new fd the caller must close."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjGetAttr(pathname=ctypes.addressof(p))
+    return _bpf(BPF_OBJ_GET, attr)
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                   info.name.decode(errors="replace"))
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = _ProgInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return ProgInfo(info.id, bytes(info.tag).hex(), info.name.decode(errors="replace"))
+
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=fd, key=_addr(k), value=_addr(v)))
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Value for key (all CPUs' copies for per-CPU maps), or None if absent."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _ElemAttr(map_fd=fd, key=_addr(k), value=_addr(v)))
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Delete key; False if it was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=fd, key=_addr(k)))
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int,
+                     max_entries: int) -> tuple[bytes, bytes, int]:
+    """Read a whole map with BPF_MAP_LOOKUP_BATCH.
+
+    value_size is the size of one value as the syscall returns it (for per-CPU
+    maps: round_up(value_size, 8) * possible_cpus()). Returns (keys, values,
+    count) as packed buffers. Asking for max_entries at once means a single
+    syscall for arrays and, in practice, for hash maps; the loop only covers
+    a hash map growing while we read.
+    """
+    keys = ctypes.create_string_buffer(key_size * max_entries)
+    values = ctypes.create_string_buffer(value_size * max_entries)
+    # The batch token is opaque; hash maps use a u32 bucket index, arrays the key.
+    token_in = ctypes.create_string_buffer(max(key_size, 8))
+    token_out = ctypes.create_string_buffer(max(key_size, 8))
+    total = 0
+    first = True
+    while total < max_entries:
+        attr = _BatchAttr(
+            in_batch=0 if first else ctypes.addressof(token_in),
+            out_batch=ctypes.addressof(token_out),
+            keys=ctypes.addressof(keys) + total * key_size,
+            values=ctypes.addressof(values) + total * value_size,
+            count=max_entries - total, map_fd=fd)
+        done = False
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except BpfError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: reached the end (count still valid)
+                raise
+            done = True
+        total += attr.count
+        if done or attr.count == 0:
+            break
+        ctypes.memmove(token_in, token_out, len(token_out.raw))
+        first = False
+    return keys.raw[: total * key_size], values.raw[: total * value_size], total
+
+
+def prog_test_run(fd: int, data: bytes, ctx: bytes | None = None, data_out_size: int = 0,
+                  repeat: int = 1) -> TestRunResult:
+    """Run a loaded program once on data (BPF_PROG_TEST_RUN); for tests.
+
+    For sched_cls programs ctx is a struct __sk_buff (ifindex must name a
+    device of the caller's network namespace).
+    """
+    din = ctypes.create_string_buffer(data, len(data))
+    out_size = data_out_size or len(data) + 256
+    dout = ctypes.create_string_buffer(out_size)
+    cin = ctypes.create_string_buffer(ctx, len(ctx)) if ctx is not None else None
+    cout = ctypes.create_string_buffer(len(ctx)) if ctx is not None else None
+    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(data), data_size_out=out_size,
+                        data_in=_addr(din), data_out=_addr(dout), repeat=repeat,
+                        ctx_size_in=len(ctx) if ctx else 0,
+                        ctx_size_out=len(ctx) if ctx else 0,
+                        ctx_in=_addr(cin), ctx_out=_addr(cout))
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    return TestRunResult(attr.retval, dout.raw[: attr.data_size_out],
+                         cout.raw[: attr.ctx_size_out] if cout is not None else b"",
+                         attr.duration)
+
+
+def prog_load(prog_type: int, insns: bytes, name: str = "") -> int:
+    """Load raw instructions (8 bytes each); returns the program fd."""
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(buf), license=ctypes.addressof(lic),
+                         prog_name=name.encode()[:15])
+    return _bpf(BPF_PROG_LOAD, attr)

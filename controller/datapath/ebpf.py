@@ -1,0 +1,264 @@
+"""The eBPF datapath: bpfnet's programs on endpoint veths and bridges.
+
+Boundary: implements the ``Datapath`` protocol for modes "redirect-peer" and
+"redirect" inside the current network namespace (the daemon has already
+entered the namespace it manages). It owns the tc filters named "bpfnet:*"
+and the maps pinned under pin_dir; the links themselves belong to the
+controller.
+
+Lifecycle:
+- start() compiles the programs, reusing maps already pinned in pin_dir (a
+  restarted daemon keeps counters and entries), atomically replaces the
+  programs on every device (same tc prio/handle), and removes entries,
+  counters and filters of anything no longer in the given state.
+- close() frees our file descriptors only: programs stay attached and maps
+  pinned, so stopping the daemon never stops traffic.
+- cleanup() removes every filter, map entry and pin bpfnet made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from ..model import EndpointSpec, NetworkSpec
+from . import maps as m
+from . import tc
+from .loader import LoadedPrograms, load
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ENDPOINTS = 4096
+
+
+class EbpfDatapath:
+    """Datapath with the eBPF fast path (see module docstring)."""
+
+    def __init__(self, mode: str = "redirect-peer", pin_dir: str = "/sys/fs/bpf/bpfnet/default",
+                 max_endpoints: int = DEFAULT_MAX_ENDPOINTS) -> None:
+        if mode not in ("redirect-peer", "redirect"):
+            raise ValueError(f"EbpfDatapath mode must be redirect-peer or redirect, not {mode!r}")
+        if not 0 < max_endpoints <= 65536:
+            raise ValueError(f"max_endpoints out of range: {max_endpoints}")
+        self.mode = mode
+        self.pin_dir = pin_dir
+        self.max_endpoints = max_endpoints
+        self._progs: LoadedPrograms | None = None
+        self._maps: m.PinnedMaps | None = None
+        self._ipr: IPRoute | None = None
+        self._lock = threading.RLock()
+        self._networks: dict[int, NetworkSpec] = {}  # by bridge ifindex
+        self._endpoints: dict[int, EndpointSpec] = {}  # by host ifindex
+
+    # -- lifecycle --------------------------------------------------------
+    def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
+        with self._lock:
+            if self._progs is None:
+                self._progs = load(self.mode, self.pin_dir, self.max_endpoints)
+                self._maps = m.PinnedMaps(self.pin_dir, self.max_endpoints)
+                self._ipr = IPRoute()
+            for net in networks:
+                self.attach_network(net)
+            for ep in endpoints:
+                self.add_endpoint(ep)
+            self._reconcile(networks, endpoints)
+
+    def _reconcile(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
+        """Drop state left by networks/endpoints that went away while we were down."""
+        maps, ipr = self._need()
+        ep_ifindexes = {e.host_ifindex for e in endpoints}
+        br_ifindexes = {n.bridge_ifindex for n in networks}
+        want_v4 = {m.ipv4_key(e.network_id, e.ipv4) for e in endpoints}
+        want_v6 = {m.ipv6_key(e.network_id, a) for e in endpoints for a in m.endpoint_ipv6(e)}
+        want = {
+            "endpoint_by_ifindex": {m.u32(i) for i in ep_ifindexes},
+            "endpoint_by_ipv4": want_v4,
+            "endpoint_by_ipv6": want_v6,
+            "network_by_id": {m.u32(n.id) for n in networks},
+            "network_by_bridge_ifindex": {m.u32(i) for i in br_ifindexes},
+        }
+        for name, keys in want.items():
+            for key, _ in list(maps.items(name)):
+                if key not in keys:
+                    maps.delete(name, key)
+                    log.info("removed stale entry from %s", name)
+        live = {e.id for e in endpoints}
+        for slot in maps.counters(set()):
+            if slot not in live:
+                maps.zero_counters(slot)
+        for ifindex in tc.devices_with_our_filters(ipr):
+            if ifindex not in ep_ifindexes and ifindex not in br_ifindexes:
+                log.info("removing stale bpfnet filters from ifindex %d", ifindex)
+                tc.detach(ipr, ifindex)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._progs is not None:
+                self._progs.close()
+                self._progs = None
+            if self._maps is not None:
+                self._maps.close()
+                self._maps = None
+            if self._ipr is not None:
+                self._ipr.close()
+                self._ipr = None
+
+    def cleanup(self) -> None:
+        with self._lock:
+            ipr = self._ipr or IPRoute()
+            try:
+                for ifindex in tc.devices_with_our_filters(ipr):
+                    tc.detach(ipr, ifindex)
+            finally:
+                if ipr is not self._ipr:
+                    ipr.close()
+            maps = self._maps
+            if maps is None and os.path.isdir(self.pin_dir):
+                try:
+                    maps = m.PinnedMaps(self.pin_dir, self.max_endpoints)
+                except OSError:
+                    maps = None  # missing or foreign pins: unlinking below is enough
+            if maps is not None:
+                for name in maps.specs:
+                    if name == "endpoint_counters":
+                        continue  # cannot delete array elements; the map dies with its pin
+                    for key, _ in list(maps.items(name)):
+                        maps.delete(name, key)
+                if maps is not self._maps:
+                    maps.close()
+            self.close()
+            self._networks.clear()
+            self._endpoints.clear()
+            if os.path.isdir(self.pin_dir):
+                for spec in m.map_specs(self.max_endpoints):
+                    path = os.path.join(self.pin_dir, spec.name)
+                    if os.path.exists(path):
+                        os.unlink(path)
+                try:
+                    os.rmdir(self.pin_dir)
+                except OSError as e:
+                    log.warning("left %s in place: %s", self.pin_dir, e)
+
+    def _need(self) -> tuple[m.PinnedMaps, IPRoute]:
+        if self._maps is None or self._ipr is None or self._progs is None:
+            raise RuntimeError("EbpfDatapath used before start() or after close()")
+        return self._maps, self._ipr
+
+    # -- networks ---------------------------------------------------------
+    def attach_network(self, net: NetworkSpec) -> None:
+        with self._lock:
+            maps, ipr = self._need()
+            assert self._progs is not None
+            old = self._networks.get(net.bridge_ifindex)
+            for n in list(self._networks.values()):
+                if n.id == net.id and n.bridge_ifindex != net.bridge_ifindex:
+                    maps.delete("network_by_bridge_ifindex", m.u32(n.bridge_ifindex))
+                    del self._networks[n.bridge_ifindex]
+            if old is not None and old.id != net.id:
+                maps.delete("network_by_id", m.u32(old.id))
+            maps.put("network_by_id", m.u32(net.id), m.pack_network(net))
+            maps.put("network_by_bridge_ifindex", m.u32(net.bridge_ifindex), m.u32(net.id))
+            tc.attach(ipr, net.bridge_ifindex, "egress", self._progs.fds["bridge_egress"],
+                      "bridge_egress")
+            self._networks[net.bridge_ifindex] = net
+
+    def detach_network(self, net: NetworkSpec) -> None:
+        with self._lock:
+            maps, ipr = self._need()
+            tc.detach(ipr, net.bridge_ifindex)
+            maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
+            maps.delete("network_by_id", m.u32(net.id))
+            self._networks.pop(net.bridge_ifindex, None)
+
+    # -- endpoints --------------------------------------------------------
+    def add_endpoint(self, ep: EndpointSpec) -> None:
+        if not 0 <= ep.id < self.max_endpoints:
+            raise ValueError(f"endpoint {ep.name}: id {ep.id} not in [0, {self.max_endpoints})")
+        with self._lock:
+            maps, ipr = self._need()
+            assert self._progs is not None
+            # Same endpoint re-added with another veth: drop the old one's entries.
+            for other in list(self._endpoints.values()):
+                if other.name == ep.name and other.host_ifindex != ep.host_ifindex:
+                    self._remove_entries(other.host_ifindex)
+                    del self._endpoints[other.host_ifindex]
+            self._remove_entries(ep.host_ifindex, keep=ep)
+            # Endpoint entry first: the address maps point at it by ifindex.
+            maps.put("endpoint_by_ifindex", m.u32(ep.host_ifindex), m.pack_endpoint(ep))
+            ifx = m.u32(ep.host_ifindex)
+            maps.put("endpoint_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), ifx)
+            for a in m.endpoint_ipv6(ep):
+                maps.put("endpoint_by_ipv6", m.ipv6_key(ep.network_id, a), ifx)
+            tc.attach(ipr, ep.host_ifindex, "ingress", self._progs.fds["ep_ingress"], "ep_ingress")
+            tc.attach(ipr, ep.host_ifindex, "egress", self._progs.fds["ep_egress"], "ep_egress")
+            self._endpoints[ep.host_ifindex] = ep
+
+    def _remove_entries(self, ifindex: int, keep: EndpointSpec | None = None) -> None:
+        """Delete the address entries installed for ifindex (as the map says, so
+        a restarted daemon cleans what its predecessor wrote). With keep, only
+        the addresses keep no longer has are removed."""
+        maps, _ = self._need()
+        raw = maps.get("endpoint_by_ifindex", m.u32(ifindex))
+        if raw is None:
+            return
+        e = m.unpack_endpoint(raw)
+        keys4 = {m.ipv4_key(e.network_id, e.ipv4)}
+        keys6 = {m.ipv6_key(e.network_id, a) for a in e.ipv6}
+        if keep is not None:
+            keys4 -= {m.ipv4_key(keep.network_id, keep.ipv4)}
+            keys6 -= {m.ipv6_key(keep.network_id, a) for a in m.endpoint_ipv6(keep)}
+        for k in keys4:
+            self._delete_if_points_to("endpoint_by_ipv4", k, ifindex)
+        for k in keys6:
+            self._delete_if_points_to("endpoint_by_ipv6", k, ifindex)
+        if keep is None:
+            maps.delete("endpoint_by_ifindex", m.u32(ifindex))
+
+    def _delete_if_points_to(self, name: str, key: bytes, ifindex: int) -> None:
+        # An address may already belong to a newer endpoint: never delete that one.
+        maps, _ = self._need()
+        if maps.get(name, key) == m.u32(ifindex):
+            maps.delete(name, key)
+
+    def remove_endpoint(self, ep: EndpointSpec) -> None:
+        with self._lock:
+            maps, ipr = self._need()
+            tc.detach(ipr, ep.host_ifindex)  # first, so nothing counts after the reset
+            self._remove_entries(ep.host_ifindex)
+            # The spec's own addresses too, in case the map entry was already gone.
+            self._delete_if_points_to("endpoint_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4),
+                                      ep.host_ifindex)
+            for a in m.endpoint_ipv6(ep):
+                self._delete_if_points_to("endpoint_by_ipv6", m.ipv6_key(ep.network_id, a),
+                                          ep.host_ifindex)
+            if 0 <= ep.id < self.max_endpoints:
+                maps.zero_counters(ep.id)
+            self._endpoints.pop(ep.host_ifindex, None)
+
+    # -- observability ----------------------------------------------------
+    def counters(self) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            maps, _ = self._need()
+            slots = {e.id for e in maps.endpoints().values()}
+            return maps.counters(slots)
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            programs: list[dict[str, Any]] = []
+            if self._progs is not None:
+                pi = self._progs.info
+                for net in self._networks.values():
+                    p = pi["bridge_egress"]
+                    programs.append({"name": "bridge_egress", "id": p.id, "tag": p.tag,
+                                     "attach": f"{net.bridge}/egress"})
+                for ep in self._endpoints.values():
+                    for name, d in (("ep_ingress", "ingress"), ("ep_egress", "egress")):
+                        p = pi[name]
+                        programs.append({"name": name, "id": p.id, "tag": p.tag,
+                                         "attach": f"{ep.host_ifname}/{d}"})
+            return {"mode": self.mode, "pin_dir": self.pin_dir,
+                    "max_endpoints": self.max_endpoints, "programs": programs}

@@ -1,0 +1,125 @@
+"""Compiling bpfnet's C programs with bcc.
+
+Boundary: turns ``bpf/*.c`` into loaded sched_cls program fds with maps
+pinned under a pin directory; no tc, no map contents.
+
+bcc only rewrites map accesses (``table.lookup(...)``) in its main file, so
+map-using helpers in our headers would be left as calls bcc cannot link.
+render_source() therefore inlines bpfnet's own ``#include "..."`` files into
+one text (with #line markers so compiler errors still point at the right
+file); system headers stay ordinary includes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import bpfsys
+from .maps import check_pins, map_specs
+
+log = logging.getLogger(__name__)
+
+# entry program -> its source file; each file holds one thin entry program.
+PROGRAMS = {
+    "ep_ingress": "ep_ingress.c",
+    "ep_egress": "ep_egress.c",
+    "bridge_egress": "bridge_egress.c",
+}
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
+
+
+def bpf_source_dir() -> str:
+    return str(importlib.resources.files("bpfnet.bpf"))
+
+
+def render_source(src_dir: str | None = None) -> str:
+    """All entry programs as one translation unit, local includes inlined once."""
+    src_dir = src_dir or bpf_source_dir()
+    seen: set[str] = set()
+
+    def expand(fname: str) -> str:
+        if fname in seen:
+            return ""  # the headers have include guards; once is enough
+        seen.add(fname)
+        with open(os.path.join(src_dir, fname), encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
+        out = [f'#line 1 "{fname}"\n']
+        for no, line in enumerate(lines, 1):
+            m = _INCLUDE.match(line)
+            if m:
+                out.append(expand(m.group(1)))
+                out.append(f'#line {no + 1} "{fname}"\n')
+            else:
+                out.append(line)
+        return "".join(out)
+
+    return "".join(expand(f) for f in PROGRAMS.values())
+
+
+def cflags(mode: str, pin_dir: str, max_endpoints: int) -> list[str]:
+    if mode not in ("redirect-peer", "redirect"):
+        raise ValueError(f"no eBPF programs for mode {mode!r}")
+    return [
+        f'-DBPFNET_PIN_DIR="{pin_dir}"',
+        f"-DMAX_ENDPOINTS={max_endpoints}",
+        f"-DBPFNET_REDIRECT_PEER={1 if mode == 'redirect-peer' else 0}",
+        "-Wno-unused-function",
+    ]
+
+
+@dataclass
+class LoadedPrograms:
+    """A bcc module and its loaded entry programs."""
+
+    bpf: Any  # bcc.BPF
+    fds: dict[str, int]
+    info: dict[str, bpfsys.ProgInfo]
+
+    def close(self) -> None:
+        # Frees bcc's fds only: tc filters hold their own program references
+        # and the maps stay pinned, so nothing stops forwarding.
+        self.bpf.cleanup()
+        self.fds = {}
+
+
+def load(mode: str, pin_dir: str, max_endpoints: int) -> LoadedPrograms:
+    """Compile and load all programs; maps are reused from pin_dir when pinned
+    there with the right shape, created and pinned otherwise."""
+    from bcc import BPF  # Debian's python3-bpfcc; imported late so bridge mode needs no bcc
+
+    os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+    check_pins(pin_dir, max_endpoints)
+    t0 = time.monotonic()
+    b = BPF(text=render_source().encode(), cflags=cflags(mode, pin_dir, max_endpoints))
+    try:
+        _check_layouts(b, max_endpoints)
+        fds: dict[str, int] = {}
+        info: dict[str, bpfsys.ProgInfo] = {}
+        for name in PROGRAMS:
+            fn = b.load_func(name.encode(), BPF.SCHED_CLS)
+            fds[name] = int(fn.fd)
+            info[name] = bpfsys.prog_info(int(fn.fd))
+    except BaseException:
+        b.cleanup()
+        raise
+    log.info("compiled and loaded %d programs (mode %s) in %.2fs, maps pinned in %s",
+             len(fds), mode, time.monotonic() - t0, pin_dir)
+    return LoadedPrograms(b, fds, info)
+
+
+def _check_layouts(b: Any, max_endpoints: int) -> None:
+    """The C structs (as bcc saw them) must match maps.py's packing."""
+    for spec in map_specs(max_endpoints):
+        t = b[spec.name]
+        leaf = getattr(t, "sLeaf", t.Leaf)  # per-CPU tables keep the single-CPU type in sLeaf
+        k, v = ctypes.sizeof(t.Key), ctypes.sizeof(leaf)
+        if (k, v) != (spec.key_size, spec.value_size):
+            raise RuntimeError(f"map {spec.name}: C layout key/value {k}/{v} bytes, "
+                               f"maps.py expects {spec.key_size}/{spec.value_size}")

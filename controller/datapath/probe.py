@@ -1,0 +1,60 @@
+"""Which forwarding mode this kernel supports.
+
+Boundary: feature detection only. Loads a tiny sched_cls program that calls
+the helper in question straight from raw instructions (no compiler, a few
+milliseconds); the verifier refuses helpers the kernel does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+
+from . import bpfsys
+
+log = logging.getLogger(__name__)
+
+BPF_FUNC_REDIRECT = 23
+BPF_FUNC_REDIRECT_PEER = 155
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def _helper_prog(helper: int) -> bytes:
+    """r1 = 0; r2 = 0; call helper; exit  (ifindex 0, flags 0)."""
+    mov64_imm, call, exit_ = 0xB7, 0x85, 0x95
+    return (_insn(mov64_imm, dst=1) + _insn(mov64_imm, dst=2) + _insn(call, imm=helper)
+            + _insn(exit_))
+
+
+def helper_available(helper: int) -> bool:
+    try:
+        fd = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_SCHED_CLS, _helper_prog(helper), "bpfnet_probe")
+    except OSError as e:
+        log.debug("helper %d not usable: %s", helper, e)
+        return False
+    os.close(fd)
+    return True
+
+
+def bcc_available() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def probe_mode() -> str:
+    """Best mode the kernel offers: "redirect-peer", "redirect" or "bridge"."""
+    if not bcc_available():
+        log.warning("bcc (Debian's python3-bpfcc) is not importable: bridge mode only")
+        return "bridge"
+    if helper_available(BPF_FUNC_REDIRECT_PEER):
+        return "redirect-peer"
+    if helper_available(BPF_FUNC_REDIRECT):
+        return "redirect"
+    return "bridge"
