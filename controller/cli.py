@@ -52,7 +52,7 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         f"Host netns:   {info['host_netns'] or '(the daemon’s own)'}",
         f"State dir:    {info['state_dir']}",
         f"Listeners:    {', '.join(info['listeners'])}",
-        f"Metrics:      {info.get('metrics_addr') or '-'}",
+        f"Metrics:      {info.get('metrics_url') or '-'}",
         f"Datapath:     {dp['mode']}",
         f"Networks:     {info['networks']}",
         f"Endpoints:    {info['endpoints']}",
@@ -153,6 +153,16 @@ def stats_table(stats: dict[str, Any]) -> str:
 def cmd_stats(args: argparse.Namespace, c: Client) -> None:
     stats = c.get("/v1/stats")
     emit(args, stats, stats_table(stats))
+
+
+def cmd_top(args: argparse.Namespace, c: Client) -> None:
+    from rich.console import Console
+
+    from .top import run_top
+
+    if args.interval <= 0:
+        raise ClientError("--interval must be positive")
+    run_top(lambda: c.get("/v1/stats"), args.interval, args.iterations, Console())
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -262,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stats", parents=[client_opts], help="per-endpoint counters from the BPF maps")
     st.set_defaults(func=cmd_stats)
+
+    tp = sub.add_parser("top", parents=[client_opts], help="live per-endpoint rates until Ctrl-C (like iftop)")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    tp.add_argument("--iterations", type=int, default=None, help="stop after N refreshes (default: until Ctrl-C)")
+    tp.set_defaults(func=cmd_top)
 
     dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
     dm.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)

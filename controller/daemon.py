@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -23,11 +24,21 @@ from pyroute2 import IPRoute
 
 from . import __version__, links, netns
 from .api import ApiServers, Router
-from .config import DaemonConfig, default_network_config
+from .config import DaemonConfig, NetworkConfig, default_network_config
 from .datapath import BridgeDatapath, Datapath
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
-from .networks import NetworkService
+from .metrics import (
+    EndpointRef,
+    MetricsServer,
+    MetricsSnapshot,
+    NetworkStats,
+    bind_metrics_socket,
+    build_registry,
+    serve_metrics,
+    stats_document,
+)
+from .networks import NetworkService, pools
 from .runtime import Runtime
 from .state import Store
 
@@ -54,12 +65,30 @@ class Daemon:
         with IPRoute() as outer:
             outer_prefixes = links.host_prefixes(outer) if cfg.netns else []
         self.router = Router()
+        self.metrics_sock: socket.socket | None = None
+        self.metrics_server: MetricsServer | None = None
         self.servers = ApiServers(cfg.listeners(), self.router, lambda r, m, s: self.on_request(r, m, s))
         try:
+            if cfg.metrics_addr:
+                try:
+                    self.metrics_sock = bind_metrics_socket(cfg.metrics_addr, allow_public=cfg.allow_public_metrics)
+                except ValueError as exc:
+                    raise InvalidArgument(f"--metrics-addr {cfg.metrics_addr}: {exc}") from None
+                except OSError as exc:
+                    raise BpfnetError(f"--metrics-addr {cfg.metrics_addr}: {exc.strerror or exc}") from None
             self._enter_and_build()
         except BaseException:
             self.servers.close()
+            if self.metrics_sock is not None:
+                self.metrics_sock.close()
             raise
+        self.registry, self.controller_metrics = build_registry(self.snapshot)
+        self.on_request = self.controller_metrics.api_request
+        self.rt.hooks.update({
+            "endpoint_add": self.controller_metrics.observe_endpoint_add,
+            "endpoint_remove": self.controller_metrics.observe_endpoint_remove,
+            "reconcile_error": self.controller_metrics.reconcile_error,
+        })
         self.rt.outer_prefixes = outer_prefixes
         self._add_routes()
 
@@ -132,22 +161,40 @@ class Daemon:
             "host_netns": self.cfg.netns,
             "state_dir": self.cfg.state_dir,
             "listeners": [str(listener) for listener in self.cfg.listeners()],
-            "metrics_addr": self.cfg.metrics_addr,
+            "metrics_url": self.metrics_server.url if self.metrics_server else None,
             "datapath": self.rt.datapath.info(),
             "networks": len(self.rt.store.networks()),
             "endpoints": len(self.rt.store.endpoints()),
         }
 
+    def snapshot(self) -> MetricsSnapshot:
+        """What one scrape (or GET /v1/stats) exports: state rows plus one batch read per BPF map."""
+        store = self.rt.store
+        leases = store.leases()
+        endpoints = [e for e in store.endpoints() if e.state == "ready"]
+        networks = []
+        for row in store.networks():
+            cfg = NetworkConfig.from_json(row.config)
+            p4, p6 = pools(cfg)
+            mine = [lease for lease in leases if lease.network == row.name]
+            networks.append(NetworkStats(
+                name=row.name,
+                ipv4_total=p4.capacity(),
+                ipv4_in_use=sum(1 for lease in mine if lease.family == 4),
+                endpoints=sum(1 for e in endpoints if e.network == row.name),
+                ipv6_total=float(p6.capacity()) if p6 else (0.0 if cfg.ipv6 else None),
+                ipv6_in_use=sum(1 for lease in mine if lease.family == 6) if cfg.ipv6 else None,
+            ))
+        return MetricsSnapshot(
+            networks=tuple(networks),
+            endpoints=tuple(EndpointRef(e.name, e.network, e.id) for e in endpoints),
+            datapath_info=self.rt.datapath.info(),
+            counters=self.rt.datapath.counters(),
+            requested_mode=self.cfg.datapath,
+        )
+
     def stats(self) -> dict[str, Any]:
-        counters = self.rt.datapath.counters()
-        return {
-            "mode": self.rt.datapath.mode,
-            "endpoints": [
-                {"name": row.name, "network": row.network, "id": row.id, "counters": counters.get(row.id)}
-                for row in self.rt.store.endpoints()
-                if row.state == "ready"
-            ],
-        }
+        return {"mode": self.rt.datapath.mode, **stats_document(self.snapshot())}
 
     def _add_routes(self) -> None:
         r = self.router
@@ -168,6 +215,9 @@ class Daemon:
 
     # run --------------------------------------------------------------
     def serve(self) -> None:
+        if self.metrics_sock is not None:
+            self.metrics_server = serve_metrics(None, self.registry, sock=self.metrics_sock)
+            log.info("metrics on %s", self.metrics_server.url)
         self.servers.serve()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
@@ -177,6 +227,10 @@ class Daemon:
 
     def close(self) -> None:
         self.servers.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        elif self.metrics_sock is not None:
+            self.metrics_sock.close()
         self.rt.datapath.close()
         self.rt.ipr.close()
         self.rt.store.close()

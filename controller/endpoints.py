@@ -143,23 +143,26 @@ class EndpointService:
                 raise Conflict(str(exc)) from None
             if row is None:
                 raise Conflict(f"endpoint {name!r} already exists")
-            started = time.monotonic()
-            with Rollback(f"endpoint add {name}") as rb:
-                rb.push("state row and leases", lambda: self.rt.store.remove_endpoint(name))
-                self._build(row, cfg, v4, v6, rb)
-                spec = self.spec(row, cfg, net_row.id)
-                self.rt.datapath.add_endpoint(spec)
-                rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
-                self.rt.store.set_endpoint_state(name, "ready")
-            self._observe("endpoint_add", time.monotonic() - started)
+            started, ok = time.monotonic(), False
+            try:
+                with Rollback(f"endpoint add {name}") as rb:
+                    rb.push("state row and leases", lambda: self.rt.store.remove_endpoint(name))
+                    self._build(row, cfg, v4, v6, rb)
+                    spec = self.spec(row, cfg, net_row.id)
+                    self.rt.datapath.add_endpoint(spec)
+                    rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
+                    self.rt.store.set_endpoint_state(name, "ready")
+                ok = True
+            finally:
+                self._observe("endpoint_add", time.monotonic() - started, ok)
             log.info("endpoint %s added to %s: %s %s%s", name, net_name, mac, v4,
                      "".join(f" {a}" for a in v6))
             return self.inspect(name)
 
-    def _observe(self, what: str, seconds: float) -> None:
+    def _observe(self, what: str, seconds: float, ok: bool) -> None:
         hook = self.rt.hooks.get(what)
         if hook is not None:
-            hook(seconds)
+            hook(seconds, ok)
 
     def _default_network(self) -> str:
         for row in self.rt.store.networks():
@@ -264,10 +267,13 @@ class EndpointService:
     def remove(self, name: str) -> None:
         with self.rt.lock:
             row = self._row(name)
-            started = time.monotonic()
-            self.rt.store.set_endpoint_state(name, "removing")
-            self.teardown(row)
-            self._observe("endpoint_remove", time.monotonic() - started)
+            started, ok = time.monotonic(), False
+            try:
+                self.rt.store.set_endpoint_state(name, "removing")
+                self.teardown(row)
+                ok = True
+            finally:
+                self._observe("endpoint_remove", time.monotonic() - started, ok)
             log.info("endpoint %s removed", name)
 
     def teardown(self, row: EndpointRow) -> None:
@@ -298,12 +304,20 @@ class EndpointService:
                 if row.state != "ready":
                     log.warning("endpoint %s was left in state %r by a previous daemon; rolling it back",
                                 row.name, row.state)
-                    self.teardown(row)
-                    stats["rolled_back"] += 1
+                    outcome = "rolled_back"
                 elif not netns.exists(row.netns) or links.link_index(self.rt.ipr, row.host_ifname) is None:
                     log.warning("endpoint %s lost its namespace or veth; reclaiming its addresses", row.name)
+                    outcome = "reclaimed"
+                else:
+                    continue
+                try:
                     self.teardown(row)
-                    stats["reclaimed"] += 1
+                    stats[outcome] += 1
+                except Exception:
+                    log.exception("reconcile: could not remove endpoint %s; will retry at next start", row.name)
+                    hook = self.rt.hooks.get("reconcile_error")
+                    if hook is not None:
+                        hook()
             known = {r.host_ifname for r in self.rt.store.endpoints()}
             for link in self.rt.ipr.link("dump"):
                 ifname = str(link.get("IFLA_IFNAME"))
