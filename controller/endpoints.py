@@ -61,9 +61,7 @@ class EndpointService:
     def _addresses(self, row: EndpointRow) -> tuple[IPv4Address, list[IPv6Address]]:
         v4: IPv4Address | None = None
         v6: list[IPv6Address] = []
-        for lease in self.rt.store.leases(row.network):
-            if lease.endpoint != row.name:
-                continue
+        for lease in self.rt.store.endpoint_leases(row.name):
             if lease.family == 4:
                 v4 = IPv4Address(lease.address)
             else:
@@ -280,10 +278,9 @@ class EndpointService:
         """Remove everything an endpoint may have (idempotent), then its row and leases."""
         ipr = self.rt.ipr
         net = self.rt.store.network(row.network)
-        v6 = [IPv6Address(lease.address) for lease in self.rt.store.leases(row.network)
-              if lease.endpoint == row.name and lease.family == 6]
-        has_v4 = any(lease.endpoint == row.name and lease.family == 4
-                     for lease in self.rt.store.leases(row.network))
+        mine = self.rt.store.endpoint_leases(row.name)
+        v6 = [IPv6Address(lease.address) for lease in mine if lease.family == 6]
+        has_v4 = any(lease.family == 4 for lease in mine)
         if net is not None and has_v4:
             self.rt.datapath.remove_endpoint(self.spec(row, NetworkConfig.from_json(net.config), net.id))
         proxy = links.link_index(ipr, self.rt.ndp_proxy_iface) if self.rt.ndp_proxy_iface else None

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS leases (
     endpoint TEXT NOT NULL,
     PRIMARY KEY (network, address)
 );
+CREATE INDEX IF NOT EXISTS leases_by_endpoint ON leases (endpoint);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -205,6 +206,13 @@ class Store:
             args = (network,)
         with self._lock:
             rows = self._db.execute(q, args).fetchall()
+        return [LeaseRow(*r) for r in rows]
+
+    def endpoint_leases(self, endpoint: str) -> list[LeaseRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT network, address, family, endpoint FROM leases WHERE endpoint = ?", (endpoint,)
+            ).fetchall()
         return [LeaseRow(*r) for r in rows]
 
     def remove_orphan_leases(self) -> list[LeaseRow]:

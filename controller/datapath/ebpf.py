@@ -240,6 +240,14 @@ class EbpfDatapath:
             self._endpoints.pop(ep.host_ifindex, None)
 
     # -- observability ----------------------------------------------------
+    def program_fd(self, name: str) -> int:
+        """fd of a loaded entry program ("ep_ingress", "ep_egress", "bridge_egress"),
+        for BPF_PROG_TEST_RUN in tests and tools; valid until close()."""
+        with self._lock:
+            if self._progs is None:
+                raise RuntimeError("EbpfDatapath not started")
+            return self._progs.fds[name]
+
     def counters(self) -> dict[int, dict[str, Any]]:
         with self._lock:
             maps, _ = self._need()
