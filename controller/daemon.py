@@ -117,21 +117,28 @@ class Daemon:
                 )
 
     def reconcile(self) -> dict[str, int]:
-        """Bring kernel and state in step after a restart (or a crash)."""
+        """Bring kernel and state in step after a restart (or a crash).
+
+        Order matters: bridges first (programs attach to them), then the
+        datapath adopts its pinned maps and replaces its programs in place for
+        every live endpoint, then half-made or vanished endpoints are torn down
+        (which removes their map entries), then the default network follows
+        the flags (which may attach a new bridge program).
+        """
         rt, cfg = self.rt, self.cfg
         for row in rt.store.networks():
-            if not row.is_default:
-                self.networks.ensure_present(row)
+            self.networks.ensure_present(row)
+        nets = [self.networks.spec(r) for r in rt.store.networks()]
+        live = [spec for spec in self.endpoints.specs() if spec.host_ifindex]
+        rt.datapath.start(nets, live)
+        stats = self.endpoints.reconcile()
         self.networks.update_default(default_network_config(
             bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
             fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
             default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
         ))
-        stats = self.endpoints.reconcile()
         if cfg.ndp_proxy_iface:
             self._ndp_proxy()
-        nets = [self.networks.spec(r) for r in rt.store.networks()]
-        rt.datapath.start(nets, self.endpoints.specs())
         log.info("reconciled: %s; datapath mode %s", stats, rt.datapath.mode)
         return stats
 

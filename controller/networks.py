@@ -9,6 +9,7 @@ to the endpoint service.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -226,6 +227,14 @@ class NetworkService:
                 new = NetworkConfig.from_json(data)
                 if new == old:
                     self.ensure_present(existing)
+                    return
+                if replace(old, icc=new.icc) == new:
+                    # Only --icc changed: a flag in the datapath's network map, no rebuild.
+                    self.rt.store.update_network(existing.name, new.to_json())
+                    row = self.rt.store.network(existing.name)
+                    assert row is not None
+                    self.rt.datapath.attach_network(self.spec(row, new))
+                    log.info("default network: icc is now %s", "on" if new.icc else "off")
                     return
                 if self.rt.store.endpoints(existing.name):
                     raise Conflict(
