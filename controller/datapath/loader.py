@@ -12,7 +12,6 @@ file); system headers stay ordinary includes.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.resources
 import logging
 import os
@@ -115,11 +114,13 @@ def load(mode: str, pin_dir: str, max_endpoints: int) -> LoadedPrograms:
 
 
 def _check_layouts(b: Any, max_endpoints: int) -> None:
-    """The C structs (as bcc saw them) must match maps.py's packing."""
+    """The maps as the kernel created them from the C structs must match
+    maps.py's packing. (bcc's own ctypes mirrors are not used: bcc 0.26 gets
+    two-dimensional arrays such as struct endpoint.ipv6 wrong.)"""
     for spec in map_specs(max_endpoints):
-        t = b[spec.name]
-        leaf = getattr(t, "sLeaf", t.Leaf)  # per-CPU tables keep the single-CPU type in sLeaf
-        k, v = ctypes.sizeof(t.Key), ctypes.sizeof(leaf)
-        if (k, v) != (spec.key_size, spec.value_size):
-            raise RuntimeError(f"map {spec.name}: C layout key/value {k}/{v} bytes, "
-                               f"maps.py expects {spec.key_size}/{spec.value_size}")
+        info = bpfsys.map_info(int(b[spec.name.encode()].map_fd))
+        have = (info.type, info.key_size, info.value_size, info.max_entries)
+        want = (spec.type, spec.key_size, spec.value_size, spec.max_entries)
+        if have != want:
+            raise RuntimeError(f"map {spec.name}: C layout (type, key, value, entries) {have}, "
+                               f"maps.py expects {want}")
