@@ -97,9 +97,8 @@ def make_links(networks: list[tuple[str, str, bool]], endpoints: list[tuple[str,
 
     networks: (bridge name, "10.N", icc); endpoints: (name, bridge name, host number).
     """
-    from pyroute2 import IPRoute
-
     from bpfnet.model import EndpointSpec, NetworkSpec
+    from pyroute2 import IPRoute
 
     nets: dict[str, NetworkSpec] = {}
     eps: dict[str, EndpointSpec] = {}

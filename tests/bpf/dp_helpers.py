@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpf_packets import sk_buff_ctx
-
 from bpfnet.datapath import bpfsys
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7

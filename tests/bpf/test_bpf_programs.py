@@ -7,11 +7,23 @@ The env fixture (conftest) has net 1 (brA, icc=true: a1, a2) and net 2
 from __future__ import annotations
 
 import pytest
-from bpf_packets import (BROADCAST, ETH_ARP, ETH_IP, ETH_IPV6, arp, eth, icmp6, icmp_echo, ipv4,
-                         ipv6, mac, udp, vlan)
-from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run
-
+from bpf_packets import (
+    BROADCAST,
+    ETH_ARP,
+    ETH_IP,
+    ETH_IPV6,
+    arp,
+    eth,
+    icmp6,
+    icmp_echo,
+    ipv4,
+    ipv6,
+    mac,
+    udp,
+    vlan,
+)
 from bpfnet.datapath.maps import eui64_link_local
+from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run
 
 pytestmark = pytest.mark.kernel
 
@@ -215,7 +227,7 @@ def test_allowed_sources_pass(env):
 def test_unknown_device_is_left_alone(env):
     from pyroute2 import IPRoute
 
-    a1, a2, _, _ = ids(env)
+    _a1, a2, _, _ = ids(env)
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
     pkt = v4("02:42:de:ad:be:ef", a2.mac, "1.2.3.4", str(a2.ipv4))
@@ -312,7 +324,7 @@ def test_bridge_redirects_host_to_endpoint(env):
 
 
 def test_bridge_passes_the_rest(env):
-    a1, a2, _, _ = ids(env)
+    a1, _a2, _, _ = ids(env)
     br = env.networks["brA"]
     pkts = [
         eth(BROADCAST, br.bridge_mac, ETH_ARP, arp(1, br.bridge_mac, "10.1.0.1", BROADCAST,
