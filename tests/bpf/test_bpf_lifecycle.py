@@ -12,12 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 from bpf_packets import ETH_IP, eth, ipv4, udp
-from conftest import inside, make_links, netns, pin_dir
-from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, run
-
 from bpfnet.datapath import BridgeDatapath, make_datapath
 from bpfnet.datapath.ebpf import EbpfDatapath
 from bpfnet.datapath.probe import probe_mode
+from conftest import inside, make_links, netns, pin_dir
+from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, run
 
 pytestmark = pytest.mark.kernel
 
@@ -126,7 +125,7 @@ def test_remove_endpoint_zeroes_and_is_idempotent(ns_links) -> None:
 
 
 def test_changed_map_shape_replaces_pins(ns_links, caplog) -> None:
-    ns, pins, nets, eps = ns_links
+    _ns, pins, nets, eps = ns_links
     dp = EbpfDatapath(mode="redirect-peer", pin_dir=pins, max_endpoints=4096)
     try:
         dp.start(list(nets.values()), list(eps.values()))
@@ -156,7 +155,7 @@ def test_counters_is_fast_with_1000_endpoints(ns_links) -> None:
     from bpfnet.datapath.bpfsys import possible_cpus
     from bpfnet.model import EndpointSpec
 
-    ns, pins, nets, eps = ns_links
+    _ns, pins, nets, eps = ns_links
     dp = EbpfDatapath(mode="redirect-peer", pin_dir=pins)
     try:
         dp.start(list(nets.values()), list(eps.values()))
