@@ -106,12 +106,16 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 
 /* Make the first bytes linear: senders such as AF_PACKET can hand us skbs
  * whose headers are in fragments, and direct packet access only sees the
- * linear part. Asking for more than skb->len would fail, hence the min. */
+ * linear part. Only when needed: the helper call is not free, and on a cloned
+ * skb (e.g. while tcpdump watches) it copies the head. Asking for more than
+ * skb->len would fail, hence the min. */
 static __always_inline void pull_headers(struct __sk_buff *skb)
 {
-	__u32 len = skb->len < BPFNET_PULL_LEN ? skb->len : BPFNET_PULL_LEN;
+	__u32 want = skb->len < BPFNET_PULL_LEN ? skb->len : BPFNET_PULL_LEN;
+	__u32 linear = (__u32)(skb->data_end - skb->data);
 
-	bpf_skb_pull_data(skb, len);
+	if (linear < want)
+		bpf_skb_pull_data(skb, want);
 }
 
 #endif

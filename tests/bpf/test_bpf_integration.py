@@ -204,3 +204,39 @@ def test_icc_false_blocks_endpoints_but_not_gateway(topo: Topo) -> None:
     assert ping(topo.ep_ns["a"], "10.99.0.3", 1)
     assert b.id in counters(topo)
 
+
+
+_AF_PACKET_SENDER = """
+import socket, struct, sys
+dst, src, sip, dip, size = sys.argv[1:6]
+mac = lambda m: bytes(int(x, 16) for x in m.split(":"))
+payload = b"x" * int(size)
+udp = struct.pack("!HHHH", 1234, 5678, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 socket.inet_aton(sip), socket.inet_aton(dip)) + udp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+s.send(mac(dst) + mac(src) + b"\\x08\\x00" + ip)
+"""
+
+
+def test_nonlinear_frames_from_af_packet(topo: Topo) -> None:
+    """AF_PACKET frames of a page or more reach tc with only the Ethernet header
+    in the linear part: the programs must pull before parsing, or the fast path
+    and source validation would silently not apply."""
+    a, b = topo.eps["a"], topo.eps["b"]
+    ns = topo.ep_ns["a"]
+    sh(ns, "ip", "link", "set", "eth0", "mtu", "9000")
+    with inside(topo.br_ns):
+        subprocess.run(["ip", "link", "set", "h-a", "mtu", "9000"], check=True)
+    try:
+        for sip, expect in ((str(a.ipv4), "tx_fast_packets"),
+                            ("10.99.0.77", "tx_drop_spoofed_source")):
+            before = counters(topo)
+            sh(ns, "python3", "-c", _AF_PACKET_SENDER, b.mac, a.mac, sip, str(b.ipv4), "6000")
+            d = delta(before, counters(topo))
+            assert d[a.id].get(expect) == 1, d
+    finally:
+        sh(ns, "ip", "link", "set", "eth0", "mtu", "1500")
+        with inside(topo.br_ns):
+            subprocess.run(["ip", "link", "set", "h-a", "mtu", "1500"], check=True)
