@@ -123,13 +123,18 @@ class EbpfDatapath:
                 except OSError:
                     maps = None  # missing or foreign pins: unlinking below is enough
             if maps is not None:
-                for name in maps.specs:
-                    if name == "endpoint_counters":
-                        continue  # cannot delete array elements; the map dies with its pin
-                    for key, _ in list(maps.items(name)):
-                        maps.delete(name, key)
-                if maps is not self._maps:
-                    maps.close()
+                try:
+                    for name in maps.specs:
+                        if name == "endpoint_counters":
+                            continue  # array elements cannot be deleted; dies with its pin
+                        for key, _ in list(maps.items(name)):
+                            maps.delete(name, key)
+                except OSError as e:
+                    # e.g. pins left by a build with other struct sizes: unlinking is enough
+                    log.warning("could not empty the maps in %s: %s", self.pin_dir, e)
+                finally:
+                    if maps is not self._maps:
+                        maps.close()
             self.close()
             self._networks.clear()
             self._endpoints.clear()
@@ -249,10 +254,13 @@ class EbpfDatapath:
             return self._progs.fds[name]
 
     def counters(self) -> dict[int, dict[str, Any]]:
+        """{endpoint id: EndpointCounters} (see bpfnet.datapath.counters) for every
+        id in the endpoint map plus any slot with non-zero counters. Two batch
+        syscalls in all (endpoint map, counter array)."""
         with self._lock:
             maps, _ = self._need()
             slots = {e.id for e in maps.endpoints().values()}
-            return maps.counters(slots)
+            return dict(maps.counters(slots))  # type: ignore[arg-type]
 
     def info(self) -> dict[str, Any]:
         with self._lock:

@@ -17,7 +17,9 @@ from ipaddress import IPv4Address, IPv6Address
 
 from ..model import EndpointSpec, NetworkSpec
 from . import bpfsys
-from .drop_reasons import DROP_REASON_LABELS, DropReason
+from . import counters as counters_mod
+from .counters import EndpointCounters
+from .drop_reasons import DropReason
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,7 @@ EP_IPV6_KEY_FMT = "=I16s"  # struct ep_ipv6_key
 U32_FMT = "=I"
 
 N_REASONS = len(DropReason)
-PATH_FIELDS = ("fast_packets", "fast_bytes", "kernel_packets", "kernel_bytes")
-# struct path_counters: 4 u64 + drops[DROP_REASON_COUNT]; struct endpoint_counters: 2 of them.
-U64_PER_DIR = len(PATH_FIELDS) + N_REASONS
-COUNTERS_SIZE = 2 * U64_PER_DIR * 8
+COUNTERS_SIZE = counters_mod.COUNTERS_SIZE
 
 
 @dataclass(frozen=True)
@@ -133,29 +132,6 @@ def u32(v: int) -> bytes:
     return struct.pack(U32_FMT, v)
 
 
-def empty_counters() -> dict[str, object]:
-    out: dict[str, object] = {}
-    for d in ("tx", "rx"):
-        for f in PATH_FIELDS:
-            out[f"{d}_{f}"] = 0
-    out["drops"] = {d: {label: 0 for label in DROP_REASON_LABELS} for d in ("tx", "rx")}
-    return out
-
-
-def decode_counters(sums: list[int]) -> dict[str, object]:
-    """sums: the u64 fields of one struct endpoint_counters, summed over CPUs."""
-    out: dict[str, object] = {}
-    drops: dict[str, dict[str, int]] = {}
-    for di, d in enumerate(("tx", "rx")):
-        base = di * U64_PER_DIR
-        for fi, f in enumerate(PATH_FIELDS):
-            out[f"{d}_{f}"] = sums[base + fi]
-        drops[d] = {label: sums[base + len(PATH_FIELDS) + ri]
-                    for ri, label in enumerate(DROP_REASON_LABELS)}
-    out["drops"] = drops
-    return out
-
-
 class PinnedMaps:
     """File descriptors of the pinned maps under one pin directory."""
 
@@ -207,7 +183,7 @@ class PinnedMaps:
         # Per-CPU array elements cannot be deleted; writing zeros for every CPU resets them.
         self.put("endpoint_counters", u32(slot), self._zero_counters)
 
-    def counters(self, wanted: set[int]) -> dict[int, dict[str, object]]:
+    def counters(self, wanted: set[int]) -> dict[int, EndpointCounters]:
         """Summed per-CPU counters of the slots in wanted and of any non-zero slot.
 
         One BPF_MAP_LOOKUP_BATCH for the whole array; all-zero slots are skipped
@@ -222,22 +198,22 @@ class PinnedMaps:
         zero = self._zero_counters
         q = mv.cast("Q")
         nq = COUNTERS_SIZE // 8
-        out: dict[int, dict[str, object]] = {}
+        out: dict[int, EndpointCounters] = {}
         for i in range(n):
             slot = struct.unpack_from(U32_FMT, keys, i * s.key_size)[0]
             off = i * per_key
             if mv[off:off + per_key] == zero:
                 if slot in wanted:
-                    out[slot] = empty_counters()
+                    out[slot] = counters_mod.empty()
                 continue
             base = off // 8
             sums = [0] * nq
             for c in range(self._ncpu):
                 row = q[base + c * nq: base + (c + 1) * nq]
                 sums = [a + b for a, b in zip(sums, row)]
-            out[slot] = decode_counters(sums)
+            out[slot] = counters_mod.decode(sums)
         for slot in wanted:
-            out.setdefault(slot, empty_counters())
+            out.setdefault(slot, counters_mod.empty())
         return out
 
 
