@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from . import __version__, links, netns
 from .api import ApiServers, Router
 from .config import DaemonConfig, NetworkConfig, default_network_config
-from .datapath import BridgeDatapath, Datapath
+from .datapath import Datapath, make_datapath
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import (
@@ -98,7 +98,13 @@ class Daemon:
             netns.enter(cfg.netns)  # before any thread exists: threads inherit the namespace
         store = Store(cfg.state_dir)
         self._check_state_owner(store)
-        datapath: Datapath = BridgeDatapath()
+        try:
+            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns))
+        except ImportError as exc:
+            raise BpfnetError(
+                f"--datapath {cfg.datapath} needs Debian's python3-bpfcc ({exc}); "
+                "run scripts/setup or pass --datapath bridge"
+            ) from None
         self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
                           ndp_proxy_iface=cfg.ndp_proxy_iface)
         self.networks = NetworkService(self.rt)
@@ -130,7 +136,16 @@ class Daemon:
             self.networks.ensure_present(row)
         nets = [self.networks.spec(r) for r in rt.store.networks()]
         live = [spec for spec in self.endpoints.specs() if spec.host_ifindex]
-        rt.datapath.start(nets, live)
+        try:
+            rt.datapath.start(nets, live)
+        except Exception as exc:
+            if "compile" not in str(exc).lower():
+                raise
+            raise BpfnetError(
+                f"bcc could not compile bpf/ ({exc}): kernel headers for {platform.release()} are not "
+                f"findable in /lib/modules/{platform.release()}/build; run scripts/setup, "
+                "or pass --datapath bridge"
+            ) from None
         stats = self.endpoints.reconcile()
         self.networks.update_default(default_network_config(
             bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
@@ -243,8 +258,24 @@ class Daemon:
         self.rt.store.close()
 
     def cleanup(self) -> None:
-        """--cleanup: remove every program, filter, map entry and pin bpfnet made."""
-        self.rt.datapath.cleanup()
+        """--cleanup: remove every program, filter, map entry and pin bpfnet made.
+
+        Works whatever mode this daemon would pick: pins and filters of an
+        earlier eBPF run are found by name, nothing is compiled.
+        """
+        datapath = self.rt.datapath
+        if datapath.mode == "bridge":
+            try:
+                from .datapath.ebpf import EbpfDatapath
+            except ImportError:
+                log.info("bcc is not importable: no bpfnet programs can exist here")
+                return
+            datapath = EbpfDatapath(mode="redirect", pin_dir=pin_dir(self.cfg.netns))
+        datapath.cleanup()
+        try:
+            PIN_ROOT.rmdir()
+        except OSError:
+            pass  # other managed namespaces still have pins, or it never existed
         log.info("removed bpfnet's BPF programs, filters and pins")
 
 

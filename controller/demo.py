@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from . import netns
@@ -92,6 +93,14 @@ def run_demo() -> int:
         results.append(_ping(eps[0]["netns"], net["ipam"]["ipv6"]["gateway"]))
         _say("\ncounters from the BPF maps (bpfnet stats):")
         _say(stats_table(client.get("/v1/stats")))
+        url = client.get("/v1/info").get("metrics_url")
+        if url:
+            _say(f"\nPrometheus {url} (excerpt):")
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith(("bpfnet_endpoint_transmit_path_packets_total", "bpfnet_datapath_info",
+                                        "bpfnet_network_ipam_addresses")):
+                        _say(f"  {line}")
         ok = all(results)
         _say(f"\n{'all pings answered' if ok else 'SOME PINGS FAILED'}; cleaning up")
     except KeyboardInterrupt:
