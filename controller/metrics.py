@@ -9,7 +9,7 @@ Counters, so removed endpoints and networks vanish from the next scrape).
 :class:`ControllerMetrics` holds ordinary prometheus_client metrics that the
 controller updates itself (API requests, endpoint add/remove latency,
 reconcile errors). :func:`serve_metrics` exposes a registry over HTTP, on
-loopback unless explicitly allowed otherwise. See docs/metrics.md for the
+loopback unless explicitly allowed otherwise. See the README's Metrics section for the
 reference of every series.
 """
 
