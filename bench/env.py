@@ -1,0 +1,231 @@
+"""Processes, namespaces and clean-up for the harness, plus machine facts.
+
+Boundary: every network namespace and long-running child process the harness
+makes is registered here, and ``cleanup()`` removes them all (idempotent; run
+from ``finally``, ``atexit`` and the SIGTERM/SIGINT handlers). Namespaces are
+only ever created with the run's prefix (``bpfnet-b<run id>``), and the final
+sweep deletes only namespaces carrying that prefix.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "bpfnet-b"
+RUN_ID = uuid.uuid4().hex[:5]
+RUN_PREFIX = f"{PREFIX}{RUN_ID}"
+PYTHON = sys.executable
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_namespaces: list[str] = []
+_procs: list[subprocess.Popen[bytes]] = []
+_finalizers: list[Callable[[], None]] = []
+_tmpdirs: list[str] = []
+_installed = False
+
+
+def ns_name(suffix: str) -> str:
+    """A namespace name of this run (the only names the harness creates)."""
+    return f"{RUN_PREFIX}-{suffix}"
+
+
+def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: float = 120.0,
+        cpu: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command (in namespace ns, pinned to cpu) and capture its output."""
+    full = _wrap(cmd, ns, cpu)
+    r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return r
+
+
+def spawn(cmd: Sequence[str], ns: str | None = None, cpu: int | None = None,
+          stdout: Any = subprocess.DEVNULL, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a long-running child (registered: killed at clean-up)."""
+    proc = subprocess.Popen(_wrap(cmd, ns, cpu), stdout=stdout, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    _procs.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    """Stop one child we started (by its process group), escalating to SIGKILL."""
+    if proc.poll() is None:
+        # Each child leads its own process group (start_new_session): signal the
+        # group, so helpers it forked (trafgen's per-CPU workers) stop too.
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            proc.wait()
+    if proc in _procs:
+        _procs.remove(proc)
+    return proc.returncode if proc.returncode is not None else -1
+
+
+def _wrap(cmd: Sequence[str], ns: str | None, cpu: int | None) -> list[str]:
+    full = list(cmd)
+    if cpu is not None:
+        full = ["taskset", "-c", str(cpu)] + full
+    if ns is not None:
+        full = ["ip", "netns", "exec", ns] + full
+    return full
+
+
+def add_netns(name: str) -> str:
+    """Create a fresh namespace (must carry the run prefix) with lo up."""
+    if not name.startswith(RUN_PREFIX):
+        raise ValueError(f"refusing to create namespace {name!r} without prefix {RUN_PREFIX}")
+    _namespaces.append(name)
+    run(["ip", "netns", "add", name])
+    run(["ip", "-n", name, "link", "set", "lo", "up"])
+    return name
+
+
+def tmpdir(tag: str) -> str:
+    path = tempfile.mkdtemp(prefix=f"{RUN_PREFIX}-{tag}-")
+    _tmpdirs.append(path)
+    return path
+
+
+def on_cleanup(fn: Callable[[], None]) -> None:
+    """Run fn at clean-up (before namespaces go), most recent first."""
+    _finalizers.append(fn)
+
+
+def remove_namespaces(names: Sequence[str]) -> None:
+    """Delete namespaces (ours only), quietly skipping missing ones."""
+    from pyroute2 import netns as pnetns
+
+    for name in names:
+        if not name.startswith(RUN_PREFIX):
+            continue
+        try:
+            pnetns.remove(name)
+        except OSError:
+            pass
+
+
+def our_namespaces() -> list[str]:
+    try:
+        names = os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.startswith(RUN_PREFIX)]
+
+
+def cleanup() -> None:
+    """Undo everything this run made. Safe to call more than once."""
+    while _finalizers:
+        fn = _finalizers.pop()
+        try:
+            fn()
+        except Exception:
+            log.exception("clean-up step failed")
+    while _procs:
+        stop(_procs[0], timeout=5)  # stop() unregisters it
+    remove_namespaces(list(dict.fromkeys(_namespaces + our_namespaces())))
+    _namespaces.clear()
+    for path in _tmpdirs:
+        shutil.rmtree(path, ignore_errors=True)
+    _tmpdirs.clear()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_handlers() -> None:
+    """atexit + SIGTERM/SIGINT -> KeyboardInterrupt, so ``finally`` clean-up runs."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, kernel, distribution, tool versions: the context of the numbers."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    hyper = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Hypervisor vendor:"):
+                hyper = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    distro = ""
+    try:
+        with open("/etc/os-release", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    distro = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            mem_kb = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "hypervisor": hyper or None,
+        "kernel": platform.release(),
+        "distribution": distro,
+        "memory_gib": round(mem_kb / 1048576, 1),
+        "python": platform.python_version(),
+        "tools": {t: _version(t) for t in ("trafgen", "iperf3", "sockperf")},
+    }
+
+
+def _version(tool: str) -> str | None:
+    if shutil.which(tool) is None:
+        return None
+    flag = {"trafgen": "-v", "iperf3": "--version", "sockperf": "--version"}[tool]
+    try:
+        out = subprocess.run([tool, flag], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip()[:80] if text else None

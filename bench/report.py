@@ -1,0 +1,403 @@
+"""RESULTS.md, results.json and results.png from a run's document.
+
+Boundary: pure formatting of what ``bench.runner.run`` returned (plus the
+goals, checked against the measured figures and reported, never asserted);
+the only I/O is writing the three files into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VARIANT_LABEL = {"direct": "direct veth pair", "bridge": "Linux bridge (bpfnet --datapath bridge)",
+                 "redirect-peer": "bpfnet redirect-peer", "redirect": "bpfnet redirect"}
+FILES = ("RESULTS.md", "results.json", "results.png")
+
+
+@dataclass(frozen=True)
+class Goal:
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+    note: str = ""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def fast_variant(doc: dict[str, Any]) -> str | None:
+    """The best eBPF variant measured in this run (redirect-peer before redirect)."""
+    for v in ("redirect-peer", "redirect"):
+        if doc.get("variants", {}).get(v, {}).get("available"):
+            return v
+    return None
+
+
+def goals(doc: dict[str, Any]) -> list[Goal]:
+    """Each goal of the issue against this run's figures."""
+    out: list[Goal] = []
+    rat = doc.get("ratios", {})
+    fv = fast_variant(doc)
+    for ref, target, text in (("direct", 0.95, "fast path ≥ 95% of the direct pair's packet rate"),
+                              ("bridge", 1.3, "fast path ≥ 1.3x the bridge's packet rate")):
+        parts, ok = [], True
+        for m in ("udp4_pps", "udp6_pps"):
+            r = rat.get(m, {}).get(fv or "", {}).get(f"vs_{ref}")
+            if r is None:
+                continue
+            parts.append(f"{m[:4]} {_pct(r) if ref == 'direct' else f'{r:.2f}x'}")
+            ok = ok and r >= target
+        if not parts:
+            out.append(Goal(text, "not measured", None))
+            continue
+        note = ""
+        if not ok:
+            worst = min(rat[m][fv or ""][f"vs_{ref}"] for m in ("udp4_pps", "udp6_pps") if m in rat)
+            note = (f"short by {100 * (target - worst):.1f} points" if ref == "direct"
+                    else f"short by {target - worst:.2f}x")
+        out.append(Goal(text, f"{fv}: " + ", ".join(parts), ok, note))
+    lat = [(m, rat.get(m, {}).get(fv or "", {}).get("vs_direct")) for m in ("rr4_p50_us", "rr4_p99_us")]
+    lat_ok = [(m, r) for m, r in lat if r is not None]
+    if lat_ok:
+        worst = max(r for _, r in lat_ok)
+        out.append(Goal("request/response latency within 5% of the direct pair",
+                        f"{fv}: " + ", ".join(f"{m[4:7]} {100 * (r - 1):+.1f}%" for m, r in lat_ok),
+                        worst <= 1.05, "" if worst <= 1.05 else f"over by {100 * (worst - 1.05):.1f} points"))
+    else:
+        out.append(Goal("request/response latency within 5% of the direct pair", "not measured", None))
+    sc = doc.get("scale") or {}
+    pps = {int(k): v["median"] for k, v in (sc.get("pps") or {}).items()}
+    if len(pps) >= 2:
+        lo, hi = min(pps), max(pps)
+        r = pps[hi] / pps[lo]
+        out.append(Goal(f"fast-path rate flat from {lo} to {hi} endpoints (within 5%)",
+                        f"{sc.get('mode')}: {hi} vs {lo}: {100 * (r - 1):+.1f}%", abs(r - 1) <= 0.05,
+                        "" if abs(r - 1) <= 0.05 else f"off by {100 * (abs(r - 1) - 0.05):.1f} points"))
+    else:
+        out.append(Goal("fast-path rate flat from 2 to 1000 endpoints", "not measured", None))
+    if sc.get("endpoints_max"):
+        n, t = sc["endpoints_max"], sc["create_all_s"]
+        if n >= 1000:
+            out.append(Goal("1000 endpoints created in under 20 s", f"{t:.1f} s", t < 20,
+                            "" if t < 20 else f"{t / 20:.1f}x the budget ({t - 20:.1f} s over)"))
+        else:
+            out.append(Goal("1000 endpoints created in under 20 s",
+                            f"{n} in {t:.2f} s (≈{t / n * 1000:.0f} s per 1000, extrapolated)", None))
+    else:
+        out.append(Goal("1000 endpoints created in under 20 s", "not measured", None))
+    scrapes = sc.get("scrape") or {}
+    if scrapes:
+        n = max(int(k) for k in scrapes)
+        e = scrapes[str(n)]
+        if "metrics_ms" in e:
+            ms, what = e["metrics_ms"]["p50"], "GET /metrics"
+        else:
+            ms, what = e["stats_ms"]["p50"], "GET /v1/stats (no /metrics)"
+        out.append(Goal("a scrape at 1000 endpoints under 100 ms", f"{what} at {n}: {ms:.1f} ms",
+                        ms < 100 if n >= 1000 else None,
+                        "" if ms < 100 else f"{ms / 100:.1f}x the budget"))
+    else:
+        out.append(Goal("a scrape at 1000 endpoints under 100 ms", "not measured", None))
+    pr = doc.get("progrun") or {}
+    cases = [(mode, c) for mode, r in (pr.get("modes") or {}).items() for c in r.get("cases", [])]
+    if cases:
+        mode, worst = max(cases, key=lambda mc: mc[1]["ns_per_packet"])
+        ns = worst["ns_per_packet"]
+        out.append(Goal("under 100 ns per packet in the program",
+                        f"worst {ns} ns ({worst['program']}, {worst['kind']}, {mode})", ns < 100,
+                        "" if ns < 100 else f"over by {ns - 100} ns"))
+    else:
+        out.append(Goal("under 100 ns per packet in the program", "not measured", None))
+    return out
+
+
+# -- markdown ----------------------------------------------------------------
+def _fmt(metric: str, v: float) -> str:
+    if metric.endswith("_pps"):
+        return f"{v / 1e6:.3f} M"
+    if metric.endswith("_gbps"):
+        return f"{v:.2f}"
+    return f"{v:.2f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+METRIC_LABEL = {"udp4_pps": "UDP/IPv4 64 B, packets/s", "udp6_pps": "UDP/IPv6 64 B, packets/s",
+                "tcp4_gbps": "TCP/IPv4, Gbit/s", "tcp6_gbps": "TCP/IPv6, Gbit/s",
+                "rr4_p50_us": "UDP request/response RTT p50, µs", "rr4_p99_us": "RTT p99, µs"}
+
+
+def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
+    m = doc["machine"]
+    plan = doc["plan"]
+    lines = [
+        "# bpfnet benchmarks",
+        "",
+        (f"Generated by `python -m bench{' --quick' if plan['quick'] else ''}` on {doc['started']} "
+        f"in {doc.get('elapsed_s', 0):.0f} s. Regenerate with `make bench`; everything runs in fresh "
+        "network namespaces that are removed afterwards."),
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']} — {m['cores']} cores" + (f" ({m['hypervisor']} guest)" if m.get("hypervisor") else ""),
+        f"- Kernel: {m['kernel']}; {m['distribution']}; {m['memory_gib']} GiB RAM; Python {m['python']}",
+        "- Tools: " + "; ".join(f"{k}: {v or 'missing'}" for k, v in m["tools"].items()),
+        (f"- Best datapath mode this kernel offers (probe): **{doc['kernel_best_mode']}**; "
+        f"--datapath wired by: {doc['datapath_wiring']}"),
+        "",
+    ]
+    if plan["quick"]:
+        lines += [("> **Quick smoke run**: windows of a fraction of a second, one round. "
+                  "The numbers only show the harness works; do not compare them."), ""]
+    lines += ["## Headline", ""]
+    med, rat = doc.get("medians", {}), doc.get("ratios", {})
+    variants = [v for v in ("direct", "bridge", "redirect-peer", "redirect")
+                if doc.get("variants", {}).get(v, {}).get("available")]
+    if med:
+        rows = []
+        for metric in ("udp4_pps", "udp6_pps", "tcp4_gbps", "tcp6_gbps", "rr4_p50_us", "rr4_p99_us"):
+            if metric not in med:
+                continue
+            row = [METRIC_LABEL[metric]]
+            for v in variants:
+                val = med[metric].get(v)
+                if val is None:
+                    row.append("–")
+                    continue
+                r = rat[metric][v]
+                extra = [f"{r['vs_direct']:.2f}x direct"] if v != "direct" and "vs_direct" in r else []
+                if v not in ("direct", "bridge") and "vs_bridge" in r:
+                    extra.append(f"{r['vs_bridge']:.2f}x bridge")
+                row.append(_fmt(metric, val) + (f" ({', '.join(extra)})" if extra else ""))
+            rows.append(row)
+        lines += [f"Medians of {plan['rounds']} interleaved round(s); ratios are median / median.", "",
+                  _table(["metric"] + [VARIANT_LABEL[v] for v in variants], rows), ""]
+        rel = _relative_rates(med)
+        if rel:
+            lines += ["Packet rate relative to the Linux bridge (= 1.00): " + rel, ""]
+    for v, info in doc.get("variants", {}).items():
+        if not info.get("available"):
+            lines += [f"- variant **{v}** not measured: {info.get('reason')}"]
+    lines += ["", "## Goals", "",
+              "Checked against the figures above, reported and never asserted.", ""]
+    rows = []
+    for g in goals(doc):
+        status = {True: "met", False: "**missed**", None: "n/a"}[g.met]
+        rows.append([g.goal, g.measured, status, g.note])
+    lines += [_table(["goal", "measured", "status", "by how much"], rows), ""]
+    lines += _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _method_md(doc)
+    if doc.get("errors"):
+        lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
+    lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
+    return "\n".join(lines)
+
+
+def _relative_rates(med: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for metric in ("udp4_pps", "udp6_pps"):
+        per = med.get(metric, {})
+        base = per.get("bridge")
+        if not base:
+            continue
+        parts.append(f"{metric[:4]}: " + ", ".join(f"{v} {val / base:.2f}x" for v, val in per.items()))
+    return "; ".join(parts)
+
+
+def _scale_md(doc: dict[str, Any]) -> list[str]:
+    sc = doc.get("scale")
+    if not sc:
+        return []
+    lines = ["## Scale", "", (f"One daemon (`--datapath {sc['requested']}`, reports {sc['mode']}), grown one "
+             "endpoint at a time through the API and shrunk back; rate and scrape figures are taken at "
+             "each level on the way up and down (medians)."), ""]
+    add, rm = sc.get("add_ms", {}), sc.get("rm_ms", {})
+    lines += [_table(["operation", "n", "p50 ms", "p99 ms", "max ms"],
+                     [[name, str(d.get("n", 0)), f"{d.get('p50', 0):.1f}", f"{d.get('p99', 0):.1f}",
+                       f"{d.get('max', 0):.1f}"] for name, d in (("endpoint add", add), ("endpoint rm", rm)) if d]),
+              "", (f"Creating {sc['endpoints_max']} endpoints took **{sc['create_all_s']:.1f} s** "
+              "(sum of sequential API calls)."), ""]
+    levels = sorted({int(k) for k in list(sc.get("pps", {})) + list(sc.get("scrape", {})) +
+                     list(sc.get("rss_bytes", {}))})
+    rows = []
+    for n in levels:
+        p = sc.get("pps", {}).get(str(n))
+        s = sc.get("scrape", {}).get(str(n), {})
+        rss = sc.get("rss_bytes", {}).get(str(n))
+        rows.append([str(n), f"{p['median'] / 1e6:.3f} M" if p else "–",
+                     f"{s['metrics_ms']['p50']:.1f} (max {s['metrics_ms']['max']:.1f}, "
+                     f"{s['metrics_ms']['bytes'] // 1024} KiB)" if "metrics_ms" in s else "–",
+                     f"{s['stats_ms']['p50']:.1f}" if "stats_ms" in s else "–",
+                     f"{rss / 2**20:.0f}" if rss else "–"])
+    lines += [_table(["endpoints", "UDP/IPv4 packets/s", "GET /metrics ms", "GET /v1/stats ms",
+                      "daemon RSS MiB"], rows), ""]
+    return lines
+
+
+def _progrun_md(doc: dict[str, Any]) -> list[str]:
+    pr = doc.get("progrun") or {}
+    if not pr.get("modes"):
+        return []
+    lines = ["## Per-packet cost in the programs", "",
+             (f"BPF_PROG_TEST_RUN, {pr['repeat']:,} repeats per call, median of 3 calls; the kernel's "
+             "mean ns per run, which includes the test-run loop itself (a program that only returns "
+             "costs the figure in the last column)."), ""]
+    rows = []
+    for mode, r in pr["modes"].items():
+        for c in r["cases"]:
+            rows.append([mode, c["program"], c["kind"], c["verdict"], str(c["ns_per_packet"]),
+                         f"{r.get('null_program_ns', 0):.0f}"])
+    lines += [_table(["mode", "program", "packet", "verdict", "ns/packet", "empty program ns"], rows), ""]
+    return lines
+
+
+def _profile_md(doc: dict[str, Any]) -> list[str]:
+    pf = doc.get("profile")
+    if not pf:
+        return []
+    lines = ["## Where the controller spends its time (cProfile)", "",
+             (f"A separate daemon (`{pf.get('mode')}`) ran {pf['endpoints']} adds, 5 scrapes of /metrics "
+             f"at {pf['endpoints']} endpoints and {pf['endpoints']} removes under cProfile (profiling "
+             "overhead included, so only the shares matter). Cumulative ms per operation:"), ""]
+    for what in ("add", "remove", "scrape"):
+        p = pf.get(what) or {}
+        if "by_cumtime" not in p:
+            continue
+        rows = [[f"`{r['function']}`", f"{r['calls_per_op']:.1f}", f"{r['cumtime_ms_per_op']:.2f}",
+                 f"{r['tottime_ms_per_op']:.2f}"] for r in _interesting(p["by_cumtime"])]
+        lines += [f"**{what}**", "", _table(["function", "calls/op", "cum ms/op", "own ms/op"], rows), ""]
+    return lines
+
+
+def _interesting(rows: list[dict[str, Any]], n: int = 14) -> list[dict[str, Any]]:
+    """Drop the asyncio/event-loop plumbing rows that only repeat their callers' totals."""
+    skip = ("asyncio/", "_contextvars", "threading.py", "{method 'run' of")
+    return [r for r in rows if not any(s in r["function"] for s in skip)][:n]
+
+
+def _method_md(doc: dict[str, Any]) -> list[str]:
+    p = doc["plan"]
+    return ["## How it is measured", "",
+            ("- Variants are built once and measured round-robin (A B C A B C …), "
+            f"{p['rounds']} round(s); medians are reported."),
+            ("- **direct**: one veth pair between two fresh namespaces. **bridge**: `bpfnet daemon "
+            "--datapath bridge` (the Linux bridge, no programs: Docker's datapath). **redirect-peer / "
+            "redirect**: `bpfnet daemon --datapath MODE`. Each daemon runs with `--netns bpfnet-b…`, "
+            "a temporary `--state-dir` and a unix `-H` socket; the pair is two endpoints it made."),
+            (f"- Packet rate: trafgen (netsniff-ng) in the sender's namespace, one process on CPU 0, "
+            f"AF_PACKET with qdisc bypass, one 64-byte frame (no FCS) to the receiver's eth0 MAC; counted "
+            f"at the receiver's UDP layer (Udp/Udp6 InDatagrams + NoPorts + InErrors − InCsumErrors of "
+            f"its namespace, i.e. what nstat shows) over a {p['pps_seconds']} s window after a "
+            f"{p['pps_warmup']} s warm-up. A sink socket that never reads holds the port, so no ICMP "
+            "errors are generated. Everything (sender, softirq, receiver) runs on CPU 0."),
+            (f"- TCP: iperf3, {p['tcp_seconds']} s (first {p['tcp_omit']} s omitted), client and server "
+            "on CPU 0."),
+            (f"- Latency: sockperf ping-pong, UDP, 64-byte messages, {p['latency_seconds']} s, full round "
+            "trip, client and server on CPU 0 (on this KVM guest a cross-CPU wake-up adds ~50 µs and "
+            "would hide the datapath). IPv4 only: sockperf 3.7 has no IPv6."),
+            "- Scale: see above. Endpoint add/rm are timed at the client (HTTP over the unix socket).",
+            ("- Program cost: a worker enters a fresh namespace, starts bpfnet's EbpfDatapath (one bridge, "
+            "two veths) and runs each program on each packet kind with BPF_PROG_TEST_RUN."),
+            ""]
+
+
+# -- chart --------------------------------------------------------------------
+def chart(doc: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    med = doc.get("medians", {})
+    variants = [v for v in ("direct", "bridge", "redirect-peer", "redirect")
+                if doc.get("variants", {}).get(v, {}).get("available")]
+    colors = {"direct": "#4c72b0", "bridge": "#dd8452", "redirect-peer": "#55a868", "redirect": "#8172b3"}
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig.suptitle(f"bpfnet benchmarks — {doc['machine']['cpu']}, {doc['machine']['cores']} cores, "
+                 f"kernel {doc['machine']['kernel']}" + (" (QUICK smoke run)" if doc["plan"]["quick"] else ""),
+                 fontsize=11)
+
+    def bars(ax: Any, metrics: list[str], scale: float, ylabel: str, title: str) -> None:
+        width = 0.8 / max(1, len(variants))
+        for i, v in enumerate(variants):
+            vals = [med.get(m, {}).get(v, 0) / scale for m in metrics]
+            xs = [j + i * width for j in range(len(metrics))]
+            ax.bar(xs, vals, width, label=v, color=colors[v])
+            for x, val in zip(xs, vals):
+                if val:
+                    ax.text(x, val, f"{val:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(metrics))])
+        ax.set_xticklabels(metrics)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+
+    bars(axes[0][0], ["udp4_pps", "udp6_pps"], 1e6, "Mpackets/s", "64-byte UDP delivered (higher is better)")
+    bars(axes[0][1], ["tcp4_gbps", "tcp6_gbps"], 1, "Gbit/s", "TCP throughput, iperf3")
+    bars(axes[0][2], ["rr4_p50_us", "rr4_p99_us"], 1, "µs", "UDP request/response RTT (lower is better)")
+    sc = doc.get("scale") or {}
+    ax = axes[1][0]
+    pps = sorted((int(k), v["median"] / 1e6) for k, v in (sc.get("pps") or {}).items())
+    if pps:
+        ax.plot([p[0] for p in pps], [p[1] for p in pps], "o-", color=colors.get(sc.get("mode", ""), "k"))
+        ax.set_xscale("log")
+        ax.set_ylim(0, max(p[1] for p in pps) * 1.2)
+    ax.set_xlabel("endpoints attached")
+    ax.set_ylabel("Mpackets/s")
+    ax.set_title(f"fast-path UDP/IPv4 rate vs endpoints ({sc.get('mode', '-')})", fontsize=10)
+    ax = axes[1][1]
+    scr = sorted((int(k), v) for k, v in (sc.get("scrape") or {}).items())
+    if scr:
+        ns = [k for k, _ in scr]
+        if all("metrics_ms" in v for _, v in scr):
+            ax.plot(ns, [v["metrics_ms"]["p50"] for _, v in scr], "o-", label="GET /metrics")
+        ax.plot(ns, [v["stats_ms"]["p50"] for _, v in scr], "s-", label="GET /v1/stats")
+        ax.axhline(100, color="red", linestyle=":", label="goal at 1000: 100 ms")
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("endpoints")
+    ax.set_ylabel("ms (p50)")
+    ax.set_title("scrape time", fontsize=10)
+    ax = axes[1][2]
+    pr = doc.get("progrun") or {}
+    labels, vals = [], []
+    for mode, r in (pr.get("modes") or {}).items():
+        for c in r["cases"]:
+            labels.append(f"{mode[:6]} {c['program']}: {c['kind'][:28]}")
+            vals.append(c["ns_per_packet"])
+    if vals:
+        ax.barh(range(len(vals)), vals, color="#55a868")
+        ax.set_yticks(range(len(vals)))
+        ax.set_yticklabels(labels, fontsize=6)
+        ax.axvline(100, color="red", linestyle=":")
+        ax.invert_yaxis()
+    ax.set_xlabel("ns per packet (BPF_PROG_TEST_RUN)")
+    ax.set_title("program cost (goal < 100 ns)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(doc: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Write RESULTS.md, results.json and results.png into out_dir; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: os.path.join(out_dir, name) for name in FILES}
+    doc = dict(doc, goals=[g.__dict__ for g in goals(doc)])
+    with open(paths["results.json"], "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=False, default=str)
+        f.write("\n")
+    with open(paths["RESULTS.md"], "w", encoding="utf-8") as f:
+        f.write(markdown(doc))
+    chart(doc, paths["results.png"])
+    log.info("wrote %s", ", ".join(paths.values()))
+    return paths

@@ -1,0 +1,186 @@
+"""Scale: endpoint churn, daemon memory, scrape time, and fast-path rate at N endpoints.
+
+Boundary: one ``BpfnetDaemon`` (the best eBPF mode available) is grown one
+endpoint at a time through the API up to the largest level, then shrunk back
+(A B C B A), so drift over the run cancels out. At each level it records the
+daemon's RSS, the time of ``GET /metrics`` and ``GET /v1/stats`` (several
+scrapes), and the packet rate between the first two endpoints. Every add and
+remove is timed from the client (HTTP over the unix socket: what a user of
+the API waits for). ``profile()`` repeats a smaller churn under cProfile.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import pstats
+import statistics
+import time
+import urllib.parse
+from dataclasses import dataclass
+from io import StringIO
+from typing import Any
+
+from . import traffic
+from .topology import BpfnetDaemon, Host, Pair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    levels: tuple[int, ...]  # endpoint counts visited (up, then down)
+    pps_at: tuple[int, ...]
+    scrape_at: tuple[int, ...]
+    scrapes: int
+    pps_seconds: float
+    profile_endpoints: int  # 0: no profile pass
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+def _timed_get(url: str) -> tuple[float, int]:
+    """Seconds for one GET (connect to last byte) and the body size."""
+    u = urllib.parse.urlsplit(url)
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=30)
+    try:
+        conn.request("GET", u.path or "/")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: HTTP {resp.status}")
+    finally:
+        conn.close()
+    return time.perf_counter() - t0, len(body)
+
+
+def _timed_stats(d: BpfnetDaemon) -> float:
+    t0 = time.perf_counter()
+    d.client.get("/v1/stats")
+    return time.perf_counter() - t0
+
+
+def measure(requested: str, plan: ScalePlan) -> dict[str, Any]:
+    """Grow and shrink one daemon; see the module docstring."""
+    d = BpfnetDaemon("sc", requested, "fd00:b0:5::/64")
+    d.start()
+    try:
+        return _measure(d, plan)
+    finally:
+        d.close()
+
+
+def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
+    out: dict[str, Any] = {"requested": d.requested, "mode": d.mode, "rss_bytes": {"0": d.rss_bytes()},
+                           "scrape": {}, "pps": {}}
+    metrics_url = d.info.get("metrics_url")
+    add_s: list[float] = []
+    rm_s: list[float] = []
+    pps: dict[int, list[float]] = {}
+    hosts: list[Host] = []
+
+    def at_level(n: int) -> None:
+        out["rss_bytes"][str(n)] = max(out["rss_bytes"].get(str(n), 0), d.rss_bytes())
+        if n in plan.pps_at:
+            pair = Pair("scale", hosts[0], hosts[1])
+            pps.setdefault(n, []).append(traffic.packet_rate(pair, 4, plan.pps_seconds))
+        if n in plan.scrape_at and str(n) not in out["scrape"]:
+            entry: dict[str, Any] = {}
+            if metrics_url:
+                times, size = [], 0
+                for _ in range(plan.scrapes):
+                    t, size = _timed_get(metrics_url)
+                    times.append(t)
+                entry["metrics_ms"] = {"p50": statistics.median(times) * 1e3, "max": max(times) * 1e3,
+                                       "bytes": size}
+            st = [_timed_stats(d) for _ in range(plan.scrapes)]
+            entry["stats_ms"] = {"p50": statistics.median(st) * 1e3, "max": max(st) * 1e3}
+            out["scrape"][str(n)] = entry
+        log.info("scale: %d endpoints, rss %.1f MiB", n, d.rss_bytes() / 2**20)
+
+    top = max(plan.levels)
+    for level in sorted(plan.levels):
+        while len(d.endpoints) < level:
+            name = d.endpoint_name(len(d.endpoints))
+            t0 = time.perf_counter()
+            host = d.add_endpoint(name)
+            add_s.append(time.perf_counter() - t0)
+            if len(hosts) < 2:
+                hosts.append(host)
+        at_level(level)
+    for level in sorted(plan.levels, reverse=True)[1:]:
+        while len(d.endpoints) > level:
+            name = d.endpoints[-1]
+            t0 = time.perf_counter()
+            d.remove_endpoint(name)
+            rm_s.append(time.perf_counter() - t0)
+        at_level(level)
+    out["endpoints_max"] = top
+    out["create_all_s"] = sum(add_s[:top])
+    out["add_ms"] = _dist(add_s)
+    out["rm_ms"] = _dist(rm_s)
+    out["pps"] = {str(n): {"median": statistics.median(v), "runs": v} for n, v in sorted(pps.items())}
+    return out
+
+
+def _dist(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ms = [s * 1e3 for s in samples]
+    return {"n": len(ms), "p50": percentile(ms, 50), "p99": percentile(ms, 99), "max": max(ms),
+            "mean": statistics.fmean(ms)}
+
+
+def profile(requested: str, n: int, top: int = 25) -> dict[str, Any]:
+    """cProfile of n endpoint adds, 5 scrapes of /metrics at n endpoints, and n removes
+    in a daemon (not timed): top functions per operation."""
+    d = BpfnetDaemon("pf", requested, "fd00:b0:6::/64", profile=True)
+    d.start()
+    try:
+        names = [d.endpoint_name(i) for i in range(n)]
+        t0 = time.perf_counter()
+        for name in names:
+            d.add_endpoint(name)
+        add_wall = time.perf_counter() - t0
+        url = d.info.get("metrics_url")
+        scrapes = 5
+        for _ in range(scrapes):
+            if url:
+                _timed_get(str(url))
+        t0 = time.perf_counter()
+        for name in names:
+            d.remove_endpoint(name)
+        rm_wall = time.perf_counter() - t0
+    finally:
+        d.close()  # SIGTERM: the shim dumps the profiles
+    out: dict[str, Any] = {"mode": d.mode, "endpoints": n, "add_wall_s": add_wall, "rm_wall_s": rm_wall}
+    for what, ops in (("add", n), ("remove", n), ("scrape", scrapes)):
+        path = f"{d.profile_prefix}.{what}"
+        try:
+            stats = pstats.Stats(path)
+        except OSError:
+            out[what] = {"error": "no profile written", "log": d.log_tail(500)}
+            continue
+        rows = []
+        for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+            rows.append({"function": f"{_short(file)}:{line}({func})", "calls_per_op": nc / ops,
+                         "tottime_ms_per_op": tt * 1e3 / ops, "cumtime_ms_per_op": ct * 1e3 / ops})
+        text = StringIO()
+        pstats.Stats(path, stream=text).sort_stats("cumulative").print_stats(40)
+        out[what] = {"by_cumtime": sorted(rows, key=lambda r: -r["cumtime_ms_per_op"])[:top],
+                     "by_tottime": sorted(rows, key=lambda r: -r["tottime_ms_per_op"])[:top],
+                     "pstats_text": text.getvalue()}
+    return out
+
+
+def _short(path: str) -> str:
+    for marker in ("/controller/", "/site-packages/", "/dist-packages/", "/lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path

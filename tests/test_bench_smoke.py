@@ -1,0 +1,80 @@
+"""``python -m bench --quick`` runs end to end and writes well-formed output.
+
+Only the shape of the output is checked, never a speed: CI machines vary.
+The harness works in namespaces named bpfnet-b<run id>-*; none may be left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = ("ip", "taskset", "trafgen", "iperf3", "sockperf")
+
+
+def _bench_namespaces() -> set[str]:
+    try:
+        return {n for n in os.listdir("/run/netns") if n.startswith("bpfnet-b")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    out = tmp_path_factory.mktemp("bench")
+    before = _bench_namespaces()
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=180, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert _bench_namespaces() <= before, "the bench left namespaces behind"
+    return out, r
+
+
+def test_results_json_is_well_formed(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, _ = quick_run
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["plan"]["quick"] is True
+    for key in ("cpu", "cores", "kernel"):
+        assert doc["machine"][key]
+    assert doc["variants"]["direct"]["available"]
+    assert doc["variants"]["bridge"]["available"]
+    for metric in ("udp4_pps", "udp6_pps", "tcp4_gbps", "tcp6_gbps", "rr4_p50_us", "rr4_p99_us"):
+        per = doc["medians"][metric]
+        assert {"direct", "bridge"} <= set(per), metric
+        assert all(isinstance(v, float) and v > 0 for v in per.values()), (metric, per)
+        assert doc["ratios"][metric]["bridge"]["vs_direct"] > 0
+    sc = doc["scale"]
+    assert sc["add_ms"]["n"] >= 2 and sc["add_ms"]["p50"] > 0
+    assert sc["pps"] and sc["scrape"]
+    goals = {g["goal"]: g for g in doc["goals"]}
+    assert len(goals) == 7
+    assert all(g["met"] in (True, False, None) for g in goals.values())
+    if doc["kernel_best_mode"] != "bridge":
+        assert doc["progrun"]["modes"]
+        for mode in doc["progrun"]["modes"].values():
+            assert all(c["ns_per_packet"] > 0 for c in mode["cases"])
+
+
+def test_results_md_and_png(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, r = quick_run
+    md = (out / "RESULTS.md").read_text()
+    for heading in ("# bpfnet benchmarks", "## Machine", "## Headline", "## Goals", "## Scale",
+                    "## How it is measured"):
+        assert heading in md
+    assert "Quick smoke run" in md
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bpfnet bench (quick)" in r.stdout
