@@ -345,9 +345,23 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
     check_mtu(cfg.mtu, cfg.ipv6)
     if cfg.datapath not in ("auto", "redirect-peer", "redirect", "bridge"):
         raise InvalidArgument(f"--datapath {cfg.datapath!r}: expected auto, redirect-peer, redirect or bridge")
-    if cfg.fixed_cidr and not cfg.bip:
-        # fixed-cidr is checked against bip; without bip it must still parse.
-        parse_v4_network(cfg.fixed_cidr, "--fixed-cidr")
+    # The default network's flags, checked now rather than after the daemon has entered its namespace.
+    data = default_network_config(
+        bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
+        fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
+        default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
+    )
+    if "subnet4" in data:
+        try:
+            NetworkConfig.from_json(data)  # fixed-cidr inside bip, IPv6 prefix, gateways
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"default network: {exc.message}") from None
+    else:
+        # Without --bip the subnet is picked at start-up; the other flags must still parse.
+        if cfg.fixed_cidr:
+            parse_v4_network(cfg.fixed_cidr, "--fixed-cidr")
+        if cfg.fixed_cidr_v6:
+            parse_v6_network(cfg.fixed_cidr_v6, "--fixed-cidr-v6")
     if cfg.ndp_proxy_iface:
         check_ifname(cfg.ndp_proxy_iface, "--ndp-proxy-iface")
         if not cfg.ipv6:
