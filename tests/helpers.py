@@ -135,7 +135,9 @@ class DaemonProcess:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.state_dir = workdir / "state"
-        self.sock = workdir / "bpfnet.sock"
+        # sun_path holds 107 bytes: deep pytest tmp dirs do not fit, so fall back to a short dir
+        self._sock_dir = workdir if len(str(workdir)) < 80 else Path(tempfile.mkdtemp(prefix="bpfnet-s", dir="/tmp"))
+        self.sock = self._sock_dir / "bpfnet.sock"
         self.host = f"unix://{self.sock}"
         self.tcp_port = free_port() if tcp else None
         self.tcp_host = f"tcp://127.0.0.1:{self.tcp_port}" if tcp else None
@@ -273,6 +275,8 @@ class DaemonProcess:
         pins = Path("/sys/fs/bpf/bpfnet") / self.netns
         if pins.exists():
             shutil.rmtree(pins, ignore_errors=True)
+        if self._sock_dir != self.workdir:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
         left = sorted(self.owned_netns())
         if pins.exists():
             left.append(str(pins))

@@ -97,8 +97,8 @@ def test_errors_one_line(d: DaemonProcess, args: list[str], fragment: str) -> No
     assert "bpfnet-tq" not in netns_list()
 
 
-def test_no_daemon(tmp_path: Path) -> None:
-    r = bpfnet("-H", f"unix://{tmp_path}/none.sock", "network", "ls")
+def test_no_daemon() -> None:
+    r = bpfnet("-H", f"unix:///tmp/{unique_tag()}-none/none.sock", "network", "ls")
     assert_one_line_error(r, "cannot connect to the bpfnet daemon")
     r = bpfnet("-H", "tcp://127.0.0.1:1", "info")
     assert_one_line_error(r, "cannot connect")
