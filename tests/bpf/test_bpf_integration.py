@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
-from conftest import inside, netns, pin_dir, unique
+from bpf_env import inside, netns, pin_dir, unique
 from dp_helpers import delta
 
 pytestmark = pytest.mark.kernel

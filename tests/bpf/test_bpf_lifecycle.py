@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from bpf_env import inside, make_links, netns, pin_dir
 from bpf_packets import ETH_IP, eth, ipv4, udp
 from bpfnet.datapath import BridgeDatapath, make_datapath
 from bpfnet.datapath.ebpf import EbpfDatapath
 from bpfnet.datapath.probe import probe_mode
-from conftest import inside, make_links, netns, pin_dir
 from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, run
 
 pytestmark = pytest.mark.kernel
