@@ -215,6 +215,7 @@ def machine() -> dict[str, Any]:
         "distribution": distro,
         "memory_gib": round(mem_kb / 1048576, 1),
         "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "tools": {t: _version(t) for t in ("trafgen", "iperf3", "sockperf")},
     }
 

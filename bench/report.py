@@ -152,6 +152,8 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
         "",
         f"- CPU: {m['cpu']} — {m['cores']} cores" + (f" ({m['hypervisor']} guest)" if m.get("hypervisor") else ""),
         f"- Kernel: {m['kernel']}; {m['distribution']}; {m['memory_gib']} GiB RAM; Python {m['python']}",
+        (f"- Load average at start / end: {m.get('loadavg_at_start')} / {doc.get('loadavg_at_end')} "
+        "(other work on the machine during the run shows here)"),
         "- Tools: " + "; ".join(f"{k}: {v or 'missing'}" for k, v in m["tools"].items()),
         (f"- Best datapath mode this kernel offers (probe): **{doc['kernel_best_mode']}**; "
         f"--datapath wired by: {doc['datapath_wiring']}"),
@@ -196,7 +198,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
         status = {True: "met", False: "**missed**", None: "n/a"}[g.met]
         rows.append([g.goal, g.measured, status, g.note])
     lines += [_table(["goal", "measured", "status", "by how much"], rows), ""]
-    lines += _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _method_md(doc)
+    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
     lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
@@ -212,6 +214,29 @@ def _relative_rates(med: dict[str, dict[str, float]]) -> str:
             continue
         parts.append(f"{metric[:4]}: " + ", ".join(f"{v} {val / base:.2f}x" for v, val in per.items()))
     return "; ".join(parts)
+
+
+def _kprofile_md(doc: dict[str, Any]) -> list[str]:
+    kp = doc.get("kprofile")
+    if not kp:
+        return []
+    if "skipped" in kp:
+        return ["## Kernel profile of the packet-rate path", "", f"Skipped: {kp['skipped']}", ""]
+    profs = kp.get("profiles", [])
+    if not profs:
+        return []
+    variants = [p["variant"] for p in profs]
+    lines = ["## Kernel profile of the packet-rate path", "",
+             (f"`perf record -e cpu-clock -C 0` for {kp['seconds']} s while trafgen sends 64-byte UDP/IPv"
+             f"{kp['family']} (an untimed pass; everything runs on CPU 0). Each symbol's share of the samples"
+             " is converted to ns per delivered packet; the rows are the symbols whose cost differs most "
+             "from the direct pair."), "",
+             _table(["", *variants], [["total ns/packet (1e9 / rate)",
+                                       *[f"{p['ns_per_packet']:.0f}" for p in profs]]]), "",
+             _table(["symbol", *[f"{v} ns/pkt" for v in variants], "largest extra vs direct"],
+                    [[f"`{r['symbol']}`", *[f"{r.get(v, 0.0):.1f}" for v in variants],
+                      f"{r['max_extra_vs_direct']:+.1f}"] for r in kp.get("compare", [])]), ""]
+    return lines
 
 
 def _scale_md(doc: dict[str, Any]) -> list[str]:

@@ -3,14 +3,15 @@
 Boundary: builds every variant once (``bench.topology``), runs the traffic
 measurements round-robin over the variants (A B C A B C ...) for
 ``plan.rounds`` rounds, so slow drift of the machine hits every variant
-alike, then tears the variants down and runs scale and program-cost
-measurements. Returns one JSON-able document; writing it is ``bench.report``.
+alike, then an untimed perf pass over the same pairs (``bench.kprofile``),
+then tears the variants down and runs scale and program-cost measurements. Returns one JSON-able document; writing it is ``bench.report``.
 A measurement that fails is recorded under ``errors`` and the run goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import env, progrun, scale, traffic
+from . import env, kprofile, progrun, scale, traffic
 from .daemon_shim import datapath_wired
 from .topology import BpfnetDaemon, DirectPair, Pair
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("direct", "bridge", "redirect-peer", "redirect")
 EBPF_MODES = ("redirect-peer", "redirect")
-MEASUREMENTS = ("pps", "tcp", "latency", "scale", "progrun")
+MEASUREMENTS = ("pps", "tcp", "latency", "perf", "scale", "progrun")
 V6_PREFIX = {"bridge": "fd00:b0:1::/64", "redirect-peer": "fd00:b0:2::/64", "redirect": "fd00:b0:3::/64"}
 TAGS = {"bridge": "br", "redirect-peer": "rp", "redirect": "rd"}
 
@@ -52,6 +53,7 @@ class Plan:
     latency_seconds: int
     scale: scale.ScalePlan
     progrun_repeat: int
+    perf_seconds: float
     measurements: tuple[str, ...] = MEASUREMENTS
     variants: tuple[str, ...] = VARIANTS
     notes: list[str] = field(default_factory=list)
@@ -60,7 +62,7 @@ class Plan:
 def make_plan(quick: bool, only: list[str] | None = None) -> Plan:
     """Full (``make bench``, ~10 min on 2 cores) or quick (CI smoke, seconds) plan.
 
-    only: measurement names (pps tcp latency scale progrun) and/or variant
+    only: measurement names (pps tcp latency perf scale progrun) and/or variant
     names (direct bridge redirect-peer redirect); each group not named stays whole.
     """
     only = only or []
@@ -75,13 +77,13 @@ def make_plan(quick: bool, only: list[str] | None = None) -> Plan:
                     latency_seconds=1,
                     scale=scale.ScalePlan(levels=(2, 10), pps_at=(2, 10), scrape_at=(2, 10), scrapes=2,
                                           pps_seconds=0.3, profile_endpoints=0),
-                    progrun_repeat=10_000, measurements=ms, variants=vs)
+                    progrun_repeat=10_000, perf_seconds=0.3, measurements=ms, variants=vs)
     return Plan(False, rounds=5, pps_seconds=2.0, pps_warmup=0.5, tcp_seconds=2, tcp_omit=1,
                 latency_seconds=2,
                 scale=scale.ScalePlan(levels=(2, 10, 100, 1000), pps_at=(2, 100, 1000),
                                       scrape_at=(10, 100, 1000), scrapes=5, pps_seconds=2.0,
                                       profile_endpoints=100),
-                progrun_repeat=1_000_000, measurements=ms, variants=vs)
+                progrun_repeat=1_000_000, perf_seconds=3.0, measurements=ms, variants=vs)
 
 
 def _probe_mode() -> str:
@@ -154,7 +156,7 @@ def run(plan: Plan) -> dict[str, Any]:
         plan = replace(plan, variants=tuple(v for v in VARIANTS if v not in EBPF_MODES or v == keep))
         doc["plan"]["variants"] = list(plan.variants)
     steps = _traffic_steps(plan)
-    if steps:
+    if steps or "perf" in plan.measurements:
         pairs = _build(plan, doc)
         samples: dict[str, dict[str, list[float]]] = {m: {v: [] for v in pairs} for m in METRICS}
         for r in range(plan.rounds):
@@ -170,6 +172,12 @@ def run(plan: Plan) -> dict[str, Any]:
         doc["samples"] = {m: s for m, s in samples.items() if any(s.values())}
         doc["medians"] = {m: {v: statistics.median(x) for v, x in s.items() if x}
                           for m, s in doc["samples"].items()}
+        if "perf" in plan.measurements:
+            try:
+                doc["kprofile"] = kprofile.run(pairs, 4, plan.perf_seconds)
+            except Exception as exc:
+                log.exception("perf profile failed")
+                doc["errors"].append(f"perf: {type(exc).__name__}: {exc}")
         env.cleanup()  # all traffic variants down before the scale run
     doc["ratios"] = ratios(doc["medians"])
     kernel = doc["kernel_best_mode"]
@@ -204,6 +212,7 @@ def run(plan: Plan) -> dict[str, Any]:
         finally:
             env.cleanup()
     doc["elapsed_s"] = time.monotonic() - started
+    doc["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return doc
 
 

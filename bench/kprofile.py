@@ -1,0 +1,99 @@
+"""Where the CPU goes per packet: ``perf`` samples on CPU 0 during a packet-rate run.
+
+Boundary: an optional, untimed pass (its packet rates are not reported as
+results). For each pair it runs the UDP generator as ``traffic.packet_rate``
+does, samples CPU 0 with ``perf record -e cpu-clock -C 0`` (a software
+clock: works in guests without a PMU), and turns each kernel symbol's share
+of the samples into ns per delivered packet (share x 1e9 / rate). The
+difference between variants, symbol by symbol, is where a slower datapath
+spends its extra time. Skipped (with a reason) when ``perf`` is missing or
+cannot sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any
+
+from . import env, traffic
+from .topology import Pair
+
+log = logging.getLogger(__name__)
+_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[([k.])\]\s+(.+?)\s*$")
+
+
+def available() -> str | None:
+    """None when perf can sample CPU 0, else why not."""
+    if shutil.which("perf") is None:
+        return "perf is not installed"
+    r = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-C", "0", "-o", "/dev/null", "--",
+                        "sleep", "0.05"], capture_output=True, text=True, check=False, timeout=30)
+    if r.returncode != 0:
+        return f"perf record failed: {r.stderr.strip()[-200:]}"
+    return None
+
+
+def profile_pair(pair: Pair, family: int, seconds: float, top: int = 40) -> dict[str, Any]:
+    """perf samples of CPU 0 while the generator runs; symbols as ns per delivered packet."""
+    out_dir = env.tmpdir("perf")
+    data = os.path.join(out_dir, f"{pair.variant}-{family}.data")
+    cfg = os.path.join(out_dir, f"udp{family}.cfg")
+    with open(cfg, "w", encoding="ascii") as f:
+        f.write(traffic.trafgen_config(pair.sender, pair.receiver, family))
+    traffic.udp_delivered(pair.receiver.ns, family)
+    gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q", "-C"],
+                    ns=pair.sender.ns, cpu=traffic.CPU)
+    try:
+        time.sleep(0.5)
+        c0, t0 = traffic.udp_delivered(pair.receiver.ns, family), time.monotonic()
+        env.run(["perf", "record", "-q", "-e", "cpu-clock", "-C", str(traffic.CPU), "-o", data, "--",
+                 "sleep", str(seconds)], timeout=seconds + 60)
+        c1, t1 = traffic.udp_delivered(pair.receiver.ns, family), time.monotonic()
+    finally:
+        env.stop(gen, signal.SIGINT)
+    rate = (c1 - c0) / (t1 - t0)
+    rep = env.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
+                   "--percent-limit", "0.3"], timeout=120)
+    symbols = []
+    for line in rep.stdout.splitlines():
+        m = _LINE.match(line)
+        if m:
+            pct, dso, _kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+            symbols.append({"symbol": sym, "dso": dso, "pct": pct,
+                            "ns_per_packet": pct / 100 * 1e9 / rate if rate else 0.0})
+    return {"variant": pair.variant, "family": family, "rate_pps": rate, "ns_per_packet": 1e9 / rate if rate else 0,
+            "symbols": symbols[:top]}
+
+
+def compare(profiles: list[dict[str, Any]], base: str = "direct", top: int = 15) -> list[dict[str, Any]]:
+    """Per symbol: ns/packet in each variant and the largest differences from base."""
+    by = {p["variant"]: {s["symbol"]: s["ns_per_packet"] for s in p["symbols"]} for p in profiles}
+    names = sorted({s for per in by.values() for s in per})
+    rows = []
+    for sym in names:
+        row = {"symbol": sym, **{v: per.get(sym, 0.0) for v, per in by.items()}}
+        row["max_extra_vs_" + base] = max((per.get(sym, 0.0) - by.get(base, {}).get(sym, 0.0)
+                                          for v, per in by.items() if v != base), default=0.0)
+        rows.append(row)
+    rows.sort(key=lambda r: -abs(r["max_extra_vs_" + base]))
+    return rows[:top]
+
+
+def run(pairs: dict[str, Pair], family: int, seconds: float) -> dict[str, Any]:
+    """Profile every pair (one after another), or say why not."""
+    why = available()
+    if why:
+        return {"skipped": why}
+    profiles = []
+    for pair in pairs.values():
+        try:
+            profiles.append(profile_pair(pair, family, seconds))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("perf profile of %s failed: %s", pair.variant, exc)
+    return {"family": family, "seconds": seconds, "profiles": profiles, "compare": compare(profiles)}
