@@ -71,17 +71,17 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 40) -> dict
             "symbols": symbols[:top]}
 
 
-def compare(profiles: list[dict[str, Any]], base: str = "direct", top: int = 15) -> list[dict[str, Any]]:
-    """Per symbol: ns/packet in each variant and the largest differences from base."""
+def compare(profiles: list[dict[str, Any]], focus: str, base: str = "direct",
+            top: int = 18) -> list[dict[str, Any]]:
+    """Per symbol: ns/packet in each variant; the rows where focus differs most from base."""
     by = {p["variant"]: {s["symbol"]: s["ns_per_packet"] for s in p["symbols"]} for p in profiles}
     names = sorted({s for per in by.values() for s in per})
     rows = []
     for sym in names:
-        row = {"symbol": sym, **{v: per.get(sym, 0.0) for v, per in by.items()}}
-        row["max_extra_vs_" + base] = max((per.get(sym, 0.0) - by.get(base, {}).get(sym, 0.0)
-                                          for v, per in by.items() if v != base), default=0.0)
+        row: dict[str, Any] = {"symbol": sym, **{v: per.get(sym, 0.0) for v, per in by.items()}}
+        row["extra"] = by.get(focus, {}).get(sym, 0.0) - by.get(base, {}).get(sym, 0.0)
         rows.append(row)
-    rows.sort(key=lambda r: -abs(r["max_extra_vs_" + base]))
+    rows.sort(key=lambda r: -abs(r["extra"]))
     return rows[:top]
 
 
@@ -96,4 +96,7 @@ def run(pairs: dict[str, Pair], family: int, seconds: float) -> dict[str, Any]:
             profiles.append(profile_pair(pair, family, seconds))
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             log.warning("perf profile of %s failed: %s", pair.variant, exc)
-    return {"family": family, "seconds": seconds, "profiles": profiles, "compare": compare(profiles)}
+    variants = [p["variant"] for p in profiles]
+    focus = next((v for v in ("redirect-peer", "redirect", "bridge") if v in variants), "")
+    return {"family": family, "seconds": seconds, "profiles": profiles, "focus": focus,
+            "compare": compare(profiles, focus)}

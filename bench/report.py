@@ -15,7 +15,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-VARIANT_LABEL = {"direct": "direct veth pair", "bridge": "Linux bridge (bpfnet --datapath bridge)",
+ORDER = ("direct", "bare-peer", "bridge", "redirect-peer", "redirect")
+VARIANT_LABEL = {"direct": "direct veth pair", "bare-peer": "bare redirect_peer program (floor)",
+                 "bridge": "Linux bridge (bpfnet --datapath bridge)",
                  "redirect-peer": "bpfnet redirect-peer", "redirect": "bpfnet redirect"}
 FILES = ("RESULTS.md", "results.json", "results.png")
 
@@ -164,7 +166,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
                   "The numbers only show the harness works; do not compare them."), ""]
     lines += ["## Headline", ""]
     med, rat = doc.get("medians", {}), doc.get("ratios", {})
-    variants = [v for v in ("direct", "bridge", "redirect-peer", "redirect")
+    variants = [v for v in ORDER
                 if doc.get("variants", {}).get(v, {}).get("available")]
     if med:
         rows = []
@@ -179,7 +181,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
                     continue
                 r = rat[metric][v]
                 extra = [f"{r['vs_direct']:.2f}x direct"] if v != "direct" and "vs_direct" in r else []
-                if v not in ("direct", "bridge") and "vs_bridge" in r:
+                if v not in ("direct", "bridge", "bare-peer") and "vs_bridge" in r:
                     extra.append(f"{r['vs_bridge']:.2f}x bridge")
                 row.append(_fmt(metric, val) + (f" ({', '.join(extra)})" if extra else ""))
             rows.append(row)
@@ -229,13 +231,13 @@ def _kprofile_md(doc: dict[str, Any]) -> list[str]:
     lines = ["## Kernel profile of the packet-rate path", "",
              (f"`perf record -e cpu-clock -C 0` for {kp['seconds']} s while trafgen sends 64-byte UDP/IPv"
              f"{kp['family']} (an untimed pass; everything runs on CPU 0). Each symbol's share of the samples"
-             " is converted to ns per delivered packet; the rows are the symbols whose cost differs most "
-             "from the direct pair."), "",
+             " is converted to ns per delivered packet; the rows are the symbols where "
+             f"**{kp.get('focus')}** differs most from the direct pair."), "",
              _table(["", *variants], [["total ns/packet (1e9 / rate)",
                                        *[f"{p['ns_per_packet']:.0f}" for p in profs]]]), "",
-             _table(["symbol", *[f"{v} ns/pkt" for v in variants], "largest extra vs direct"],
+             _table(["symbol", *[f"{v} ns/pkt" for v in variants], f"{kp.get('focus')} − direct"],
                     [[f"`{r['symbol']}`", *[f"{r.get(v, 0.0):.1f}" for v in variants],
-                      f"{r['max_extra_vs_direct']:+.1f}"] for r in kp.get("compare", [])]), ""]
+                      f"{r['extra']:+.1f}"] for r in kp.get("compare", [])]), ""]
     return lines
 
 
@@ -252,6 +254,13 @@ def _scale_md(doc: dict[str, Any]) -> list[str]:
                        f"{d.get('max', 0):.1f}"] for name, d in (("endpoint add", add), ("endpoint rm", rm)) if d]),
               "", (f"Creating {sc['endpoints_max']} endpoints took **{sc['create_all_s']:.1f} s** "
               "(sum of sequential API calls)."), ""]
+    bands = sc.get("add_ms_by_size") or {}
+    if bands:
+        rows = [[band, f"{d['p50']:.1f}", f"{d['p99']:.1f}",
+                 f"{(sc.get('rm_ms_by_size') or {}).get(band, {}).get('p50', float('nan')):.1f}"]
+                for band, d in bands.items()]
+        lines += ["By number of endpoints present:", "",
+                  _table(["endpoints", "add p50 ms", "add p99 ms", "rm p50 ms"], rows), ""]
     levels = sorted({int(k) for k in list(sc.get("pps", {})) + list(sc.get("scrape", {})) +
                      list(sc.get("rss_bytes", {}))})
     rows = []
@@ -344,9 +353,9 @@ def chart(doc: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     med = doc.get("medians", {})
-    variants = [v for v in ("direct", "bridge", "redirect-peer", "redirect")
+    variants = [v for v in ORDER
                 if doc.get("variants", {}).get(v, {}).get("available")]
-    colors = {"direct": "#4c72b0", "bridge": "#dd8452", "redirect-peer": "#55a868", "redirect": "#8172b3"}
+    colors = {"direct": "#4c72b0", "bare-peer": "#937860", "bridge": "#dd8452", "redirect-peer": "#55a868", "redirect": "#8172b3"}
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     fig.suptitle(f"bpfnet benchmarks — {doc['machine']['cpu']}, {doc['machine']['cores']} cores, "
                  f"kernel {doc['machine']['kernel']}" + (" (QUICK smoke run)" if doc["plan"]["quick"] else ""),

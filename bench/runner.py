@@ -21,11 +21,11 @@ from typing import Any
 
 from . import env, kprofile, progrun, scale, traffic
 from .daemon_shim import datapath_wired
-from .topology import BpfnetDaemon, DirectPair, Pair
+from .topology import BarePeer, BpfnetDaemon, DirectPair, Pair
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("direct", "bridge", "redirect-peer", "redirect")
+VARIANTS = ("direct", "bare-peer", "bridge", "redirect-peer", "redirect")
 EBPF_MODES = ("redirect-peer", "redirect")
 MEASUREMENTS = ("pps", "tcp", "latency", "perf", "scale", "progrun")
 V6_PREFIX = {"bridge": "fd00:b0:1::/64", "redirect-peer": "fd00:b0:2::/64", "redirect": "fd00:b0:3::/64"}
@@ -104,6 +104,13 @@ def _build(plan: Plan, doc: dict[str, Any]) -> dict[str, Pair]:
             if v == "direct":
                 pairs[v] = DirectPair().start()
                 doc["variants"][v] = {"available": True, "what": "one veth pair between two namespaces"}
+                continue
+            if v == "bare-peer":
+                if doc["kernel_best_mode"] != "redirect-peer":
+                    doc["variants"][v] = {"available": False, "reason": "kernel has no bpf_redirect_peer"}
+                    continue
+                pairs[v] = BarePeer().start()
+                doc["variants"][v] = {"available": True, "what": "bare bpf_redirect_peer program, no maps"}
                 continue
             d = BpfnetDaemon(TAGS[v], v, V6_PREFIX[v])
             d.start()
@@ -223,7 +230,7 @@ def ratios(medians: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str
         out[metric] = {}
         for v, value in per.items():
             r: dict[str, float] = {}
-            for ref in ("direct", "bridge"):
+            for ref in ("direct", "bridge", "bare-peer"):
                 if per.get(ref):
                     r[f"vs_{ref}"] = value / per[ref]
             out[metric][v] = r

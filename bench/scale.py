@@ -12,6 +12,7 @@ the API waits for). ``profile()`` repeats a smaller churn under cProfile.
 from __future__ import annotations
 
 import http.client
+import itertools
 import logging
 import pstats
 import statistics
@@ -82,6 +83,8 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
     metrics_url = d.info.get("metrics_url")
     add_s: list[float] = []
     rm_s: list[float] = []
+    add_at: list[int] = []  # endpoint count after each add / before each remove
+    rm_at: list[int] = []
     pps: dict[int, list[float]] = {}
     hosts: list[Host] = []
 
@@ -111,6 +114,7 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
             t0 = time.perf_counter()
             host = d.add_endpoint(name)
             add_s.append(time.perf_counter() - t0)
+            add_at.append(len(d.endpoints))
             if len(hosts) < 2:
                 hosts.append(host)
         at_level(level)
@@ -120,12 +124,26 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
             t0 = time.perf_counter()
             d.remove_endpoint(name)
             rm_s.append(time.perf_counter() - t0)
+            rm_at.append(len(d.endpoints) + 1)
         at_level(level)
     out["endpoints_max"] = top
     out["create_all_s"] = sum(add_s[:top])
     out["add_ms"] = _dist(add_s)
     out["rm_ms"] = _dist(rm_s)
+    out["add_ms_by_size"] = _by_size(add_s, add_at, plan.levels)
+    out["rm_ms_by_size"] = _by_size(rm_s, rm_at, plan.levels)
     out["pps"] = {str(n): {"median": statistics.median(v), "runs": v} for n, v in sorted(pps.items())}
+    return out
+
+
+def _by_size(samples: list[float], sizes: list[int], levels: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Distribution per band of endpoint counts (lo, hi] between consecutive levels."""
+    bounds = [0, *sorted(levels)]
+    out = {}
+    for lo, hi in itertools.pairwise(bounds):
+        band = [s for s, n in zip(samples, sizes) if lo < n <= hi]
+        if band:
+            out[f"{lo + 1}-{hi}"] = _dist(band)
     return out
 
 

@@ -75,6 +75,47 @@ class DirectPair:
             self.pair = None
 
 
+class BarePeer:
+    """Variant "bare-peer": the issue's bare bpf_redirect_peer prototype, the floor of a tc design.
+
+    Sender and receiver namespaces each hang off a host namespace by a veth
+    pair (as bpfnet endpoints do); on each host end a 4-instruction program
+    at tc ingress redirect-peers every packet to the other endpoint's eth0
+    (``bench.bare_prog``). No bridge, maps, policy or counters.
+    """
+
+    variant = "bare-peer"
+
+    def __init__(self) -> None:
+        self.pair: Pair | None = None
+        self.namespaces: list[str] = []
+
+    def start(self) -> Pair:
+        h = env.add_netns(env.ns_name("bp-h"))
+        hosts = []
+        for role, last in (("s", 2), ("r", 3)):
+            ns = env.add_netns(env.ns_name(f"bp-{role}"))
+            mac = f"02:42:0a:fd:00:0{last}"
+            env.run(["ip", "-n", ns, "link", "add", "eth0", "address", mac, "type", "veth",
+                     "peer", "name", f"h{role}", "netns", h])
+            for key in ("all", "default"):
+                env.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"])
+            env.run(["ip", "-n", ns, "addr", "add", f"10.253.0.{last}/24", "dev", "eth0"])
+            env.run(["ip", "-n", ns, "addr", "add", f"fd00:b0:fd::{last}/64", "dev", "eth0", "nodad"])
+            env.run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            env.run(["ip", "-n", h, "link", "set", f"h{role}", "up"])
+            hosts.append(Host(ns, mac, f"10.253.0.{last}", f"fd00:b0:fd::{last}"))
+            self.namespaces.append(ns)
+        self.namespaces.append(h)
+        env.run([env.PYTHON, "-m", "bench.bare_prog", h, "hs", "hr"])
+        self.pair = Pair(self.variant, hosts[0], hosts[1])
+        return self.pair
+
+    def close(self) -> None:
+        env.remove_namespaces(self.namespaces)
+        self.namespaces = []
+
+
 class DaemonError(RuntimeError):
     pass
 
