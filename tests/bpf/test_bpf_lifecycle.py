@@ -179,3 +179,21 @@ def test_counters_is_fast_with_1000_endpoints(ns_links) -> None:
         assert per_call < 0.25
     finally:
         dp.cleanup()
+
+
+def test_cleanup_from_a_fresh_process(ns_links) -> None:
+    """`bpfnet daemon --cleanup`: a datapath that never started removes what an
+    earlier daemon left (filters on every device, map entries, pins)."""
+    ns, pins, nets, eps = ns_links
+    dp = EbpfDatapath(mode="redirect-peer", pin_dir=pins)
+    dp.start(list(nets.values()), list(eps.values()))
+    dp.close()
+    assert tc_progs(ns, "h-a1", "ingress") and os.path.isdir(pins)
+    EbpfDatapath(mode="redirect-peer", pin_dir=pins).cleanup()
+    assert not os.path.exists(pins)
+    for dev in ("h-a1", "h-a2", "brA"):
+        assert tc_progs(ns, dev, "ingress") == [] and tc_progs(ns, dev, "egress") == []
+    out = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "clsact" not in out
+    EbpfDatapath(mode="redirect-peer", pin_dir=pins).cleanup()  # nothing left: fine
