@@ -6,8 +6,10 @@
  * e.g. "/sys/fs/bpf/bpfnet/<hostns>"). bcc opens a map that is already pinned
  * there instead of creating a new one, so a restarted daemon keeps its
  * counters and map entries. controller/datapath/maps.py mirrors these structs
- * byte for byte; change both together (and bump the layout version below:
- * the controller drops pins whose sizes no longer match).
+ * byte for byte; change both together. At load time the controller checks
+ * the kernel's view of every map (type, key/value size, entries) against
+ * maps.py and replaces pinned maps whose shape no longer matches (their
+ * contents are lost; start() re-adds every entry).
  *
  * Byte order: IPv4/IPv6 addresses are stored exactly as they appear on the
  * wire (network byte order) so the programs can compare and look them up
