@@ -8,6 +8,7 @@ clean-up guarantee (handlers installed before anything is built, clean-up in
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -28,11 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="NAME", default=[],
                    help=f"measurements ({' '.join(runner.MEASUREMENTS)}) and/or variants "
                         f"({' '.join(runner.VARIANTS)}) to run")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="only re-render RESULTS.md and the chart from an earlier results.json")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("bench")
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            doc = json.load(f)
+        paths = report.write(doc, args.out or os.path.dirname(os.path.abspath(args.from_json)))
+        _summary(doc, paths)
+        return 0
     if os.geteuid() != 0:
         print("python -m bench: must run as root (namespaces, veths, BPF)", file=sys.stderr)
         return 1

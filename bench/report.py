@@ -120,6 +120,156 @@ def goals(doc: dict[str, Any]) -> list[Goal]:
     return out
 
 
+# -- findings -----------------------------------------------------------------
+def _ns(pps: float) -> float:
+    return 1e9 / pps if pps else 0.0
+
+
+def _rows(doc: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    return list(((doc.get("profile") or {}).get(what) or {}).get("by_cumtime") or [])
+
+
+def _find(rows: list[dict[str, Any]], *needles: str) -> dict[str, Any] | None:
+    for r in rows:
+        if all(n in r["function"] for n in needles):
+            return r
+    return None
+
+
+def _is_controller(fn: str) -> bool:
+    """bpfnet's own functions (profile rows name them relative to controller/)."""
+    return not fn.startswith((".", "/", "~", "<", "pyroute2/", "prometheus_client/", "{"))
+
+
+def _step(fn: str) -> str:
+    """"links.py:170(configure_endpoint)" -> "links.configure_endpoint"."""
+    path, _, rest = fn.partition(":")
+    return f"{path.removesuffix('.py').replace('/', '.')}.{rest.partition('(')[2].rstrip(')')}"
+
+
+def findings(doc: dict[str, Any]) -> list[str]:
+    """Plain-language findings with the numbers behind them (what the lead should look at)."""
+    out: list[str] = []
+    med = doc.get("medians", {})
+    fv = fast_variant(doc)
+    for metric in ("udp4_pps", "udp6_pps"):
+        per = med.get(metric, {})
+        d, b, f = per.get("direct"), per.get("bare-peer"), per.get(fv or "")
+        if d and f and b:
+            out.append(
+                f"{metric[:4]} packet rate: {fv} delivers {_pct(f / d)} of the direct pair; the bare "
+                f"redirect_peer program (no maps, no counters) {_pct(b / d)}. Per packet that is "
+                f"{_ns(b) - _ns(d):.0f} ns for the architecture itself (host-side veth hop, tc ingress, "
+                f"redirect to the peer) plus {_ns(f) - _ns(b):.0f} ns for bpfnet's program logic "
+                f"({_ns(d):.0f} → {_ns(b):.0f} → {_ns(f):.0f} ns/packet). "
+                + ("So the 95%-of-direct goal is out of reach for any tc-ingress design on this machine; "
+                   f"bpfnet is at {_pct(f / b)} of that floor." if b / d < 0.95 else ""))
+    kp = doc.get("kprofile") or {}
+    if kp.get("compare") and kp.get("focus"):
+        focus = kp["focus"]
+        extra = [r for r in kp["compare"] if r["extra"] > 2][:6]
+        if extra:
+            out.append(f"perf, {focus} minus direct per packet: " + ", ".join(
+                f"`{r['symbol']}` {r['extra']:+.0f} ns" for r in extra)
+                + ". Hash-map lookups (`lookup_nulls_elem_raw`, `htab_*`) are BPF_MAP_TYPE_HASH lookups "
+                "made by the program; an array keyed by ifindex or endpoint id would be inlined by the JIT.")
+    lat50 = med.get("rr4_p50_us", {})
+    if fv and lat50.get("direct") and lat50.get(fv):
+        d, f, b = lat50["direct"], lat50[fv], lat50.get("bare-peer")
+        text = f"Latency p50: direct {d:.2f} µs, {fv} {f:.2f} µs ({100 * (f / d - 1):+.1f}%)"
+        if b:
+            text += (f", bare redirect_peer {b:.2f} µs ({100 * (b / d - 1):+.1f}%): the extra round-trip "
+                     "time is " + ("almost all the host-side veth hop, not bpfnet's program"
+                                   if (f - d) and (b - d) / (f - d) > 0.7 else
+                                   f"{100 * (b - d) / (f - d):.0f}% the hop and the rest the program"
+                                   if f > d else "none"))
+        out.append(text + ".")
+    sc = doc.get("scale") or {}
+    pps = sc.get("pps") or {}
+    if len(pps) >= 2:
+        levels = sorted(int(k) for k in pps)
+        noise = max((max(v["runs"]) / min(v["runs"]) - 1) for v in pps.values() if len(v["runs"]) > 1) \
+            if any(len(v["runs"]) > 1 for v in pps.values()) else 0.0
+        out.append("Rate vs endpoints: " + ", ".join(f"{n}: {pps[str(n)]['median'] / 1e6:.3f} M"
+                                                      for n in levels)
+                   + f"; the same level measured on the way up and down differs by up to {_pct(noise)}, "
+                   "which is the noise floor of this comparison. The programs do O(1) hash lookups, so "
+                   "any trend here is the machine (or the kernel's per-device state), not the maps.")
+    add = sc.get("add_ms") or {}
+    if add:
+        bands = sc.get("add_ms_by_size") or {}
+        text = (f"Endpoint add: p50 {add['p50']:.0f} ms, p99 {add['p99']:.0f} ms; {sc['endpoints_max']} "
+                f"endpoints in {sc['create_all_s']:.1f} s")
+        if bands:
+            text += " (p50 by endpoints present: " + ", ".join(f"{k}: {v['p50']:.0f} ms" for k, v in bands.items()) + ")"
+        rows = _rows(doc, "add")
+        top = _find(rows, "endpoints.py", "(add)")
+        rt = _find(rows, "(_run_generic_rtnl)")
+        if top and rt:
+            ctrl = [r for r in rows if _is_controller(r["function"]) and r is not top
+                    and "(_build)" not in r["function"]][:7]
+            own = list(((doc.get("profile") or {}).get("add") or {}).get("by_tottime") or [])
+            sock = sum(r["tottime_ms_per_op"] for r in own
+                       if "_socket.socket" in r["function"] and ("send" in r["function"] or "recv" in r["function"]))
+            procs = [r for r in own if any(s in r["function"] for s in ("posix.fork", "posix.waitpid",
+                                                                         "select.poll"))]
+            text += (f". Profile (per add, {top['cumtime_ms_per_op']:.0f} ms under cProfile): "
+                     f"{rt['calls_per_op']:.0f} netlink requests through pyroute2's synchronous API take "
+                     f"{rt['cumtime_ms_per_op']:.0f} ms ({rt['cumtime_ms_per_op'] / rt['calls_per_op']:.1f} ms "
+                     f"each), of which only {sock:.1f} ms is inside the socket calls (the kernel doing the "
+                     "work); the rest is pyroute2's Python: message encoding/decoding and an asyncio "
+                     "event loop run per request"
+                     + (f"; helper processes (pyroute2 forks one for `netns.create` and one per "
+                        f"`IPRoute(netns=…)`) cost {sum(r['tottime_ms_per_op'] for r in procs):.1f} ms "
+                        "in fork/poll/waitpid" if procs else "")
+                     + "; by controller step: "
+                     + ", ".join(f"`{_step(r['function'])}` {r['cumtime_ms_per_op']:.1f}"
+                                 for r in ctrl) + " ms")
+        out.append(text + ". To reach 20 s per 1000 the add path needs ≤ 20 ms: fewer round trips "
+                   "(batch address/route/link-up requests, reuse one socket per namespace instead of "
+                   "`IPRoute(netns=…)`, look ifindexes up once) or a lower-level netlink client.")
+    rm = sc.get("rm_ms") or {}
+    rows = _rows(doc, "remove")
+    dl = _find(rows, "links.py", "(delete_link)")
+    if rm and dl:
+        top = _find(rows, "endpoints.py", "(remove)")
+        out.append(f"Endpoint rm: p50 {rm['p50']:.0f} ms; of the profiled "
+                   f"{top['cumtime_ms_per_op'] if top else 0:.0f} ms, deleting the veth takes "
+                   f"{dl['cumtime_ms_per_op']:.0f} ms, nearly all blocked in the kernel on the netlink "
+                   "request (veth teardown waits for RCU grace periods). Deleting the namespace alone "
+                   "(its eth0 goes with it) or removing endpoints in batches would amortise that wait.")
+    scr = sc.get("scrape") or {}
+    if scr:
+        n = max(int(k) for k in scr)
+        e = scr[str(n)]
+        rows = _rows(doc, "scrape")
+        gen = _find(rows, "exposition.py", "(generate_latest)")
+        col = _find(rows, "metrics.py", "(collect)")
+        snap = _find(rows, "daemon.py", "(snapshot)")
+        cnt = _find(rows, "datapath/ebpf.py", "(counters)")
+        line = _find(rows, "exposition.py", "(sample_line)")
+        if "metrics_ms" in e:
+            text = (f"Scrape: GET /metrics takes {e['metrics_ms']['p50']:.0f} ms at {n} endpoints "
+                    f"({e['metrics_ms']['bytes'] // 1024} KiB of text)")
+            if gen and col:
+                whole = _find(rows, "(whole)")
+                total = whole["cumtime_ms_per_op"] if whole else gen["cumtime_ms_per_op"]
+                fmt = gen["cumtime_ms_per_op"] - col["cumtime_ms_per_op"]
+                text += (f". Profile at {(doc.get('profile') or {}).get('endpoints')} endpoints: of "
+                         f"{total:.0f} ms, prometheus_client's text formatting takes {fmt:.0f} ms "
+                         f"({_pct(fmt / total)}"
+                         + (f", {line['calls_per_op']:.0f} samples, label escaping and validation per sample"
+                            if line else "")
+                         + f"), bpfnet's collector {col['cumtime_ms_per_op']:.0f} ms"
+                         + (f" (of which the snapshot {snap['cumtime_ms_per_op']:.0f} ms, the BPF map read "
+                            f"{cnt['cumtime_ms_per_op']:.1f} ms)" if snap and cnt else "")
+                         + ". Cost grows with the number of series per endpoint: emit the text "
+                         "exposition directly with pre-escaped per-endpoint label strings (cached until "
+                         "the endpoint set changes), and skip all-zero drop-reason series")
+            out.append(text + ".")
+    return out
+
+
 # -- markdown ----------------------------------------------------------------
 def _fmt(metric: str, v: float) -> str:
     if metric.endswith("_pps"):
@@ -200,6 +350,10 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
         status = {True: "met", False: "**missed**", None: "n/a"}[g.met]
         rows.append([g.goal, g.measured, status, g.note])
     lines += [_table(["goal", "measured", "status", "by how much"], rows), ""]
+    found = findings(doc)
+    if found:
+        lines += ["## Findings", "", ("Derived from this run's figures and profiles (details in the "
+                  "sections below)."), ""] + [f"- {f}" for f in found] + [""]
     lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]

@@ -155,7 +155,7 @@ def _dist(samples: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(ms)}
 
 
-def profile(requested: str, n: int, top: int = 25) -> dict[str, Any]:
+def profile(requested: str, n: int, top: int = 80) -> dict[str, Any]:
     """cProfile of n endpoint adds, 5 scrapes of /metrics at n endpoints, and n removes
     in a daemon (not timed): top functions per operation."""
     d = BpfnetDaemon("pf", requested, "fd00:b0:6::/64", profile=True)
