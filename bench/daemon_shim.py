@@ -5,9 +5,10 @@ unchanged, plus two optional, clearly separated additions:
 
 - ``--profile PREFIX``: ``EndpointService.add``, ``.remove`` and the
   ``/metrics`` WSGI app each run under a ``cProfile.Profile`` of their own
-  (the harness sends those requests one at a time) and the statistics are
-  dumped to PREFIX.add, PREFIX.remove and PREFIX.scrape when the daemon
-  returns (SIGTERM). Used by the scale measurement's profile pass, never while timing.
+  (the harness sends those requests one at a time) while the file
+  PREFIX.on exists (so the harness can profile a window of a long run), and
+  the statistics are dumped to PREFIX.add, PREFIX.remove and PREFIX.scrape
+  when the daemon returns (SIGTERM). Used by the scale measurement's profile pass, never while timing.
 - While the daemon does not yet build its datapath from ``--datapath``
   (``datapath_wired()`` is false: it still constructs ``BridgeDatapath``
   unconditionally), the datapath is built the way the daemon will:
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import cProfile
 import inspect
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -60,9 +62,13 @@ def main(argv: list[str]) -> int:
     profiles = {"add": cProfile.Profile(), "remove": cProfile.Profile(), "scrape": cProfile.Profile()}
     lock = threading.Lock()
 
+    gate = f"{out}.on"
+
     def profiled(fn: Callable[..., Any], prof: cProfile.Profile) -> Callable[..., Any]:
         @wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not os.path.exists(gate):
+                return fn(*args, **kwargs)
             with lock:
                 return prof.runcall(fn, *args, **kwargs)
         return wrapper

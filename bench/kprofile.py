@@ -39,7 +39,7 @@ def available() -> str | None:
     return None
 
 
-def profile_pair(pair: Pair, family: int, seconds: float, top: int = 40) -> dict[str, Any]:
+def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80) -> dict[str, Any]:
     """perf samples of CPU 0 while the generator runs; symbols as ns per delivered packet."""
     out_dir = env.tmpdir("perf")
     data = os.path.join(out_dir, f"{pair.variant}-{family}.data")
@@ -59,7 +59,7 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 40) -> dict
         env.stop(gen, signal.SIGINT)
     rate = (c1 - c0) / (t1 - t0)
     rep = env.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
-                   "--percent-limit", "0.3"], timeout=120)
+                   "--percent-limit", "0.1"], timeout=120)
     symbols = []
     for line in rep.stdout.splitlines():
         m = _LINE.match(line)

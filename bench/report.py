@@ -147,6 +147,18 @@ def _step(fn: str) -> str:
     return f"{path.removesuffix('.py').replace('/', '.')}.{rest.partition('(')[2].rstrip(')')}"
 
 
+def _scale_perf_text(sc: dict[str, Any]) -> str:
+    kp = sc.get("kprofile") or {}
+    profs = kp.get("profiles") or []
+    if len(profs) < 2:
+        return ""
+    lo, hi = profs[0], profs[-1]
+    grew = [r for r in kp.get("compare", []) if r["extra"] > 2][:5]
+    return (f" perf: {lo['ns_per_packet']:.0f} ns/packet at {lo['variant']}, {hi['ns_per_packet']:.0f} at "
+            f"{hi['variant']}; grown most: " + ", ".join(f"`{r['symbol']}` {r['extra']:+.0f} ns" for r in grew)
+            + ".") if grew else ""
+
+
 def findings(doc: dict[str, Any]) -> list[str]:
     """Plain-language findings with the numbers behind them (what the lead should look at)."""
     out: list[str] = []
@@ -192,9 +204,9 @@ def findings(doc: dict[str, Any]) -> list[str]:
             if any(len(v["runs"]) > 1 for v in pps.values()) else 0.0
         out.append("Rate vs endpoints: " + ", ".join(f"{n}: {pps[str(n)]['median'] / 1e6:.3f} M"
                                                       for n in levels)
-                   + f"; the same level measured on the way up and down differs by up to {_pct(noise)}, "
-                   "which is the noise floor of this comparison. The programs do O(1) hash lookups, so "
-                   "any trend here is the machine (or the kernel's per-device state), not the maps.")
+                   + f"; the same level measured twice differs by up to {_pct(noise)}, the noise floor "
+                   "of this comparison."
+                   + _scale_perf_text(sc))
     add = sc.get("add_ms") or {}
     if add:
         bands = sc.get("add_ms_by_size") or {}
@@ -225,6 +237,12 @@ def findings(doc: dict[str, Any]) -> list[str]:
                      + "; by controller step: "
                      + ", ".join(f"`{_step(r['function'])}` {r['cumtime_ms_per_op']:.1f}"
                                  for r in ctrl) + " ms")
+        growth = own_time_growth(doc)
+        if growth:
+            w = sc.get("window", {})
+            text += (f". Why it grows: profiled again at ~{w.get('from')} endpoints, the own time per add "
+                     "grew most in " + ", ".join(f"`{g['function']}` {g['low']:.1f} → {g['high']:.1f} ms"
+                                                 for g in growth[:4]))
         out.append(text + ". To reach 20 s per 1000 the add path needs ≤ 20 ms: fewer round trips "
                    "(batch address/route/link-up requests, reuse one socket per namespace instead of "
                    "`IPRoute(netns=…)`, look ifindexes up once) or a lower-level netlink client.")
@@ -429,7 +447,40 @@ def _scale_md(doc: dict[str, Any]) -> list[str]:
                      f"{rss / 2**20:.0f}" if rss else "–"])
     lines += [_table(["endpoints", "UDP/IPv4 packets/s", "GET /metrics ms", "GET /v1/stats ms",
                       "daemon RSS MiB"], rows), ""]
+    kp = sc.get("kprofile") or {}
+    if kp.get("profiles"):
+        names = [p["variant"] for p in kp["profiles"]]
+        lines += [f"perf on CPU 0 ({kp['seconds']} s each) at {' and '.join(names)}: total "
+                  + ", ".join(f"{p['ns_per_packet']:.0f} ns/packet at {p['variant']}" for p in kp["profiles"])
+                  + "; the symbols that differ most:", "",
+                  _table(["symbol", *[f"{v} ns/pkt" for v in names], "difference"],
+                         [[f"`{r['symbol']}`", *[f"{r.get(v, 0.0):.1f}" for v in names], f"{r['extra']:+.1f}"]
+                          for r in kp.get("compare", [])[:12]]), ""]
+    growth = own_time_growth(doc)
+    if growth:
+        w = sc.get("window", {})
+        pn = (doc.get("profile") or {}).get("endpoints")
+        lines += [(f"Endpoint add under cProfile at {w.get('from')}–{w.get('to')} endpoints (a window of the "
+                  f"run above, not timed) against the profile pass at 1–{pn} (below): own time per add of "
+                  "the functions that grew most."), "",
+                  _table(["function", f"ms/add at 1–{pn}", f"ms/add at ~{w.get('from')}", "calls/add"],
+                         [[f"`{g['function']}`", f"{g['low']:.2f}", f"{g['high']:.2f}", f"{g['calls']:.1f}"]
+                          for g in growth]), ""]
     return lines
+
+
+def own_time_growth(doc: dict[str, Any], what: str = "add", n: int = 8) -> list[dict[str, Any]]:
+    """Functions whose own time per operation grew most from the profile pass (few endpoints)
+    to the window profile at the top of the scale run (many endpoints)."""
+    low = ((doc.get("profile") or {}).get(what) or {}).get("by_tottime") or []
+    high = (((doc.get("scale") or {}).get("window_profile") or {}).get(what) or {}).get("by_tottime") or []
+    if not low or not high:
+        return []
+    base = {r["function"]: r["tottime_ms_per_op"] for r in low}
+    rows = [{"function": r["function"], "low": base.get(r["function"], 0.0), "high": r["tottime_ms_per_op"],
+             "calls": r["calls_per_op"]} for r in high]
+    rows.sort(key=lambda r: -(r["high"] - r["low"]))
+    return [r for r in rows if r["high"] - r["low"] > 0.05][:n]
 
 
 def _progrun_md(doc: dict[str, Any]) -> list[str]:

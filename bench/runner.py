@@ -76,13 +76,14 @@ def make_plan(quick: bool, only: list[str] | None = None) -> Plan:
         return Plan(True, rounds=1, pps_seconds=0.3, pps_warmup=0.2, tcp_seconds=1, tcp_omit=0,
                     latency_seconds=1,
                     scale=scale.ScalePlan(levels=(2, 10), pps_at=(2, 10), scrape_at=(2, 10), scrapes=2,
-                                          pps_seconds=0.3, profile_endpoints=0),
+                                          pps_seconds=0.3, profile_endpoints=0, window=3,
+                                          perf_seconds=0.3),
                     progrun_repeat=10_000, perf_seconds=0.3, measurements=ms, variants=vs)
-    return Plan(False, rounds=5, pps_seconds=2.0, pps_warmup=0.5, tcp_seconds=2, tcp_omit=1,
+    return Plan(False, rounds=4, pps_seconds=2.0, pps_warmup=0.5, tcp_seconds=2, tcp_omit=1,
                 latency_seconds=2,
                 scale=scale.ScalePlan(levels=(2, 10, 100, 1000), pps_at=(2, 100, 1000),
                                       scrape_at=(10, 100, 1000), scrapes=5, pps_seconds=2.0,
-                                      profile_endpoints=100),
+                                      profile_endpoints=100, window=50, perf_seconds=3.0),
                 progrun_repeat=1_000_000, perf_seconds=3.0, measurements=ms, variants=vs)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
-from . import traffic
+from . import kprofile, traffic
 from .topology import BpfnetDaemon, Host, Pair
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class ScalePlan:
     scrapes: int
     pps_seconds: float
     profile_endpoints: int  # 0: no profile pass
+    window: int = 0  # endpoints added and removed under cProfile at the top level (0: none)
+    perf_seconds: float = 0.0  # perf pass at the lowest and highest level (0: none)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -69,12 +71,32 @@ def _timed_stats(d: BpfnetDaemon) -> float:
 
 def measure(requested: str, plan: ScalePlan) -> dict[str, Any]:
     """Grow and shrink one daemon; see the module docstring."""
-    d = BpfnetDaemon("sc", requested, "fd00:b0:5::/64")
+    d = BpfnetDaemon("sc", requested, "fd00:b0:5::/64", profile=bool(plan.window))
     d.start()
     try:
-        return _measure(d, plan)
+        out = _measure(d, plan)
     finally:
-        d.close()
+        d.close()  # SIGTERM: the shim dumps the window's profiles
+    if plan.window:
+        out["window_profile"] = read_profiles(str(d.profile_prefix), {
+            "add": plan.window, "remove": plan.window, "scrape": plan.scrapes})
+    return out
+
+
+def _window(d: BpfnetDaemon, plan: ScalePlan, url: str | None) -> dict[str, Any]:
+    """Add plan.window endpoints, scrape, remove them, all under cProfile (not timed)."""
+    first = len(d.endpoints)
+    d.profile_gate.touch()
+    try:
+        for i in range(plan.window):
+            d.add_endpoint(d.endpoint_name(first + i))
+        for _ in range(plan.scrapes if url else 0):
+            _timed_get(str(url))
+        while len(d.endpoints) > first:
+            d.remove_endpoint(d.endpoints[-1])
+    finally:
+        d.profile_gate.unlink(missing_ok=True)
+    return {"from": first, "to": first + plan.window}
 
 
 def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
@@ -107,7 +129,15 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
             out["scrape"][str(n)] = entry
         log.info("scale: %d endpoints, rss %.1f MiB", n, d.rss_bytes() / 2**20)
 
-    top = max(plan.levels)
+    top, low = max(plan.levels), min(plan.levels)
+    perf: list[dict[str, Any]] = []
+    perf_why = kprofile.available() if plan.perf_seconds else "not planned"
+
+    def perf_at(n: int) -> None:
+        if perf_why is None:
+            perf.append(kprofile.profile_pair(Pair(f"{n} endpoints", hosts[0], hosts[1]), 4,
+                                              plan.perf_seconds))
+
     for level in sorted(plan.levels):
         while len(d.endpoints) < level:
             name = d.endpoint_name(len(d.endpoints))
@@ -118,6 +148,12 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
             if len(hosts) < 2:
                 hosts.append(host)
         at_level(level)
+        if level in (low, top):
+            perf_at(level)
+        if level == top:
+            if plan.window:
+                out["window"] = _window(d, plan, metrics_url)
+            at_level(level)  # the top level measured twice too, after the passes above
     for level in sorted(plan.levels, reverse=True)[1:]:
         while len(d.endpoints) > level:
             name = d.endpoints[-1]
@@ -133,6 +169,11 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
     out["add_ms_by_size"] = _by_size(add_s, add_at, plan.levels)
     out["rm_ms_by_size"] = _by_size(rm_s, rm_at, plan.levels)
     out["pps"] = {str(n): {"median": statistics.median(v), "runs": v} for n, v in sorted(pps.items())}
+    if perf:
+        out["kprofile"] = {"seconds": plan.perf_seconds, "profiles": perf,
+                           "compare": kprofile.compare(perf, focus=f"{top} endpoints", base=f"{low} endpoints")}
+    elif perf_why != "not planned":
+        out["kprofile"] = {"skipped": perf_why}
     return out
 
 
@@ -157,17 +198,18 @@ def _dist(samples: list[float]) -> dict[str, float]:
 
 def profile(requested: str, n: int, top: int = 80) -> dict[str, Any]:
     """cProfile of n endpoint adds, 5 scrapes of /metrics at n endpoints, and n removes
-    in a daemon (not timed): top functions per operation."""
+    in a fresh daemon (not timed): top functions per operation."""
     d = BpfnetDaemon("pf", requested, "fd00:b0:6::/64", profile=True)
     d.start()
+    scrapes = 5
     try:
+        d.profile_gate.touch()
         names = [d.endpoint_name(i) for i in range(n)]
         t0 = time.perf_counter()
         for name in names:
             d.add_endpoint(name)
         add_wall = time.perf_counter() - t0
         url = d.info.get("metrics_url")
-        scrapes = 5
         for _ in range(scrapes):
             if url:
                 _timed_get(str(url))
@@ -178,17 +220,24 @@ def profile(requested: str, n: int, top: int = 80) -> dict[str, Any]:
     finally:
         d.close()  # SIGTERM: the shim dumps the profiles
     out: dict[str, Any] = {"mode": d.mode, "endpoints": n, "add_wall_s": add_wall, "rm_wall_s": rm_wall}
-    for what, ops in (("add", n), ("remove", n), ("scrape", scrapes)):
-        path = f"{d.profile_prefix}.{what}"
+    out.update(read_profiles(str(d.profile_prefix), {"add": n, "remove": n, "scrape": scrapes}, top))
+    return out
+
+
+def read_profiles(prefix: str, ops: dict[str, int], top: int = 80) -> dict[str, Any]:
+    """PREFIX.<what> pstats files as top-function tables, per operation."""
+    out: dict[str, Any] = {}
+    for what, n in ops.items():
+        path = f"{prefix}.{what}"
         try:
             stats = pstats.Stats(path)
-        except OSError:
-            out[what] = {"error": "no profile written", "log": d.log_tail(500)}
+        except (OSError, TypeError, EOFError):
+            out[what] = {"error": f"no profile in {path}"}
             continue
         rows = []
         for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-            rows.append({"function": f"{_short(file)}:{line}({func})", "calls_per_op": nc / ops,
-                         "tottime_ms_per_op": tt * 1e3 / ops, "cumtime_ms_per_op": ct * 1e3 / ops})
+            rows.append({"function": f"{_short(file)}:{line}({func})", "calls_per_op": nc / n,
+                         "tottime_ms_per_op": tt * 1e3 / n, "cumtime_ms_per_op": ct * 1e3 / n})
         text = StringIO()
         pstats.Stats(path, stream=text).sort_stats("cumulative").print_stats(40)
         out[what] = {"by_cumtime": sorted(rows, key=lambda r: -r["cumtime_ms_per_op"])[:top],

@@ -141,6 +141,7 @@ class BpfnetDaemon:
         self.sock = f"unix://{self.dir}/api.sock"
         self.log_path = self.dir / "daemon.log"
         self.profile_prefix = self.dir / "endpoint"
+        self.profile_gate = self.dir / "endpoint.on"  # profiling is on while it exists
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.client: Any = None

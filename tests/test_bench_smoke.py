@@ -1,13 +1,14 @@
 """``python -m bench --quick`` runs end to end and writes well-formed output.
 
 Only the shape of the output is checked, never a speed: CI machines vary.
-The harness works in namespaces named bpfnet-b<run id>-*; none may be left.
+The harness works in namespaces named bpfnet-b<run id>-*; none of this run's may be left.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,9 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("ip", "taskset", "trafgen", "iperf3", "sockperf")
 
 
-def _bench_namespaces() -> set[str]:
+def _namespaces(prefix: str) -> set[str]:
     try:
-        return {n for n in os.listdir("/run/netns") if n.startswith("bpfnet-b")}
+        return {n for n in os.listdir("/run/netns") if n.startswith(prefix)}
     except FileNotFoundError:
         return set()
 
@@ -36,11 +37,13 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     out = tmp_path_factory.mktemp("bench")
-    before = _bench_namespaces()
     r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=180, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert _bench_namespaces() <= before, "the bench left namespaces behind"
+    run_id = re.search(r"INFO bench: run ([0-9a-f]+):", r.stderr)
+    assert run_id, r.stderr[-2000:]
+    # only this run's namespaces: another bench may be running at the same time
+    assert not _namespaces(f"bpfnet-b{run_id.group(1)}"), "the bench left namespaces behind"
     return out, r
 
 
