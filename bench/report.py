@@ -147,6 +147,26 @@ def _step(fn: str) -> str:
     return f"{path.removesuffix('.py').replace('/', '.')}.{rest.partition('(')[2].rstrip(')')}"
 
 
+SYMBOLS = {
+    "lookup_nulls_elem_raw": "BPF hash-map lookup",
+    "htab_map_hash": "hashing a BPF hash-map key",
+    "htab_map_lookup_elem": "BPF hash-map lookup",
+    "skb_do_redirect": "the redirect",
+    "veth_peer_dev": "redirect_peer finding the peer",
+    "tc_run": "tc ingress hook",
+    "cls_bpf_classify": "tc bpf classifier",
+    "dev_get_by_index_rcu": "ifindex to device lookup in the redirect; a 256-bucket hash per namespace, so "
+                            "its chains grow with ~1000 host veths: the kernel, not bpfnet's maps",
+}
+
+
+def _sym(name: str) -> str:
+    if name.startswith("bpf_prog_"):
+        return f"bpfnet's `{name.split('_', 3)[-1]}` program itself"
+    why = SYMBOLS.get(name)
+    return f"`{name}`" + (f" ({why})" if why else "")
+
+
 def _scale_perf_text(sc: dict[str, Any]) -> str:
     kp = sc.get("kprofile") or {}
     profs = kp.get("profiles") or []
@@ -155,7 +175,7 @@ def _scale_perf_text(sc: dict[str, Any]) -> str:
     lo, hi = profs[0], profs[-1]
     grew = [r for r in kp.get("compare", []) if r["extra"] > 2][:5]
     return (f" perf: {lo['ns_per_packet']:.0f} ns/packet at {lo['variant']}, {hi['ns_per_packet']:.0f} at "
-            f"{hi['variant']}; grown most: " + ", ".join(f"`{r['symbol']}` {r['extra']:+.0f} ns" for r in grew)
+            f"{hi['variant']}; grown most: " + ", ".join(f"{_sym(r['symbol'])} {r['extra']:+.0f} ns" for r in grew)
             + ".") if grew else ""
 
 
@@ -182,9 +202,10 @@ def findings(doc: dict[str, Any]) -> list[str]:
         extra = [r for r in kp["compare"] if r["extra"] > 2][:6]
         if extra:
             out.append(f"perf, {focus} minus direct per packet: " + ", ".join(
-                f"`{r['symbol']}` {r['extra']:+.0f} ns" for r in extra)
-                + ". Hash-map lookups (`lookup_nulls_elem_raw`, `htab_*`) are BPF_MAP_TYPE_HASH lookups "
-                "made by the program; an array keyed by ifindex or endpoint id would be inlined by the JIT.")
+                f"{_sym(r['symbol'])} {r['extra']:+.0f} ns" for r in extra)
+                + ". The hash-map rows are BPF_MAP_TYPE_HASH lookups made by the program (endpoint by "
+                "ifindex, by address); arrays indexed by ifindex or endpoint id are inlined by the JIT "
+                "and would remove most of them.")
     lat50 = med.get("rr4_p50_us", {})
     if fv and lat50.get("direct") and lat50.get(fv):
         d, f, b = lat50["direct"], lat50[fv], lat50.get("bare-peer")
@@ -237,12 +258,22 @@ def findings(doc: dict[str, Any]) -> list[str]:
                      + "; by controller step: "
                      + ", ".join(f"`{_step(r['function'])}` {r['cumtime_ms_per_op']:.1f}"
                                  for r in ctrl) + " ms")
-        growth = own_time_growth(doc)
-        if growth:
+        growth, cum = own_time_growth(doc), cum_growth(doc)
+        if growth or cum:
             w = sc.get("window", {})
-            text += (f". Why it grows: profiled again at ~{w.get('from')} endpoints, the own time per add "
-                     "grew most in " + ", ".join(f"`{g['function']}` {g['low']:.1f} → {g['high']:.1f} ms"
-                                                 for g in growth[:4]))
+            pn = (doc.get("profile") or {}).get("endpoints")
+            text += (f". Why it grows (cProfile at 1–{pn} vs {w.get('from')}–{w.get('to')} endpoints, ms per "
+                     "add): " + ", ".join(f"`{_step(g['function'])}` {g['low']:.1f} → {g['high']:.1f}"
+                                         for g in cum)
+                     + ("; `endpoints._plan_addresses` parses every lease of the network into ipaddress "
+                        "objects on each add (O(N) per add, O(N²) to fill a network): keep the used set in "
+                        "memory or ask SQLite for a free address"
+                        if any("_plan_addresses" in g["function"] for g in cum) else "")
+                     + "; own time that grew: " + ", ".join(
+                         f"`{g['function'].split('(')[-1].rstrip(')')}` {g['low']:.1f} → {g['high']:.1f}"
+                         for g in growth[:4])
+                     + " (socket send is the kernel executing the netlink requests, slower with ~1000 "
+                       "bridge ports and veths)")
         out.append(text + ". To reach 20 s per 1000 the add path needs ≤ 20 ms: fewer round trips "
                    "(batch address/route/link-up requests, reuse one socket per namespace instead of "
                    "`IPRoute(netns=…)`, look ifindexes up once) or a lower-level netlink client.")
@@ -256,6 +287,13 @@ def findings(doc: dict[str, Any]) -> list[str]:
                    f"{dl['cumtime_ms_per_op']:.0f} ms, nearly all blocked in the kernel on the netlink "
                    "request (veth teardown waits for RCU grace periods). Deleting the namespace alone "
                    "(its eth0 goes with it) or removing endpoints in batches would amortise that wait.")
+    lp = sc.get("limit_probe") or {}
+    if lp.get("failed_at"):
+        out.append(f"Per-network limit: adding endpoint number {lp['failed_at']} to one network fails with "
+                   f"HTTP {lp.get('status')} \"{lp['error']}\". That is the Linux bridge's port limit "
+                   "(BR_MAX_PORTS = 1024, port 0 reserved: 1023 endpoints per network), reported as an "
+                   "internal error; the daemon should refuse it up front with a clear message (its "
+                   "max_endpoints is 4096 per daemon, not per network).")
     scr = sc.get("scrape") or {}
     if scr:
         n = max(int(k) for k in scr)
@@ -467,6 +505,18 @@ def _scale_md(doc: dict[str, Any]) -> list[str]:
                          [[f"`{g['function']}`", f"{g['low']:.2f}", f"{g['high']:.2f}", f"{g['calls']:.1f}"]
                           for g in growth]), ""]
     return lines
+
+
+def cum_growth(doc: dict[str, Any], what: str = "add", n: int = 5) -> list[dict[str, Any]]:
+    """bpfnet functions whose cumulative time per operation grew most from few to many endpoints."""
+    low = ((doc.get("profile") or {}).get(what) or {}).get("by_cumtime") or []
+    high = (((doc.get("scale") or {}).get("window_profile") or {}).get(what) or {}).get("by_cumtime") or []
+    base = {r["function"]: r["cumtime_ms_per_op"] for r in low}
+    rows = [{"function": r["function"], "low": base.get(r["function"], 0.0), "high": r["cumtime_ms_per_op"]}
+            for r in high if _is_controller(r["function"])
+            and not r["function"].endswith(("(add)", "(_build)", "(remove)", "(teardown)", "(<setcomp>)"))]
+    rows.sort(key=lambda r: -(r["high"] - r["low"]))
+    return [r for r in rows if r["high"] - r["low"] > 0.5][:n]
 
 
 def own_time_growth(doc: dict[str, Any], what: str = "add", n: int = 8) -> list[dict[str, Any]]:

@@ -71,6 +71,8 @@ def make_plan(quick: bool, only: list[str] | None = None) -> Plan:
         raise ValueError(f"--only: unknown name(s) {', '.join(unknown)}; "
                          f"choose from {', '.join(MEASUREMENTS + VARIANTS)}")
     ms = tuple(m for m in MEASUREMENTS if m in only) or MEASUREMENTS
+    if quick and not any(m in only for m in MEASUREMENTS):
+        ms = tuple(m for m in ms if m != "perf")  # the scale run's perf pass still covers kprofile
     vs = tuple(v for v in VARIANTS if v in only) or VARIANTS
     if quick:
         return Plan(True, rounds=1, pps_seconds=0.3, pps_warmup=0.2, tcp_seconds=1, tcp_omit=0,
@@ -83,7 +85,8 @@ def make_plan(quick: bool, only: list[str] | None = None) -> Plan:
                 latency_seconds=2,
                 scale=scale.ScalePlan(levels=(2, 10, 100, 1000), pps_at=(2, 100, 1000),
                                       scrape_at=(10, 100, 1000), scrapes=5, pps_seconds=2.0,
-                                      profile_endpoints=100, window=50, perf_seconds=3.0),
+                                      profile_endpoints=100, window=50, perf_seconds=3.0,
+                                      probe_limit=30),
                 progrun_repeat=1_000_000, perf_seconds=3.0, measurements=ms, variants=vs)
 
 
@@ -136,7 +139,7 @@ def _traffic_steps(plan: Plan) -> list[tuple[str, Callable[[Pair], dict[str, flo
             steps.append((f"udp{fam}", lambda p, f=fam: {  # type: ignore[misc]
                 f"udp{f}_pps": traffic.packet_rate(p, f, plan.pps_seconds, plan.pps_warmup)}))
     if "tcp" in plan.measurements:
-        for fam in (4, 6):
+        for fam in (4,) if plan.quick else (4, 6):  # the smoke run keeps to its time budget
             steps.append((f"tcp{fam}", lambda p, f=fam: {  # type: ignore[misc]
                 f"tcp{f}_gbps": traffic.tcp_throughput(p, f, plan.tcp_seconds, plan.tcp_omit) / 1e9}))
     if "latency" in plan.measurements:

@@ -38,6 +38,7 @@ class ScalePlan:
     profile_endpoints: int  # 0: no profile pass
     window: int = 0  # endpoints added and removed under cProfile at the top level (0: none)
     perf_seconds: float = 0.0  # perf pass at the lowest and highest level (0: none)
+    probe_limit: int = 0  # at the top level, try this many more adds to find the per-network limit
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -81,6 +82,27 @@ def measure(requested: str, plan: ScalePlan) -> dict[str, Any]:
         out["window_profile"] = read_profiles(str(d.profile_prefix), {
             "add": plan.window, "remove": plan.window, "scrape": plan.scrapes})
     return out
+
+
+def _probe_limit(d: BpfnetDaemon, extra: int) -> dict[str, Any]:
+    """Add up to ``extra`` more endpoints (untimed) until one fails; remove them again.
+    A Linux bridge has 1023 ports, so the 1024th endpoint of a network should fail."""
+    from bpfnet.client import ClientError
+
+    first = len(d.endpoints)
+    result: dict[str, Any] = {"tried_up_to": first + extra, "failed_at": None, "error": None}
+    try:
+        for i in range(extra):
+            try:
+                d.add_endpoint(d.endpoint_name(first + i))
+            except ClientError as exc:
+                result.update(failed_at=first + i + 1, error=str(exc), status=exc.status)
+                break
+    finally:
+        while len(d.endpoints) > first:
+            d.remove_endpoint(d.endpoints[-1])
+    log.info("limit probe: %s", result)
+    return result
 
 
 def _window(d: BpfnetDaemon, plan: ScalePlan, url: str | None) -> dict[str, Any]:
@@ -169,6 +191,8 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
                 out["window"] = _window(d, plan, metrics_url)
                 grow_to(top)  # timed adds (not part of the create-all time)
             at_level(level)  # the top level measured twice too, after the passes above
+            if plan.probe_limit:
+                out["limit_probe"] = _probe_limit(d, plan.probe_limit)
     for level in sorted(plan.levels, reverse=True)[1:]:
         shrink_to(level)
         at_level(level)
