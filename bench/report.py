@@ -624,12 +624,11 @@ def chart(doc: dict[str, Any], path: str) -> None:
             ax.bar(xs, vals, width, label=v, color=colors[v])
             for x, val in zip(xs, vals):
                 if val:
-                    ax.text(x, val, f"{val:.2f}", ha="center", va="bottom", fontsize=7)
+                    ax.text(x, val, f"{val:.3g}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(metrics))])
         ax.set_xticklabels(metrics)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
 
     bars(axes[0][0], ["udp4_pps", "udp6_pps"], 1e6, "Mpackets/s", "64-byte UDP delivered (higher is better)")
     bars(axes[0][1], ["tcp4_gbps", "tcp6_gbps"], 1, "Gbit/s", "TCP throughput, iperf3")
@@ -662,7 +661,7 @@ def chart(doc: dict[str, Any], path: str) -> None:
     labels, vals = [], []
     for mode, r in (pr.get("modes") or {}).items():
         for c in r["cases"]:
-            labels.append(f"{mode[:6]} {c['program']}: {c['kind'][:28]}")
+            labels.append(f"{'rp' if mode == 'redirect-peer' else 'rd'} {c['program']}: {c['kind'][:28]}")
             vals.append(c["ns_per_packet"])
     if vals:
         ax.barh(range(len(vals)), vals, color="#55a868")
@@ -670,9 +669,11 @@ def chart(doc: dict[str, Any], path: str) -> None:
         ax.set_yticklabels(labels, fontsize=6)
         ax.axvline(100, color="red", linestyle=":")
         ax.invert_yaxis()
-    ax.set_xlabel("ns per packet (BPF_PROG_TEST_RUN)")
+    ax.set_xlabel("ns/packet, BPF_PROG_TEST_RUN (rp: redirect-peer, rd: redirect)", fontsize=8)
     ax.set_title("program cost (goal < 100 ns)", fontsize=10)
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=len(names), fontsize=8, bbox_to_anchor=(0.5, 0.965))
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
