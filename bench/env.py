@@ -174,6 +174,34 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: fl
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _cpu_times(cpu: int) -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of one CPU from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[3] + v[4], sum(v[:8])
+    return 0, 0
+
+
+def wait_quiet(cpu: int = 0, idle: float = 0.85, window: float = 0.2, timeout: float = 20.0) -> float:
+    """Wait until cpu is at least ``idle`` idle over ``window`` seconds (e.g. the kernel has
+    finished tearing down namespaces in the background); returns the seconds waited.
+    Gives up after timeout (logged): the measurement then runs on a busy CPU."""
+    start = time.monotonic()
+    while True:
+        i0, t0 = _cpu_times(cpu)
+        time.sleep(window)
+        i1, t1 = _cpu_times(cpu)
+        waited = time.monotonic() - start
+        if t1 == t0 or (i1 - i0) / (t1 - t0) >= idle:
+            return waited
+        if waited > timeout:
+            log.warning("CPU %d still busy after %.0f s (%.0f%% idle); measuring anyway", cpu, waited,
+                        100 * (i1 - i0) / (t1 - t0))
+            return waited
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, kernel, distribution, tool versions: the context of the numbers."""
     cpu = platform.processor() or "unknown"

@@ -47,6 +47,7 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80) -> dict
     with open(cfg, "w", encoding="ascii") as f:
         f.write(traffic.trafgen_config(pair.sender, pair.receiver, family))
     traffic.udp_delivered(pair.receiver.ns, family)
+    env.wait_quiet(traffic.CPU)
     gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q", "-C"],
                     ns=pair.sender.ns, cpu=traffic.CPU)
     try:

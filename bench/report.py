@@ -221,12 +221,16 @@ def findings(doc: dict[str, Any]) -> list[str]:
     pps = sc.get("pps") or {}
     if len(pps) >= 2:
         levels = sorted(int(k) for k in pps)
+        waits = sc.get("quiet_wait_s") or {}
         noise = max((max(v["runs"]) / min(v["runs"]) - 1) for v in pps.values() if len(v["runs"]) > 1) \
             if any(len(v["runs"]) > 1 for v in pps.values()) else 0.0
         out.append("Rate vs endpoints: " + ", ".join(f"{n}: {pps[str(n)]['median'] / 1e6:.3f} M"
                                                       for n in levels)
                    + f"; the same level measured twice differs by up to {_pct(noise)}, the noise floor "
                    "of this comparison."
+                   + (f" Before measuring, the harness waited up to {max(max(v) for v in waits.values()):.1f} s "
+                      "for CPU 0 to go quiet (after mass removals the kernel destroys namespaces in the "
+                      "background)." if waits else "")
                    + _scale_perf_text(sc))
     add = sc.get("add_ms") or {}
     if add:

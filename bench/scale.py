@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
-from . import kprofile, traffic
+from . import env, kprofile, traffic
 from .topology import BpfnetDaemon, Host, Pair
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,10 @@ def _measure(d: BpfnetDaemon, plan: ScalePlan) -> dict[str, Any]:
     def at_level(n: int) -> None:
         out["rss_bytes"][str(n)] = max(out["rss_bytes"].get(str(n), 0), d.rss_bytes())
         if n in plan.pps_at:
+            # removing hundreds of endpoints leaves the kernel destroying their namespaces
+            # in the background for a while; packet_rate waits for CPU 0 to be quiet
             pair = Pair("scale", hosts[0], hosts[1])
+            out.setdefault("quiet_wait_s", {}).setdefault(str(n), []).append(round(env.wait_quiet(), 2))
             pps.setdefault(n, []).append(traffic.packet_rate(pair, 4, plan.pps_seconds))
         if n in plan.scrape_at and str(n) not in out["scrape"]:
             entry: dict[str, Any] = {}

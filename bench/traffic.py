@@ -11,7 +11,7 @@ namespaces, reads counters, returns numbers; never touches topology.
   ``/proc/PID/net/snmp{,6}`` of a sink process in the receiver's namespace
   (what ``nstat`` reads; the sink binds the port and never reads, so no
   ICMP errors are generated) at the start and end of a window that
-  begins after a warm-up.
+  begins after a warm-up, started once CPU 0 is quiet (``env.wait_quiet``).
 - ``tcp_throughput``: iperf3, client and server pinned to CPU 0.
 - ``latency``: sockperf ping-pong (UDP, 64-byte messages, full round trip),
   client and server pinned to CPU 0 (on this KVM guest a cross-CPU wake-up
@@ -112,6 +112,7 @@ def packet_rate(pair: Pair, family: int, seconds: float, warmup: float = 0.5) ->
         f.write(trafgen_config(pair.sender, pair.receiver, family))
     rns = pair.receiver.ns
     udp_delivered(rns, family)  # start the holder before the generator
+    env.wait_quiet(CPU)  # not while the kernel still tears down namespaces or others run
     gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q",
                      "-C"], ns=pair.sender.ns, cpu=CPU)
     try:
