@@ -167,6 +167,8 @@ class NetworkConfig:
                 raise InvalidArgument(f"network: missing field {req!r}")
         name = check_name(data["name"], "network name")
         bridge = check_ifname(data["bridge"])
+        if re.match(r"^bnv[0-9]+$", bridge):
+            raise InvalidArgument(f"bridge name {bridge!r} is reserved: bnvN names endpoints' host veths")
         subnet4 = parse_v4_network(data["subnet4"], "subnet")
         gw = data.get("gateway4")
         gateway4 = parse_v4(gw, "gateway") if gw else IPv4Address(int(subnet4.network_address) + 1)

@@ -66,6 +66,7 @@ class Daemon:
             outer_prefixes = links.host_prefixes(outer) if cfg.netns else []
         self.router = Router()
         self.metrics_sock: socket.socket | None = None
+        self.created_netns = False
         self.metrics_server: MetricsServer | None = None
         self.servers = ApiServers(cfg.listeners(), self.router, lambda r, m, s: self.on_request(r, m, s))
         try:
@@ -81,6 +82,8 @@ class Daemon:
             self.servers.close()
             if self.metrics_sock is not None:
                 self.metrics_sock.close()
+            if self.created_netns and cfg.netns:
+                netns.remove(cfg.netns)  # a failed start leaves nothing it made
             raise
         self.registry, self.controller_metrics = build_registry(self.snapshot)
         self.on_request = self.controller_metrics.api_request
@@ -95,7 +98,8 @@ class Daemon:
     def _enter_and_build(self) -> None:
         cfg = self.cfg
         if cfg.netns:
-            netns.enter(cfg.netns)  # before any thread exists: threads inherit the namespace
+            # Before any thread exists: threads inherit the namespace.
+            self.created_netns = netns.enter(cfg.netns)
         store = Store(cfg.state_dir)
         self._check_state_owner(store)
         try:
@@ -216,7 +220,13 @@ class Daemon:
         )
 
     def stats(self) -> dict[str, Any]:
-        return {"mode": self.rt.datapath.mode, **stats_document(self.snapshot())}
+        """Counters per endpoint; endpoints without counters (bridge mode) are listed with null."""
+        snap = self.snapshot()
+        doc = stats_document(snap)
+        listed = {(e["network"], e["name"]) for e in doc["endpoints"]}
+        doc["endpoints"] += [{"name": e.name, "network": e.network, "counters": None}
+                             for e in snap.endpoints if (e.network, e.name) not in listed]
+        return {"mode": self.rt.datapath.mode, **doc}
 
     def _add_routes(self) -> None:
         r = self.router
@@ -297,7 +307,12 @@ def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
         if cleanup:
             daemon.cleanup()
             return 0
-        daemon.reconcile()
+        try:
+            daemon.reconcile()
+        except BaseException:
+            if daemon.created_netns and cfg.netns:
+                netns.remove(cfg.netns)  # this start made it: leave nothing behind
+            raise
         daemon.serve()
     finally:
         daemon.close()

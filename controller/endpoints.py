@@ -42,6 +42,10 @@ def debug_pause(stage: str) -> None:
         time.sleep(float(spec.partition(":")[2] or 30))
 
 
+def is_host_veth_name(ifname: str) -> bool:
+    return ifname.startswith(HOST_VETH_PREFIX) and ifname[len(HOST_VETH_PREFIX):].isdigit()
+
+
 def host_ifname(ep_id: int) -> str:
     return f"{HOST_VETH_PREFIX}{ep_id}"
 
@@ -318,8 +322,8 @@ class EndpointService:
             known = {r.host_ifname for r in self.rt.store.endpoints()}
             for link in self.rt.ipr.link("dump"):
                 ifname = str(link.get("IFLA_IFNAME"))
-                if ifname.startswith(HOST_VETH_PREFIX) and ifname[len(HOST_VETH_PREFIX):].isdigit() \
-                        and ifname not in known:
+                if is_host_veth_name(ifname) and ifname not in known \
+                        and links.link_kind(self.rt.ipr, link) == "veth":
                     log.warning("deleting leaked veth %s", ifname)
                     links.delete_link(self.rt.ipr, ifname)
                     stats["leaked_links"] += 1

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns
+from .errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,14 @@ def ensure_bridge(ipr: Any, name: str, mac: str, mtu: int) -> tuple[int, bool]:
     link = ipr.link("get", index=index)[0]
     info = link.get("IFLA_LINKINFO")
     if info is None or info.get("IFLA_INFO_KIND") != "bridge":
-        raise RuntimeError(f"{name} exists and is not a bridge")
+        raise Conflict(f"bridge name {name} is taken by a link that is not a bridge")
     ipr.link("set", index=index, state="up")
     return index, created
+
+
+def link_kind(ipr: Any, link: Any) -> str | None:
+    info = link.get("IFLA_LINKINFO")
+    return None if info is None else str(info.get("IFLA_INFO_KIND"))
 
 
 def delete_link(ipr: Any, name: str) -> None:

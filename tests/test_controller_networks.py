@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -142,32 +143,22 @@ def test_cli_network_commands(d: DaemonProcess) -> None:
     assert missing.stderr.strip() == "bpfnet: network 'cli1' not found"
 
 
-@pytest.mark.xfail(strict=True, reason="a non-bridge link with the bridge's name gives a 500 internal error "
-                   "(links.ensure_bridge raises RuntimeError) instead of a 409 naming the conflict")
 def test_bridge_name_taken_by_other_link(d: DaemonProcess) -> None:
-    ep = d.add_endpoint("taken")
+    subprocess.run(["ip", "-n", d.netns, "link", "add", "tkx", "type", "veth", "peer", "name", "tkxp"], check=True)
     try:
         with pytest.raises(ClientError, match="not a bridge") as err:
-            d.client.post("/v1/networks", {"name": "tk", "bridge": ep["host_ifname"], "subnet4": "10.224.0.0/24"})
-        assert ep["host_ifname"] in d.links()
+            d.client.post("/v1/networks", {"name": "tk", "bridge": "tkx", "subnet4": "10.224.0.0/24"})
         assert err.value.status == 409
+        assert "tkx" in d.links()
+        assert "tk" not in {n["name"] for n in d.client.get("/v1/networks")}
     finally:
-        d.remove_endpoint(ep["name"])
-        if "tk" in {n["name"] for n in d.client.get("/v1/networks")}:
-            d.client.delete("/v1/networks/tk")
+        subprocess.run(["ip", "-n", d.netns, "link", "del", "tkx"], check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="reconcile deletes every bnv<N> link it does not know as an endpoint "
-                   "veth, including a network's bridge named bnv<N>; the name is not refused at create either")
-def test_bridge_named_like_host_veth_survives_restart(daemons: DaemonFactory) -> None:
-    d = daemons.start("--bip", "10.213.0.1/24")
-    try:
+def test_bridge_name_reserved_for_host_veths(d: DaemonProcess) -> None:
+    with pytest.raises(ClientError, match="reserved") as err:
         d.client.post("/v1/networks", {"name": "bn", "bridge": "bnv99", "subnet4": "10.225.0.0/24"})
-    except ClientError as exc:  # refusing the reserved name is a fix too
-        assert exc.status == 400
-        return
-    assert "bnv99" in d.links()
-    d.restart()
-    assert "bnv99" in d.links(), "the network's bridge was deleted as a leaked veth"
-    ep = d.add_endpoint("a", network="bn")
-    assert ping(ep["netns"], "10.225.0.1")
+    assert err.value.status == 400
+    assert "bnv99" not in d.links()
+
+

@@ -27,13 +27,30 @@ def env() -> Iterator[Env]:
         pytest.skip(skip_reason() or "")
     from bpfnet.datapath.ebpf import EbpfDatapath
 
-    with netns() as ns, pin_dir() as pins, inside(ns):
-        nets, eps = make_links(
-            [("brA", "10.1", True), ("brB", "10.2", False)],
-            [("a1", "brA", 2), ("a2", "brA", 3), ("b1", "brB", 2), ("b2", "brB", 3)])
-        dp = EbpfDatapath(mode="redirect-peer", pin_dir=pins, max_endpoints=4096)
+    # The main thread enters the namespace only around setup, teardown and each
+    # test that uses env (see _inside_env_ns): holding it for the whole session
+    # would move every later test (metrics on loopback, …) into it.
+    with netns() as ns, pin_dir() as pins:
+        with inside(ns):
+            nets, eps = make_links(
+                [("brA", "10.1", True), ("brB", "10.2", False)],
+                [("a1", "brA", 2), ("a2", "brA", 3), ("b1", "brB", 2), ("b2", "brB", 3)])
+            dp = EbpfDatapath(mode="redirect-peer", pin_dir=pins, max_endpoints=4096)
         try:
-            dp.start(list(nets.values()), list(eps.values()))
+            with inside(ns):
+                dp.start(list(nets.values()), list(eps.values()))
             yield Env(ns, pins, dp, dict(nets), dict(eps))
         finally:
-            dp.cleanup()
+            with inside(ns):
+                dp.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _inside_env_ns(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests using env run with this thread in env's namespace (test runs need its ifindexes)."""
+    if "env" not in request.fixturenames:
+        yield
+        return
+    env_ns = request.getfixturevalue("env").ns
+    with inside(env_ns):
+        yield
