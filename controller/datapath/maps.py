@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+from ..addressing import link_local_from_mac
 from ..model import EndpointSpec, NetworkSpec
 from . import bpfsys
 from . import counters as counters_mod
@@ -68,19 +69,11 @@ def mac_bytes(mac: str) -> bytes:
     return b
 
 
-def eui64_link_local(mac: str) -> IPv6Address:
-    """fe80:: address the kernel derives from a MAC (addr_gen_mode eui64)."""
-    m = bytearray(mac_bytes(mac))
-    m[0] ^= 0x02
-    iid = bytes(m[:3]) + b"\xff\xfe" + bytes(m[3:])
-    return IPv6Address(b"\xfe\x80" + b"\x00" * 6 + iid)
-
-
 def endpoint_ipv6(ep: EndpointSpec) -> tuple[IPv6Address, ...]:
     """Addresses an endpoint may send from and receive on: its own plus the EUI-64
     link-local of its MAC (what the kernel configures on eth0 by default)."""
     addrs = list(dict.fromkeys(ep.ipv6))
-    ll = eui64_link_local(ep.mac)
+    ll = link_local_from_mac(ep.mac)
     if ll not in addrs:
         addrs.append(ll)
     if len(addrs) > MAX_EP_IPV6:

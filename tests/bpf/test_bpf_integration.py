@@ -45,8 +45,8 @@ def ping(ns: str, dst: str, count: int = 3, src: str | None = None, size: int = 
 
 
 def _build(mode: str, br_ns: str, ns_a: str, ns_b: str, pins: str) -> Topo:
+    from bpfnet.addressing import link_local_from_mac as eui64_link_local
     from bpfnet.datapath.ebpf import EbpfDatapath
-    from bpfnet.datapath.maps import eui64_link_local
     from bpfnet.model import EndpointSpec, NetworkSpec
     from pyroute2 import IPRoute
 

@@ -22,7 +22,7 @@ from bpf_packets import (
     udp,
     vlan,
 )
-from bpfnet.datapath.maps import eui64_link_local
+from bpfnet.addressing import link_local_from_mac as eui64_link_local
 from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, run
 
 pytestmark = pytest.mark.kernel
@@ -265,8 +265,6 @@ def test_egress_counts_kernel_rx(env):
 
 
 def test_egress_skips_marked_redirects(env):
-    from bpfnet.datapath.maps import eui64_link_local  # noqa: F401
-
     a1, a2, _, _ = ids(env)
     pkt = v4(a1.mac, a2.mac, str(a1.ipv4), str(a2.ipv4))
     r = run(env.dp, "ep_egress", pkt, a2.host_ifindex, cb=(0xB9F0FA57, 0x5EEDC0DE))
