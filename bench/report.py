@@ -367,8 +367,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
         (f"- Load average at start / end: {m.get('loadavg_at_start')} / {doc.get('loadavg_at_end')} "
         "(other work on the machine during the run shows here)"),
         "- Tools: " + "; ".join(f"{k}: {v or 'missing'}" for k, v in m["tools"].items()),
-        (f"- Best datapath mode this kernel offers (probe): **{doc['kernel_best_mode']}**; "
-        f"--datapath wired by: {doc['datapath_wiring']}"),
+        f"- Best datapath mode this kernel offers (probe): **{doc['kernel_best_mode']}**",
         "",
     ]
     if plan["quick"]:

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import env, kprofile, progrun, scale, traffic
-from .daemon_shim import datapath_wired
 from .topology import BarePeer, BpfnetDaemon, DirectPair, Pair
 
 log = logging.getLogger(__name__)
@@ -158,7 +157,6 @@ def run(plan: Plan) -> dict[str, Any]:
         "machine": env.machine(),
         "plan": {k: v for k, v in asdict(plan).items() if k != "notes"},
         "kernel_best_mode": _probe_mode(),
-        "datapath_wiring": "daemon" if datapath_wired() else "bench shim (daemon ignores --datapath)",
         "variants": {}, "samples": {}, "medians": {}, "errors": [],
     }
     if plan.quick and plan.variants == VARIANTS:

@@ -278,8 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--iterations", type=int, default=None, help="stop after N refreshes (default: until Ctrl-C)")
     tp.set_defaults(func=cmd_top)
 
-    dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
-    dm.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
     return p
 
 
