@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 from . import links, netns
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_name
-from .errors import Conflict, InvalidArgument, NotFound
+from .errors import Conflict, Exhausted, InvalidArgument, NotFound
 from .ipam import IPAddress, parse_address
 from .model import EndpointSpec
 from .networks import LINK_LOCAL_GATEWAY, NetworkService, pools
@@ -32,6 +32,7 @@ from .state import EndpointRow
 
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
+BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
 
 
 def debug_pause(stage: str) -> None:
@@ -132,6 +133,11 @@ class EndpointService:
             net_row, cfg = self.networks.config(net_name)
             if self.rt.store.endpoint(name) is not None:
                 raise Conflict(f"endpoint {name!r} already exists")
+            if self.rt.store.count_endpoints(net_name) >= BRIDGE_MAX_PORTS:
+                raise Exhausted(
+                    f"network {net_name} has {BRIDGE_MAX_PORTS} endpoints, the most a Linux bridge can hold "
+                    "(BR_MAX_PORTS); create another network"
+                )
             ns, adopted = self._namespace(name, data.get("netns"))
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]

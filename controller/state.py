@@ -142,6 +142,10 @@ class Store:
             rows = self._db.execute(q + " ORDER BY created, name", args).fetchall()
         return [EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
+    def count_endpoints(self, network: str) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM endpoints WHERE network = ?", (network,)).fetchone()[0])
+
     def endpoint(self, name: str) -> EndpointRow | None:
         with self._lock:
             r = self._db.execute(
