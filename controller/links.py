@@ -181,8 +181,23 @@ def configure_endpoint(
     ipv6: Iterable[tuple[IPv6Address, int]],
     gateway6: IPv6Address | None,
 ) -> None:
-    """Inside the endpoint namespace: lo and eth0 up, addresses, default routes."""
-    with IPRoute(netns=ns) as ipr:
+    """Inside the endpoint namespace: lo and eth0 up, addresses, default routes.
+
+    Runs on a thread that joined the namespace (netns.run_in) instead of
+    IPRoute(netns=…), which forks a helper process per call: ~8 ms per endpoint.
+    """
+    netns.run_in(ns, lambda: _configure_here(ns, ipv4, prefix4, gateway4, list(ipv6), gateway6))
+
+
+def _configure_here(
+    ns: str,
+    ipv4: IPv4Address,
+    prefix4: int,
+    gateway4: IPv4Address,
+    ipv6: list[tuple[IPv6Address, int]],
+    gateway6: IPv6Address | None,
+) -> None:
+    with IPRoute() as ipr:
         lo = link_index(ipr, "lo")
         if lo is not None:
             ipr.link("set", index=lo, state="up")
