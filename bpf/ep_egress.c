@@ -6,7 +6,8 @@
  * counted as fast path).
  *
  * It also enforces icc=false for what reaches the endpoint through the bridge
- * from another endpoint of its network (unicast IP only), so the policy holds
+ * from another endpoint of its network (unicast IP only, neighbour discovery
+ * excepted), so the policy holds
  * even for destinations the fast path does not know.
  */
 #include "forward.h"
@@ -48,6 +49,20 @@ int ep_egress(struct __sk_buff *skb)
 		goto pass;
 	if (eth->h_proto != ETH_P_IP_BE && eth->h_proto != ETH_P_IPV6_BE)
 		goto pass;
+	if (eth->h_proto == ETH_P_IPV6_BE) {
+		struct ipv6hdr *ip6h;
+		int type;
+
+		/* Unicast neighbour advertisements must get through, like ARP
+		 * does: icc=false blocks traffic, not address resolution. */
+		if (parse_ip6hdr(&nh, data_end, &ip6h) < 0)
+			goto pass;
+		if (ip6h->nexthdr == IPPROTO_ICMPV6_) {
+			type = parse_icmp6_type(&nh, data_end);
+			if (type < 0 || (type >= ICMPV6_ND_FIRST && type <= ICMPV6_ND_LAST))
+				goto pass;
+		}
+	}
 	metrics_count(ep->id, DIR_RX, COUNT_DROP, DROP_POLICY, 0);
 	return TC_ACT_SHOT;
 

@@ -133,6 +133,12 @@ class Model:
         if pkt[0] & 1 or pkt[12:14] not in (struct.pack("!H", ETH_IP),
                                             struct.pack("!H", ETH_IPV6)):
             return kernel
+        if pkt[12:14] == struct.pack("!H", ETH_IPV6):
+            n = len(pkt)
+            if n < 54 or pkt[14] >> 4 != 6:
+                return kernel
+            if pkt[20] == 58 and (n < 55 or 133 <= pkt[54] <= 137):
+                return kernel  # neighbour discovery passes even with icc=false
         return TC_ACT_SHOT, pkt, {ep.id: {"rx_drop_policy": 1}}
 
 
