@@ -275,6 +275,10 @@ class DaemonProcess:
         pins = Path("/sys/fs/bpf/bpfnet") / self.netns
         if pins.exists():
             shutil.rmtree(pins, ignore_errors=True)
+        try:
+            pins.parent.rmdir()  # the daemon made /sys/fs/bpf/bpfnet too; others may still use it
+        except OSError:
+            pass
         if self._sock_dir != self.workdir:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
         left = sorted(self.owned_netns())
