@@ -9,6 +9,7 @@ on a throwaway thread instead of switching the daemon's threads back and forth.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -28,12 +29,28 @@ def exists(name: str) -> bool:
     return (RUN_DIR / name).exists()
 
 
+CLONE_NEWNET = 0x40000000
+
+
 def create(name: str) -> bool:
-    """Create the named namespace; False if it already existed."""
+    """Create the named namespace; False if it already existed.
+
+    A throwaway thread unshares its network namespace and bind-mounts
+    /proc/thread-self/ns/net on /run/netns/NAME (what `ip netns add` does).
+    pyroute2's netns.create forks a helper process for this, ~8 ms a call.
+    """
     if exists(name):
         return False
+
+    def body() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
+        _netns.attach(name, "thread-self")
+
     try:
-        _netns.create(name)
+        _on_thread(f"netns-create-{name}", body)
     except OSError as exc:
         if exc.errno == errno.EEXIST:
             return False
@@ -64,17 +81,25 @@ def enter(name: str) -> bool:
 
 def run_in(name: str, fn: Callable[[], T]) -> T:
     """Run fn on a fresh thread that has joined namespace NAME; re-raise its exception."""
+    def body() -> T:
+        _netns.setns(name, flags=0)
+        return fn()
+
+    return _on_thread(f"netns-{name}", body)
+
+
+def _on_thread(label: str, fn: Callable[[], T]) -> T:
+    """Run fn on a fresh thread (whose namespaces it may change) and hand back its result or exception."""
     result: list[T] = []
     error: list[BaseException] = []
 
     def body() -> None:
         try:
-            _netns.setns(name, flags=0)
             result.append(fn())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             error.append(exc)
 
-    t = threading.Thread(target=body, name=f"netns-{name}")
+    t = threading.Thread(target=body, name=label)
     t.start()
     t.join()
     if error:
