@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from functools import partial
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -199,10 +199,7 @@ class EndpointService:
         self, net_name: str, cfg: NetworkConfig, data: dict[str, Any]
     ) -> tuple[IPv4Address, str, list[IPv6Address]]:
         p4, p6 = pools(cfg)
-        used: set[IPAddress] = {
-            IPv4Address(lease.address) if lease.family == 4 else IPv6Address(lease.address)
-            for lease in self.rt.store.leases(net_name)
-        }
+        used: set[IPAddress] = {ip_address(a) for a in self.rt.store.leased_addresses(net_name)}
         requested4 = parse_address(str(data["ip"]), "--ip") if data.get("ip") else None
         if requested4 is not None and requested4.version != 4:
             raise InvalidArgument(f"--ip {requested4} is not an IPv4 address (use --ip6)")

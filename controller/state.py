@@ -212,6 +212,11 @@ class Store:
             rows = self._db.execute(q, args).fetchall()
         return [LeaseRow(*r) for r in rows]
 
+    def leased_addresses(self, network: str) -> list[str]:
+        """Just the addresses leased on a network (the hot part of every endpoint add)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT address FROM leases WHERE network = ?", (network,))]
+
     def endpoint_leases(self, endpoint: str) -> list[LeaseRow]:
         with self._lock:
             rows = self._db.execute(
