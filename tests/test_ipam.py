@@ -249,3 +249,16 @@ def test_property_preferred(case: tuple[Pool, set[IPv4Address]], raw: int) -> No
         assert got == pref
     else:
         assert got != pref and got not in used and got not in p.reserved()
+
+
+def test_pool_accepts_leases_kept_as_strings() -> None:
+    from bpfnet.endpoints import LeasedAddresses
+
+    pool = Pool("n", IPv4Network("10.9.0.0/29"), IPv4Network("10.9.0.0/29"), IPv4Address("10.9.0.1"))
+    used = LeasedAddresses(["10.9.0.2", "10.9.0.3"])
+    assert IPv4Address("10.9.0.2") in used and IPv4Address("10.9.0.4") not in used and len(used) == 2
+    assert pool.allocate(used) == IPv4Address("10.9.0.4")
+    with pytest.raises(Conflict):
+        pool.allocate(used, requested=IPv4Address("10.9.0.3"))
+    v6 = LeasedAddresses(["1553:ba3:2::242:ac11:2"])
+    assert IPv6Address("1553:ba3:2:0:0:242:ac11:2") in v6  # canonical form, whatever the spelling
