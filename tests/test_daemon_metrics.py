@@ -8,98 +8,33 @@ throwaway config and TSDB. Traffic flows only between the daemon's endpoints.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-import textwrap
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import DaemonFactory, DaemonProcess, free_port, ping, run
+from prom import PROMETHEUS, Prometheus, running_prometheus
 
 pytestmark = pytest.mark.kernel
 
-PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 N = 20
 
 
-class Prom:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        q = urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=5) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def value(self, expr: str) -> float | None:
-        res = self.query(expr)
-        assert len(res) <= 1, (expr, res)
-        return float(res[0]["value"][1]) if res else None
-
-    def wait(self, expr: str, ok: Any, timeout: float = 20) -> float | None:
-        """Poll EXPR until ok(value) holds; return the value (AssertionError with the last one)."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.value(expr)
-            except (OSError, urllib.error.URLError) as exc:  # Prometheus not up yet
-                last = exc
-            else:
-                if ok(last):
-                    return last  # type: ignore[no-any-return]
-            time.sleep(0.25)
-        raise AssertionError(f"{expr}: condition not met within {timeout}s, last value {last!r}")
-
-
 @pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[Any]:
+def prometheus_for(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """prometheus_for("127.0.0.1:PORT") starts Prometheus scraping that target every second."""
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian package 'prometheus')")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(target: str) -> Prom:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""\
-            global:
-              scrape_interval: 1s
-              evaluation_interval: 1s
-            scrape_configs:
-              - job_name: bpfnet
-                static_configs:
-                  - targets: ["{target}"]
-            """))
-        with (tmp_path / "prometheus.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        return Prom(f"http://127.0.0.1:{port}")
-
-    try:
-        yield start
-    finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+    with ExitStack() as stack:
+        yield lambda target: stack.enter_context(running_prometheus(target, tmp_path / "prometheus"))
 
 
 def scrape(address: str) -> str:
@@ -125,7 +60,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return found[0]
 
 
-def test_prometheus_scrapes_real_daemon(daemons: DaemonFactory, prometheus_for: Any) -> None:
+def test_prometheus_scrapes_real_daemon(daemons: DaemonFactory, prometheus_for: Callable[[str], Prometheus]) -> None:
     mport = free_port()
     addr = f"127.0.0.1:{mport}"
     d: DaemonProcess = daemons.start("--metrics-addr", addr, datapath="auto")

@@ -16,14 +16,10 @@ import os
 import shutil
 import socket
 import subprocess
-import textwrap
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bpfnet.metrics import (
@@ -34,11 +30,11 @@ from bpfnet.metrics import (
     NetworkStats,
     serve_metrics,
 )
+from prom import PROMETHEUS, Prometheus, running_prometheus
 from prometheus_client import CollectorRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "contrib" / "prometheus" / "alerts.yml"
-PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 
 FAKE_RX_BYTES_PER_S = 125_000.0
@@ -104,83 +100,12 @@ def metrics_target() -> Iterator[MetricsTarget]:
         server.close()
 
 
-@dataclass
-class Prometheus:
-    url: str
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        q = urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=5) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as r:
-            return json.load(r)
-
-    def wait_value(self, expr: str, timeout: float = 60.0) -> float:
-        """First value of ``expr`` once it exists and is > 0."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.query(expr)
-            except OSError as exc:  # not up yet
-                last = exc
-            else:
-                if last and float(last[0]["value"][1]) > 0:
-                    return float(last[0]["value"][1])
-            time.sleep(0.5)
-        raise AssertionError(f"{expr} never became > 0; last answer: {last!r}")
-
-
 @pytest.fixture
 def prometheus(metrics_target: MetricsTarget, tmp_path: Path) -> Iterator[Prometheus]:
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed (Debian package 'prometheus')")
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            global:
-              scrape_interval: 1s
-              evaluation_interval: 1s
-            rule_files:
-              - {ALERTS}
-            scrape_configs:
-              - job_name: bpfnet
-                static_configs:
-                  - targets: ["{metrics_target.address}"]
-            """
-        )
-    )
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        yield Prometheus(f"http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
-        if proc.returncode not in (0, -15):
-            print((tmp_path / "prometheus.log").read_text()[-4000:])
+    with running_prometheus(metrics_target.address, tmp_path, [ALERTS]) as prom:
+        yield prom
 
 
 def test_prometheus_scrapes_values_and_rates(
