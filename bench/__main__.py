@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 2
-    out = args.out or (os.path.join(HERE, "out", "quick") if args.quick else HERE)
+    out = args.out or _default_out(args.quick, bool(args.only))
     env.install_handlers()
     log.info("run %s: %s plan, measurements %s, variants %s, output %s", env.RUN_ID,
              "quick" if plan.quick else "full", " ".join(plan.measurements), " ".join(plan.variants), out)
@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         env.cleanup()
     _summary(doc, paths)
     return 0
+
+
+def _default_out(quick: bool, partial: bool) -> str:
+    """bench/ only for a full run: a quick or partial run must not overwrite its results."""
+    if quick:
+        return os.path.join(HERE, "out", "quick")
+    if partial:
+        return os.path.join(HERE, "out", "only")
+    return HERE
 
 
 def _summary(doc: dict[str, Any], paths: dict[str, str]) -> None:

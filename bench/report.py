@@ -680,7 +680,9 @@ def chart(doc: dict[str, Any], path: str) -> None:
     ax.set_xlabel("ns/packet, BPF_PROG_TEST_RUN (rp: redirect-peer, rd: redirect)", fontsize=8)
     ax.set_title("program cost (goal < 100 ns)", fontsize=10)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper center", ncol=len(names), fontsize=8, bbox_to_anchor=(0.5, 0.965))
+    if handles:  # a partial run (--only) may have no variant bars: matplotlib rejects ncol=0
+        fig.legend(handles, names, loc="upper center", ncol=len(names), fontsize=8,
+                   bbox_to_anchor=(0.5, 0.965))
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)

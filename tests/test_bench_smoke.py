@@ -81,3 +81,14 @@ def test_results_md_and_png(quick_run: tuple[Path, subprocess.CompletedProcess[s
     assert "Quick smoke run" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "bpfnet bench (quick)" in r.stdout
+
+
+def test_report_renders_a_partial_run(tmp_path: Path) -> None:
+    """``--only progrun`` yields no traffic medians and no variants; the report must still render."""
+    from bench import report
+
+    doc = json.loads((REPO / "bench" / "results.json").read_text())
+    doc["medians"], doc["ratios"], doc["variants"] = {}, {}, {}
+    paths = report.write(doc, str(tmp_path))
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Goals" in Path(paths["RESULTS.md"]).read_text()
