@@ -47,9 +47,7 @@ int bridge_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	/* bpf_redirect_peer is only valid at tc ingress, so this is always a
 	 * plain redirect to the veth's egress (marked, see forward.h). */
-	verdict = redirect_to_endpoint(skb, dst, 0);
-	if (verdict < 0)
-		return TC_ACT_OK;
+	verdict = redirect_to_endpoint(skb, eth, dst, 0);
 	metrics_count(dst->id, DIR_RX, COUNT_FAST, 0, len);
 	return verdict;
 }

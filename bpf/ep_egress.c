@@ -37,7 +37,7 @@ int ep_egress(struct __sk_buff *skb)
 	src = lookup_endpoint(in_ifindex);
 	if (!src || src->network_id != ep->network_id)
 		goto pass;
-	net = network_by_id.lookup(&ep->network_id);
+	net = lookup_network(ep->network_id);
 	if (!net || net->icc)
 		goto pass;
 	pull_headers(skb);

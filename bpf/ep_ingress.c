@@ -85,19 +85,18 @@ int ep_ingress(struct __sk_buff *skb)
 			goto pass;
 		dst = fast_target_ipv6(src->network_id, ip6h, &nh, data_end);
 	}
-	/* packet pointers are not used below this line */
+	/* only eth is used below: no helper that could move the data runs before
+	 * redirect_to_endpoint() writes the destination MAC through it */
 	if (!dst || dst->ifindex == src->ifindex)
 		goto pass;
-	net = network_by_id.lookup(&src->network_id);
+	net = lookup_network(src->network_id);
 	if (!net)
 		goto pass; /* network not configured (yet): the kernel decides */
 	if (!net->icc) {
 		metrics_count(src_id, DIR_TX, COUNT_DROP, DROP_POLICY, 0);
 		return TC_ACT_SHOT;
 	}
-	verdict = redirect_to_endpoint(skb, dst, BPFNET_REDIRECT_PEER);
-	if (verdict < 0)
-		goto pass;
+	verdict = redirect_to_endpoint(skb, eth, dst, BPFNET_REDIRECT_PEER);
 	metrics_count(src_id, DIR_TX, COUNT_FAST, 0, len);
 	metrics_count(dst->id, DIR_RX, COUNT_FAST, 0, len);
 	return verdict;

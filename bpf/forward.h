@@ -29,11 +29,35 @@
 #define BPFNET_CB_MARK0 0xb9f0fa57
 #define BPFNET_CB_MARK1 0x5eedc0de
 
+/* The endpoint in slot id, or NULL for an empty slot (ifindex 0) or an id
+ * out of range. An array lookup: inlined by the JIT, no hashing. */
+static __always_inline struct endpoint *endpoint_at(__u32 id)
+{
+	struct endpoint *ep = endpoint_by_id.lookup(&id);
+
+	if (!ep || ep->ifindex == 0)
+		return NULL;
+	return ep;
+}
+
+/* The endpoint behind a host-side veth, or NULL. One hash lookup. */
 static __always_inline struct endpoint *lookup_endpoint(__u32 ifindex)
 {
-	__u32 key = ifindex;
+	__u32 *id = endpoint_id_by_ifindex.lookup(&ifindex);
 
-	return endpoint_by_ifindex.lookup(&key);
+	if (!id)
+		return NULL;
+	return endpoint_at(*id);
+}
+
+/* Network id's config, or NULL for an empty slot (bridge_ifindex 0). */
+static __always_inline struct network *lookup_network(__u32 id)
+{
+	struct network *net = network_by_id.lookup(&id);
+
+	if (!net || net->bridge_ifindex == 0)
+		return NULL;
+	return net;
 }
 
 /* The endpoint of network_id that owns iph->daddr, or NULL. Fragments stay on
@@ -41,16 +65,16 @@ static __always_inline struct endpoint *lookup_endpoint(__u32 ifindex)
 static __always_inline struct endpoint *fast_target_ipv4(__u32 network_id, struct iphdr *iph)
 {
 	struct ep_ipv4_key key = {};
-	__u32 *ifindex;
+	__u32 *id;
 
 	if (ipv4_is_fragment(iph))
 		return NULL;
 	key.network_id = network_id;
 	key.addr = iph->daddr;
-	ifindex = endpoint_by_ipv4.lookup(&key);
-	if (!ifindex)
+	id = endpoint_id_by_ipv4.lookup(&key);
+	if (!id)
 		return NULL;
-	return lookup_endpoint(*ifindex);
+	return endpoint_at(*id);
 }
 
 /* The endpoint of network_id that owns ip6h->daddr, or NULL. Only TCP, UDP
@@ -60,7 +84,7 @@ static __always_inline struct endpoint *fast_target_ipv6(__u32 network_id, struc
 							 struct hdr_cursor *nh, void *data_end)
 {
 	struct ep_ipv6_key key = {};
-	__u32 *ifindex;
+	__u32 *id;
 	int type;
 
 	if (ip6h->daddr.in6_u.u6_addr8[0] == 0xff)
@@ -79,24 +103,28 @@ static __always_inline struct endpoint *fast_target_ipv6(__u32 network_id, struc
 	}
 	key.network_id = network_id;
 	__builtin_memcpy(key.addr, &ip6h->daddr, sizeof(key.addr));
-	ifindex = endpoint_by_ipv6.lookup(&key);
-	if (!ifindex)
+	id = endpoint_id_by_ipv6.lookup(&key);
+	if (!id)
 		return NULL;
-	return lookup_endpoint(*ifindex);
+	return endpoint_at(*id);
 }
 
 /*
  * Set the destination MAC and redirect to dst. peer=1: into dst's eth0 ingress
  * (only valid from a tc ingress hook); peer=0: out of dst's host veth, marked
  * so its egress program does not count the packet a second time.
- * Returns a tc verdict, or -1 when the MAC could not be written (the caller
- * then lets the kernel have the packet).
+ *
+ * eth must come from parse_ethhdr() on this skb with no helper call since
+ * that could move the data (bpf_skb_pull_data, bpf_skb_store_bytes): it is
+ * already bounds-checked, so the MAC is written directly instead of through
+ * the bpf_skb_store_bytes() helper. A cloned skb is still safe: for programs
+ * that write packet data the verifier adds a prologue that unclones it first.
+ * No checksum covers the Ethernet header.
  */
-static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint *dst,
-						int peer)
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct ethhdr *eth,
+						struct endpoint *dst, int peer)
 {
-	if (bpf_skb_store_bytes(skb, 0, dst->mac, ETH_ALEN_, 0) < 0)
-		return -1;
+	__builtin_memcpy(eth->h_dest, dst->mac, ETH_ALEN_);
 	if (peer)
 		return bpf_redirect_peer(dst->ifindex, 0);
 	skb->cb[0] = BPFNET_CB_MARK0;

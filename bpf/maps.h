@@ -8,8 +8,15 @@
  * counters and map entries. controller/datapath/maps.py mirrors these structs
  * byte for byte; change both together. At load time the controller checks
  * the kernel's view of every map (type, key/value size, entries) against
- * maps.py and replaces pinned maps whose shape no longer matches (their
- * contents are lost; start() re-adds every entry).
+ * maps.py, replaces pinned maps whose shape no longer matches and removes
+ * pins no longer in the layout (their contents are lost; start() re-adds
+ * every entry). A map whose values change meaning but not shape must
+ * therefore get a new name, or a restarted daemon would misread it.
+ *
+ * Lookup cost: hash lookups (hashing, bucket walk) are what the fast path
+ * pays for per packet; array lookups are inlined by the JIT to a bounds check
+ * and an add. So only what is keyed by something sparse (ifindex, address)
+ * is a hash, and it yields a small dense id that indexes the arrays.
  *
  * Byte order: IPv4/IPv6 addresses are stored exactly as they appear on the
  * wire (network byte order) so the programs can compare and look them up
@@ -32,11 +39,11 @@
 
 #define MAX_EP_IPV6 4 /* global addresses + link-local per endpoint */
 
-/* The endpoint behind one host-side veth. */
+/* The endpoint behind one host-side veth, at index id of endpoint_by_id. */
 struct endpoint {
-	__u32 id;         /* slot in endpoint_counters, < MAX_ENDPOINTS */
-	__u32 network_id; /* key of network_by_id */
-	__u32 ifindex;    /* host-side veth: redirect target */
+	__u32 id;         /* index in endpoint_by_id and endpoint_counters, < MAX_ENDPOINTS */
+	__u32 network_id; /* index in network_by_id */
+	__u32 ifindex;    /* host-side veth: redirect target; 0: empty slot */
 	__u8 mac[6];      /* MAC of eth0 inside the endpoint */
 	__u8 n_ipv6;      /* valid entries in ipv6[] */
 	__u8 pad;
@@ -44,10 +51,10 @@ struct endpoint {
 	__u32 ipv6[MAX_EP_IPV6][4];     /* network byte order */
 };
 
-/* One bridge network. */
+/* One bridge network, at index id of network_by_id. */
 struct network {
-	__u32 id;
-	__u32 bridge_ifindex;
+	__u32 id;             /* 1 .. MAX_NETWORKS - 1 */
+	__u32 bridge_ifindex; /* 0: empty slot */
 	__u8 icc;            /* 0: drop unicast between endpoints of this network */
 	__u8 n_gateway6;     /* valid entries in gateway6[] */
 	__u8 bridge_mac[6];
@@ -86,17 +93,23 @@ struct endpoint_counters {
 
 #define BPFNET_PIN(name) BPFNET_PIN_DIR "/" #name
 
-/* host-side veth ifindex -> endpoint */
-BPF_TABLE_PINNED("hash", __u32, struct endpoint, endpoint_by_ifindex, MAX_ENDPOINTS,
-		 BPFNET_PIN(endpoint_by_ifindex));
-/* (network id, IPv4 in network byte order) -> host-side veth ifindex */
-BPF_TABLE_PINNED("hash", struct ep_ipv4_key, __u32, endpoint_by_ipv4, MAX_ENDPOINTS,
-		 BPFNET_PIN(endpoint_by_ipv4));
-/* (network id, IPv6 in network byte order) -> host-side veth ifindex */
-BPF_TABLE_PINNED("hash", struct ep_ipv6_key, __u32, endpoint_by_ipv6,
-		 MAX_ENDPOINTS * MAX_EP_IPV6, BPFNET_PIN(endpoint_by_ipv6));
-/* network id -> network config (icc, gateways) */
-BPF_TABLE_PINNED("hash", __u32, struct network, network_by_id, MAX_NETWORKS,
+/* host-side veth ifindex -> endpoint id */
+BPF_TABLE_PINNED("hash", __u32, __u32, endpoint_id_by_ifindex, MAX_ENDPOINTS,
+		 BPFNET_PIN(endpoint_id_by_ifindex));
+/* (network id, IPv4 in network byte order) -> endpoint id */
+BPF_TABLE_PINNED("hash", struct ep_ipv4_key, __u32, endpoint_id_by_ipv4, MAX_ENDPOINTS,
+		 BPFNET_PIN(endpoint_id_by_ipv4));
+/* (network id, IPv6 in network byte order) -> endpoint id */
+BPF_TABLE_PINNED("hash", struct ep_ipv6_key, __u32, endpoint_id_by_ipv6,
+		 MAX_ENDPOINTS * MAX_EP_IPV6, BPFNET_PIN(endpoint_id_by_ipv6));
+/* endpoint id -> endpoint. Array elements always exist: ifindex 0 marks an
+ * empty slot. An array update overwrites the value in place (a hash update
+ * swaps in a new element), so the controller writes a slot before any hash
+ * map points at it and empties it only after none does. */
+BPF_TABLE_PINNED("array", __u32, struct endpoint, endpoint_by_id, MAX_ENDPOINTS,
+		 BPFNET_PIN(endpoint_by_id));
+/* network id -> network config (icc, gateways); bridge_ifindex 0: empty slot */
+BPF_TABLE_PINNED("array", __u32, struct network, network_by_id, MAX_NETWORKS,
 		 BPFNET_PIN(network_by_id));
 /* bridge ifindex -> network id, for the program on the bridge */
 BPF_TABLE_PINNED("hash", __u32, __u32, network_by_bridge_ifindex, MAX_NETWORKS,

@@ -10,6 +10,7 @@ namespaces, filters and pins go with the ``daemons`` fixtures.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import subprocess
@@ -425,6 +426,76 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     assert counters(d)[b["name"]]["rx_fast_packets"] >= count
 
 
+# The maps a daemon before the endpoint-id layout pinned (bpf/maps.h of that version): the
+# address maps held ifindexes under names the new layout no longer has, network_by_id was a
+# hash of the same key and value size. Values are opaque byte structs: only shapes matter.
+OLD_LAYOUT = """
+struct ep_v {{ __u8 b[{ep}]; }};
+struct net_v {{ __u8 b[{net}]; }};
+struct k4 {{ __u8 b[{k4}]; }};
+struct k6 {{ __u8 b[{k6}]; }};
+BPF_TABLE_PINNED("hash", __u32, struct ep_v, endpoint_by_ifindex, 4096, "{pins}/endpoint_by_ifindex");
+BPF_TABLE_PINNED("hash", struct k4, __u32, endpoint_by_ipv4, 4096, "{pins}/endpoint_by_ipv4");
+BPF_TABLE_PINNED("hash", struct k6, __u32, endpoint_by_ipv6, 16384, "{pins}/endpoint_by_ipv6");
+BPF_TABLE_PINNED("hash", __u32, struct net_v, network_by_id, 1024, "{pins}/network_by_id");
+int unused(void *ctx) {{ return 0; }}
+"""
+
+
+def pin_old_layout(pin_dir: Path, a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Replace network_by_id by the old hash and pin the old address maps, with b's IPv4
+    address pointing at a's ifindex (read as an endpoint id, that would misroute)."""
+    from bcc import BPF
+    from bpfnet.datapath import bpfsys
+    from bpfnet.datapath import maps as m
+
+    (pin_dir / "network_by_id").unlink()
+    text = OLD_LAYOUT.format(ep=struct.calcsize(m.ENDPOINT_FMT), net=struct.calcsize(m.NETWORK_FMT),
+                             k4=struct.calcsize(m.EP_IPV4_KEY_FMT),
+                             k6=struct.calcsize(m.EP_IPV6_KEY_FMT), pins=pin_dir)
+    BPF(text=text.encode()).cleanup()  # the maps stay pinned
+    fd = bpfsys.obj_get(str(pin_dir / "endpoint_by_ipv4"))
+    try:
+        bpfsys.map_update(fd, m.ipv4_key(1, IPv4Address(ip4(b))), m.u32(a["host_ifindex"]))
+    finally:
+        os.close(fd)
+
+
+def test_restart_over_pins_of_an_older_layout(daemons: DaemonFactory) -> None:
+    """An upgraded daemon removes pins that are no longer in the layout (renamed maps),
+    replaces maps of another type, re-adds every entry and keeps the counters."""
+    from bpfnet.datapath.maps import map_specs
+
+    d = daemons.start(*V6, datapath="auto")
+    a, b = d.add_endpoint("a"), d.add_endpoint("b")
+    info = d.cli_json("info")["datapath"]
+    pin_dir = Path(info["pin_dir"])
+    assert ping(a["netns"], ip4(b))
+    c0 = counters(d)[a["name"]]
+    d.stop()
+    pin_old_layout(pin_dir, a, b)
+
+    d.start()
+    log = d.log_path.read_text(errors="replace").rsplit("===== start", 1)[-1]
+    for name in ("endpoint_by_ifindex", "endpoint_by_ipv4", "endpoint_by_ipv6"):
+        assert f"{name} is not part of this version's map layout" in log, log
+    assert "network_by_id has (type, key, value, entries)" in log, log
+    layout = sorted(s.name for s in map_specs(int(info["max_endpoints"])))
+    assert sorted(p.name for p in pin_dir.iterdir()) == layout
+    c1 = counters(d)[a["name"]]
+    assert c1["tx_fast_packets"] >= c0["tx_fast_packets"] > 0, (c0, c1)  # carried on
+    check_fast_path(d, a, b, "redirect-peer")
+
+    # --cleanup also removes pins it does not know
+    d.stop()
+    pin_old_layout(pin_dir, a, b)
+    r = subprocess.run(bpfnet_cmd() + ["daemon", "--cleanup", "--netns", d.netns, "--state-dir",
+                                       str(d.state_dir)], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert not pin_dir.exists(), list(pin_dir.iterdir())
+
+
 # 6. endpoint rm and --cleanup -------------------------------------------------------------
 def test_endpoint_rm_and_cleanup_remove_filters_map_entries_pins(daemons: DaemonFactory) -> None:
     d = daemons.start(*V6, datapath="auto")
@@ -440,9 +511,9 @@ def test_endpoint_rm_and_cleanup_remove_filters_map_entries_pins(daemons: Daemon
     def map_state() -> tuple[set[int], set[bytes], set[bytes]]:
         maps = PinnedMaps(str(pin_dir), int(info["max_endpoints"]))
         try:
-            return ({struct.unpack("=I", k)[0] for k, _ in maps.items("endpoint_by_ifindex")},
-                    {k[-4:] for k, _ in maps.items("endpoint_by_ipv4")},
-                    {k[-16:] for k, _ in maps.items("endpoint_by_ipv6")})
+            return (set(maps.endpoint_ids()),
+                    {k[-4:] for k, _ in maps.items("endpoint_id_by_ipv4")},
+                    {k[-16:] for k, _ in maps.items("endpoint_id_by_ipv6")})
         finally:
             maps.close()
 

@@ -75,17 +75,24 @@ class EbpfDatapath:
         want_v4 = {m.ipv4_key(e.network_id, e.ipv4) for e in endpoints}
         want_v6 = {m.ipv6_key(e.network_id, a) for e in endpoints for a in m.endpoint_ipv6(e)}
         want = {
-            "endpoint_by_ifindex": {m.u32(i) for i in ep_ifindexes},
-            "endpoint_by_ipv4": want_v4,
-            "endpoint_by_ipv6": want_v6,
-            "network_by_id": {m.u32(n.id) for n in networks},
+            "endpoint_id_by_ifindex": {m.u32(i) for i in ep_ifindexes},
+            "endpoint_id_by_ipv4": want_v4,
+            "endpoint_id_by_ipv6": want_v6,
             "network_by_bridge_ifindex": {m.u32(i) for i in br_ifindexes},
+            # arrays last: their slots are emptied once no hash entry points at them
+            "endpoint_by_id": {m.u32(e.id) for e in endpoints},
+            "network_by_id": {m.u32(n.id) for n in networks},
         }
         for name, keys in want.items():
-            for key, _ in list(maps.items(name)):
-                if key not in keys:
+            array = m.is_array(maps.specs[name])
+            for key, value in list(maps.items(name)):
+                if key in keys or (array and not any(value)):
+                    continue
+                if array:
+                    maps.clear(name, key)
+                else:
                     maps.delete(name, key)
-                    log.info("removed stale entry from %s", name)
+                log.info("removed stale entry from %s", name)
         live = {e.id for e in endpoints}
         for slot in maps.counters(set()):
             if slot not in live:
@@ -124,8 +131,8 @@ class EbpfDatapath:
                     maps = None  # missing or foreign pins: unlinking below is enough
             if maps is not None:
                 try:
-                    for name in maps.specs:
-                        if name == "endpoint_counters":
+                    for name, spec in maps.specs.items():
+                        if m.is_array(spec):
                             continue  # array elements cannot be deleted; dies with its pin
                         for key, _ in list(maps.items(name)):
                             maps.delete(name, key)
@@ -139,8 +146,9 @@ class EbpfDatapath:
             self._networks.clear()
             self._endpoints.clear()
             if os.path.isdir(self.pin_dir):
-                for spec in m.map_specs(self.max_endpoints):
-                    path = os.path.join(self.pin_dir, spec.name)
+                specs = m.map_specs(self.max_endpoints)
+                for name in [s.name for s in specs] + m.stale_pins(self.pin_dir, specs):
+                    path = os.path.join(self.pin_dir, name)
                     if os.path.exists(path):
                         os.unlink(path)
                 try:
@@ -155,6 +163,8 @@ class EbpfDatapath:
 
     # -- networks ---------------------------------------------------------
     def attach_network(self, net: NetworkSpec) -> None:
+        if not 0 < net.id < m.MAX_NETWORKS:
+            raise ValueError(f"network {net.name}: id {net.id} not in [1, {m.MAX_NETWORKS})")
         with self._lock:
             maps, ipr = self._need()
             assert self._progs is not None
@@ -164,7 +174,7 @@ class EbpfDatapath:
                     maps.delete("network_by_bridge_ifindex", m.u32(n.bridge_ifindex))
                     del self._networks[n.bridge_ifindex]
             if old is not None and old.id != net.id:
-                maps.delete("network_by_id", m.u32(old.id))
+                maps.clear("network_by_id", m.u32(old.id))
             maps.put("network_by_id", m.u32(net.id), m.pack_network(net))
             maps.put("network_by_bridge_ifindex", m.u32(net.bridge_ifindex), m.u32(net.id))
             tc.attach(ipr, net.bridge_ifindex, "egress", self._progs.fds["bridge_egress"],
@@ -176,7 +186,8 @@ class EbpfDatapath:
             maps, ipr = self._need()
             tc.detach(ipr, net.bridge_ifindex)
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
-            maps.delete("network_by_id", m.u32(net.id))
+            if 0 < net.id < m.MAX_NETWORKS:
+                maps.clear("network_by_id", m.u32(net.id))
             self._networks.pop(net.bridge_ifindex, None)
 
     # -- endpoints --------------------------------------------------------
@@ -192,54 +203,68 @@ class EbpfDatapath:
                     self._remove_entries(other.host_ifindex)
                     del self._endpoints[other.host_ifindex]
             self._remove_entries(ep.host_ifindex, keep=ep)
-            # Endpoint entry first: the address maps point at it by ifindex.
-            maps.put("endpoint_by_ifindex", m.u32(ep.host_ifindex), m.pack_endpoint(ep))
-            ifx = m.u32(ep.host_ifindex)
-            maps.put("endpoint_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), ifx)
+            # The slot first: the hash maps point at it by id.
+            eid = m.u32(ep.id)
+            maps.put("endpoint_by_id", eid, m.pack_endpoint(ep))
+            maps.put("endpoint_id_by_ifindex", m.u32(ep.host_ifindex), eid)
+            maps.put("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), eid)
             for a in m.endpoint_ipv6(ep):
-                maps.put("endpoint_by_ipv6", m.ipv6_key(ep.network_id, a), ifx)
+                maps.put("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a), eid)
             tc.attach(ipr, ep.host_ifindex, "ingress", self._progs.fds["ep_ingress"], "ep_ingress")
             tc.attach(ipr, ep.host_ifindex, "egress", self._progs.fds["ep_egress"], "ep_egress")
             self._endpoints[ep.host_ifindex] = ep
 
     def _remove_entries(self, ifindex: int, keep: EndpointSpec | None = None) -> None:
-        """Delete the address entries installed for ifindex (as the map says, so
-        a restarted daemon cleans what its predecessor wrote). With keep, only
-        the addresses keep no longer has are removed."""
+        """Delete the entries installed for ifindex (as the maps say, so a
+        restarted daemon cleans what its predecessor wrote). With keep, only
+        the addresses keep no longer has are removed, and the slot only if
+        keep has another id."""
         maps, _ = self._need()
-        raw = maps.get("endpoint_by_ifindex", m.u32(ifindex))
-        if raw is None:
+        e = maps.endpoint(ifindex)
+        if keep is None:
+            maps.delete("endpoint_id_by_ifindex", m.u32(ifindex))
+        if e is None:
             return
-        e = m.unpack_endpoint(raw)
         keys4 = {m.ipv4_key(e.network_id, e.ipv4)}
         keys6 = {m.ipv6_key(e.network_id, a) for a in e.ipv6}
         if keep is not None:
             keys4 -= {m.ipv4_key(keep.network_id, keep.ipv4)}
             keys6 -= {m.ipv6_key(keep.network_id, a) for a in m.endpoint_ipv6(keep)}
         for k in keys4:
-            self._delete_if_points_to("endpoint_by_ipv4", k, ifindex)
+            self._delete_if_points_to("endpoint_id_by_ipv4", k, e.id)
         for k in keys6:
-            self._delete_if_points_to("endpoint_by_ipv6", k, ifindex)
-        if keep is None:
-            maps.delete("endpoint_by_ifindex", m.u32(ifindex))
+            self._delete_if_points_to("endpoint_id_by_ipv6", k, e.id)
+        if keep is None or keep.id != e.id:
+            self._clear_slot(e.id, ifindex)
 
-    def _delete_if_points_to(self, name: str, key: bytes, ifindex: int) -> None:
+    def _delete_if_points_to(self, name: str, key: bytes, eid: int) -> None:
         # An address may already belong to a newer endpoint: never delete that one.
         maps, _ = self._need()
-        if maps.get(name, key) == m.u32(ifindex):
+        if maps.get(name, key) == m.u32(eid):
             maps.delete(name, key)
+
+    def _clear_slot(self, eid: int, ifindex: int) -> None:
+        # Empty the slot only while it holds this ifindex's endpoint: the id may
+        # already belong to a newer one.
+        maps, _ = self._need()
+        if not 0 <= eid < self.max_endpoints:
+            return
+        raw = maps.get("endpoint_by_id", m.u32(eid))
+        if raw is not None and m.unpack_endpoint(raw).ifindex == ifindex:
+            maps.clear("endpoint_by_id", m.u32(eid))
 
     def remove_endpoint(self, ep: EndpointSpec) -> None:
         with self._lock:
             maps, ipr = self._need()
             tc.detach(ipr, ep.host_ifindex)  # first, so nothing counts after the reset
             self._remove_entries(ep.host_ifindex)
-            # The spec's own addresses too, in case the map entry was already gone.
-            self._delete_if_points_to("endpoint_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4),
-                                      ep.host_ifindex)
+            # The spec's own addresses and slot too, in case the map entry was already gone.
+            self._delete_if_points_to("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4),
+                                      ep.id)
             for a in m.endpoint_ipv6(ep):
-                self._delete_if_points_to("endpoint_by_ipv6", m.ipv6_key(ep.network_id, a),
-                                          ep.host_ifindex)
+                self._delete_if_points_to("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a),
+                                          ep.id)
+            self._clear_slot(ep.id, ep.host_ifindex)
             if 0 <= ep.id < self.max_endpoints:
                 maps.zero_counters(ep.id)
             self._endpoints.pop(ep.host_ifindex, None)
@@ -256,10 +281,10 @@ class EbpfDatapath:
     def counters(self) -> dict[int, dict[str, Any]]:
         """{endpoint id: EndpointCounters} (see bpfnet.datapath.counters) for every
         id in the endpoint map plus any slot with non-zero counters. Two batch
-        syscalls in all (endpoint map, counter array)."""
+        syscalls in all (ifindex -> id map, counter array)."""
         with self._lock:
             maps, _ = self._need()
-            slots = {e.id for e in maps.endpoints().values()}
+            slots = set(maps.endpoint_ids().values())
             return dict(maps.counters(slots))  # type: ignore[arg-type]
 
     def info(self) -> dict[str, Any]:

@@ -50,16 +50,27 @@ class MapSpec:
 
 
 def map_specs(max_endpoints: int) -> tuple[MapSpec, ...]:
-    h, pa = bpfsys.BPF_MAP_TYPE_HASH, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY
+    """The pinned maps of this version. A map whose values change meaning keeps
+    its shape, so it must get a new name here and in maps.h: check_pins()
+    removes pins whose name is not listed (e.g. endpoint_by_ipv4, whose values
+    were ifindexes before they were endpoint ids)."""
+    h, a, pa = (bpfsys.BPF_MAP_TYPE_HASH, bpfsys.BPF_MAP_TYPE_ARRAY,
+                bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
     return (
-        MapSpec("endpoint_by_ifindex", h, 4, struct.calcsize(ENDPOINT_FMT), max_endpoints),
-        MapSpec("endpoint_by_ipv4", h, struct.calcsize(EP_IPV4_KEY_FMT), 4, max_endpoints),
-        MapSpec("endpoint_by_ipv6", h, struct.calcsize(EP_IPV6_KEY_FMT), 4,
+        MapSpec("endpoint_id_by_ifindex", h, 4, 4, max_endpoints),
+        MapSpec("endpoint_id_by_ipv4", h, struct.calcsize(EP_IPV4_KEY_FMT), 4, max_endpoints),
+        MapSpec("endpoint_id_by_ipv6", h, struct.calcsize(EP_IPV6_KEY_FMT), 4,
                 max_endpoints * MAX_EP_IPV6),
-        MapSpec("network_by_id", h, 4, struct.calcsize(NETWORK_FMT), MAX_NETWORKS),
+        MapSpec("endpoint_by_id", a, 4, struct.calcsize(ENDPOINT_FMT), max_endpoints),
+        MapSpec("network_by_id", a, 4, struct.calcsize(NETWORK_FMT), MAX_NETWORKS),
         MapSpec("network_by_bridge_ifindex", h, 4, 4, MAX_NETWORKS),
         MapSpec("endpoint_counters", pa, 4, COUNTERS_SIZE, max_endpoints),
     )
+
+
+def is_array(spec: MapSpec) -> bool:
+    """Array elements always exist: they are emptied by writing zeros, never deleted."""
+    return spec.type in (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -157,8 +168,12 @@ class PinnedMaps:
     def delete(self, name: str, key: bytes) -> bool:
         return bpfsys.map_delete(self.fds[name], key)
 
+    def clear(self, name: str, key: bytes) -> None:
+        """Empty one slot of an (non-per-CPU) array: all zeros, i.e. ifindex 0."""
+        self.put(name, key, bytes(self.specs[name].value_size))
+
     def items(self, name: str) -> Iterator[tuple[bytes, bytes]]:
-        """All entries of a hash map, read with one batch lookup."""
+        """All entries of a hash map (every slot of an array), one batch lookup."""
         s = self.specs[name]
         keys, values, n = bpfsys.map_lookup_batch(self.fds[name], s.key_size, s.value_size,
                                                   s.max_entries)
@@ -167,10 +182,21 @@ class PinnedMaps:
                    values[i * s.value_size:(i + 1) * s.value_size])
 
     # -- endpoints --------------------------------------------------------
-    def endpoints(self) -> dict[int, EndpointEntry]:
-        """ifindex -> decoded entry, one batch lookup."""
-        return {struct.unpack(U32_FMT, k)[0]: unpack_endpoint(v)
-                for k, v in self.items("endpoint_by_ifindex")}
+    def endpoint_ids(self) -> dict[int, int]:
+        """host ifindex -> endpoint id, one batch lookup."""
+        return {struct.unpack(U32_FMT, k)[0]: struct.unpack(U32_FMT, v)[0]
+                for k, v in self.items("endpoint_id_by_ifindex")}
+
+    def endpoint(self, ifindex: int) -> EndpointEntry | None:
+        """The endpoint record behind a host ifindex, as the maps say."""
+        raw_id = self.get("endpoint_id_by_ifindex", u32(ifindex))
+        if raw_id is None:
+            return None
+        raw = self.get("endpoint_by_id", raw_id)
+        if raw is None:
+            return None
+        e = unpack_endpoint(raw)
+        return e if e.ifindex == ifindex else None
 
     def zero_counters(self, slot: int) -> None:
         # Per-CPU array elements cannot be deleted; writing zeros for every CPU resets them.
@@ -211,10 +237,18 @@ class PinnedMaps:
 
 
 def check_pins(pin_dir: str, max_endpoints: int) -> None:
-    """Unlink pinned maps whose shape no longer matches (e.g. max_endpoints or the
-    drop-reason list changed): bcc would otherwise fail to reuse them. Their
-    contents are lost; the controller re-adds every entry in start()."""
-    for spec in map_specs(max_endpoints):
+    """Unlink pins in pin_dir that are not part of this version's layout (maps
+    renamed or dropped by an upgrade) and pinned maps whose shape no longer
+    matches (e.g. max_endpoints or the drop-reason list changed): bcc would
+    otherwise fail to reuse them. Their contents are lost; the controller
+    re-adds every entry in start()."""
+    specs = map_specs(max_endpoints)
+    for name in stale_pins(pin_dir, specs):
+        path = os.path.join(pin_dir, name)
+        log.warning("pinned object %s is not part of this version's map layout: removing it",
+                    path)
+        os.unlink(path)
+    for spec in specs:
         path = os.path.join(pin_dir, spec.name)
         if not os.path.exists(path):
             continue
@@ -229,3 +263,12 @@ def check_pins(pin_dir: str, max_endpoints: int) -> None:
             log.warning("pinned map %s has (type, key, value, entries) %s, want %s: "
                         "replacing it, its contents are lost", path, have, want)
             os.unlink(path)
+
+
+def stale_pins(pin_dir: str, specs: tuple[MapSpec, ...]) -> list[str]:
+    """Names of the pins in pin_dir (ours alone) that specs do not list."""
+    if not os.path.isdir(pin_dir):
+        return []
+    want = {s.name for s in specs}
+    return sorted(f for f in os.listdir(pin_dir)
+                  if f not in want and os.path.isfile(os.path.join(pin_dir, f)))

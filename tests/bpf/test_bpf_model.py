@@ -40,15 +40,24 @@ class Ep:
 
 
 class Model:
+    """The maps as the programs see them (bpf/maps.h): hash maps from ifindex and
+    address to an endpoint id, the endpoint records indexed by id."""
+
     def __init__(self, env: Any) -> None:
-        self.eps = {e.host_ifindex: Ep(e.id, e.network_id, e.host_ifindex, mac(e.mac),
-                                       e.ipv4.packed,
-                                       frozenset(a.packed for a in endpoint_ipv6(e)))
-                    for e in env.endpoints.values()}
-        self.v4 = {(e.netid, e.v4): e for e in self.eps.values()}
-        self.v6 = {(e.netid, a): e for e in self.eps.values() for a in e.v6}
+        self.by_id = {e.id: Ep(e.id, e.network_id, e.host_ifindex, mac(e.mac), e.ipv4.packed,
+                               frozenset(a.packed for a in endpoint_ipv6(e)))
+                      for e in env.endpoints.values()}
+        self.id_by_ifindex = {e.ifindex: e.id for e in self.by_id.values()}
+        self.id_by_v4 = {(e.netid, e.v4): e.id for e in self.by_id.values()}
+        self.id_by_v6 = {(e.netid, a): e.id for e in self.by_id.values() for a in e.v6}
         self.icc = {n.id: n.icc for n in env.networks.values()}
         self.bridges = {n.bridge_ifindex: n.id for n in env.networks.values()}
+
+    def at(self, eid: int | None) -> Ep | None:
+        return None if eid is None else self.by_id.get(eid)
+
+    def endpoint(self, ifindex: int) -> Ep | None:
+        return self.at(self.id_by_ifindex.get(ifindex))
 
     # The L3 part both fast-path programs share: the endpoint to hand the packet
     # to, or None. Returns "bad" when a header is missing (kernel path).
@@ -66,7 +75,7 @@ class Model:
                 return None
             if struct.unpack("!H", pkt[20:22])[0] & 0x3FFF:
                 return None  # fragment
-            return self.v4.get((netid, pkt[30:34]))
+            return self.at(self.id_by_v4.get((netid, pkt[30:34])))
         if et == struct.pack("!H", ETH_IPV6):
             if n < 54 or pkt[14] >> 4 != 6:
                 return "bad"
@@ -80,11 +89,11 @@ class Model:
                     return None
             elif nh not in (6, 17):
                 return None
-            return self.v6.get((netid, pkt[38:54]))
+            return self.at(self.id_by_v6.get((netid, pkt[38:54])))
         return None
 
     def ep_ingress(self, pkt: bytes, ifindex: int) -> tuple[int, bytes, dict]:
-        src = self.eps.get(ifindex)
+        src = self.endpoint(ifindex)
         if src is None:
             return TC_ACT_OK, pkt, {}
         n = len(pkt)
@@ -123,11 +132,11 @@ class Model:
                   cb: tuple[int, int]) -> tuple[int, bytes, dict]:
         if cb == MARK:
             return TC_ACT_OK, pkt, {}
-        ep = self.eps.get(ifindex)
+        ep = self.endpoint(ifindex)
         if ep is None:
             return TC_ACT_OK, pkt, {}
         kernel = (TC_ACT_OK, pkt, {ep.id: {"rx_kernel_packets": 1, "rx_kernel_bytes": len(pkt)}})
-        src = self.eps.get(iif) if iif not in (0, ifindex) else None
+        src = self.endpoint(iif) if iif not in (0, ifindex) else None
         if src is None or src.netid != ep.netid or self.icc[ep.netid]:
             return kernel
         if pkt[0] & 1 or pkt[12:14] not in (struct.pack("!H", ETH_IP),
@@ -233,7 +242,7 @@ def test_model(env: Any) -> None:
     seen: set[str] = set()
     bridges = [n.bridge_ifindex for n in env.networks.values()]
 
-    eps = list(model.eps.values())
+    eps = list(model.by_id.values())
 
     @SETTINGS
     @given(data=st.data(), own=st.sampled_from(eps), peer=st.sampled_from(eps))
