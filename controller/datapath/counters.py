@@ -13,7 +13,7 @@ rx = delivered to it. Drops count packets per reason name
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from .drop_reasons import DROP_REASON_LABELS
 
@@ -42,22 +42,21 @@ class EndpointCounters(TypedDict):
     drops: Drops
 
 
+# (key, index in the summed u64s) of every path field, and (direction, index of
+# its drops[0]): computed once, because decode() runs for every endpoint on
+# every scrape.
+_FIELD_AT = tuple((f"{d}_{f}", di * U64_PER_DIR + fi)
+                  for di, d in enumerate(DIRECTIONS) for fi, f in enumerate(PATH_FIELDS))
+_DROPS_AT = tuple((d, di * U64_PER_DIR + len(PATH_FIELDS)) for di, d in enumerate(DIRECTIONS))
+
+
 def decode(sums: list[int]) -> EndpointCounters:
     """sums: the u64 fields of one struct endpoint_counters, summed over CPUs."""
-    vals: dict[str, int] = {}
-    drops: dict[str, dict[str, int]] = {}
-    for di, d in enumerate(DIRECTIONS):
-        base = di * U64_PER_DIR
-        for fi, f in enumerate(PATH_FIELDS):
-            vals[f"{d}_{f}"] = sums[base + fi]
-        drops[d] = {label: sums[base + len(PATH_FIELDS) + ri]
-                    for ri, label in enumerate(DROP_REASON_LABELS)}
-    return EndpointCounters(
-        tx_fast_packets=vals["tx_fast_packets"], tx_fast_bytes=vals["tx_fast_bytes"],
-        tx_kernel_packets=vals["tx_kernel_packets"], tx_kernel_bytes=vals["tx_kernel_bytes"],
-        rx_fast_packets=vals["rx_fast_packets"], rx_fast_bytes=vals["rx_fast_bytes"],
-        rx_kernel_packets=vals["rx_kernel_packets"], rx_kernel_bytes=vals["rx_kernel_bytes"],
-        drops=Drops(tx=drops["tx"], rx=drops["rx"]))
+    n = len(DROP_REASON_LABELS)
+    out: dict[str, object] = {key: sums[i] for key, i in _FIELD_AT}
+    out["drops"] = {d: dict(zip(DROP_REASON_LABELS, sums[base:base + n], strict=True))
+                    for d, base in _DROPS_AT}
+    return cast(EndpointCounters, out)
 
 
 def empty() -> EndpointCounters:
