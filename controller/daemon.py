@@ -14,6 +14,7 @@ import platform
 import signal
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
 from ipaddress import IPv6Address, IPv6Network
@@ -198,18 +199,20 @@ class Daemon:
         store = self.rt.store
         leases = store.leases()
         endpoints = [e for e in store.endpoints() if e.state == "ready"]
+        # One pass over leases and endpoints, not one per network.
+        in_use = Counter((lease.network, lease.family) for lease in leases)
+        attached = Counter(e.network for e in endpoints)
         networks = []
         for row in store.networks():
             cfg = NetworkConfig.from_json(row.config)
             p4, p6 = pools(cfg)
-            mine = [lease for lease in leases if lease.network == row.name]
             networks.append(NetworkStats(
                 name=row.name,
                 ipv4_total=p4.capacity(),
-                ipv4_in_use=sum(1 for lease in mine if lease.family == 4),
-                endpoints=sum(1 for e in endpoints if e.network == row.name),
+                ipv4_in_use=in_use[(row.name, 4)],
+                endpoints=attached[row.name],
                 ipv6_total=float(p6.capacity()) if p6 else (0.0 if cfg.ipv6 else None),
-                ipv6_in_use=sum(1 for lease in mine if lease.family == 6) if cfg.ipv6 else None,
+                ipv6_in_use=in_use[(row.name, 6)] if cfg.ipv6 else None,
             ))
         return MetricsSnapshot(
             networks=tuple(networks),
