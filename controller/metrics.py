@@ -9,13 +9,16 @@ Counters, so removed endpoints and networks vanish from the next scrape).
 :class:`ControllerMetrics` holds ordinary prometheus_client metrics that the
 controller updates itself (API requests, endpoint add/remove latency,
 reconcile errors). :func:`serve_metrics` exposes a registry over HTTP, on
-loopback unless explicitly allowed otherwise. See the README's Metrics section for the
-reference of every series.
+loopback unless explicitly allowed otherwise; the response body is made by
+:mod:`bpfnet.exposition`, into which the collector writes its families as text
+directly (see :class:`BpfnetCollector`). See the README's Metrics section for
+the reference of every series.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import ipaddress
 import logging
@@ -23,6 +26,7 @@ import platform
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -37,6 +41,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from . import exposition
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +171,126 @@ def stats_document(snap: MetricsSnapshot) -> dict[str, Any]:
 _EP_LABELS = ("network", "endpoint")
 
 
+@dataclass(frozen=True)
+class _Family:
+    """One metric family the collector exports: OpenMetrics name (no ``_total``
+    / ``_info``), kind (``counter``, ``gauge`` or ``info``), HELP and label names."""
+
+    name: str
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+def _family_specs() -> dict[str, _Family]:
+    f: dict[str, _Family] = {}
+    path_help = "by datapath path (fast = eBPF redirect, kernel = handed to the Linux bridge/stack)."
+    for _, word in DIRECTIONS:
+        past = _PAST[word]
+        f[f"{word}_bytes"] = _Family(
+            f"bpfnet_endpoint_{word}_bytes", "counter",
+            f"Bytes the endpoint {past} (fast and kernel path).", _EP_LABELS,
+        )
+        f[f"{word}_packets"] = _Family(
+            f"bpfnet_endpoint_{word}_packets", "counter",
+            f"Packets the endpoint {past} (fast and kernel path).", _EP_LABELS,
+        )
+        f[f"{word}_path_bytes"] = _Family(
+            f"bpfnet_endpoint_{word}_path_bytes", "counter",
+            f"Bytes the endpoint {past}, {path_help}", (*_EP_LABELS, "path"),
+        )
+        f[f"{word}_path_packets"] = _Family(
+            f"bpfnet_endpoint_{word}_path_packets", "counter",
+            f"Packets the endpoint {past}, {path_help}", (*_EP_LABELS, "path"),
+        )
+    f["drops"] = _Family(
+        "bpfnet_endpoint_drops", "counter",
+        "Packets the datapath dropped, by direction and reason.",
+        (*_EP_LABELS, "direction", "reason"),
+    )
+    f["ipam"] = _Family(
+        "bpfnet_network_ipam_addresses", "gauge",
+        "Addresses in the network's IPAM pool (excluding network, broadcast "
+        "and gateway as the pool defines them).",
+        ("network", "family"),
+    )
+    f["ipam_in_use"] = _Family(
+        "bpfnet_network_ipam_addresses_in_use", "gauge",
+        "Addresses of the network's IPAM pool currently allocated.",
+        ("network", "family"),
+    )
+    f["endpoints"] = _Family(
+        "bpfnet_network_endpoints", "gauge", "Endpoints attached to the network.", ("network",)
+    )
+    f["datapath"] = _Family(
+        "bpfnet_datapath", "info",
+        "Datapath in use: mode is the running mode, requested_mode the configured one.",
+        ("mode", "requested_mode"),
+    )
+    f["program"] = _Family(
+        "bpfnet_program", "info",
+        "eBPF programs the datapath has loaded, with kernel id, tag and attach point.",
+        ("name", "id", "tag", "attach"),
+    )
+    f["scrape_success"] = _Family(
+        "bpfnet_scrape_success", "gauge",
+        "1 if the daemon state snapshot for this scrape succeeded, else 0.",
+    )
+    f["scrape_duration"] = _Family(
+        "bpfnet_scrape_duration_seconds", "gauge",
+        "Time taken to take and convert the snapshot for this scrape.",
+    )
+    f["build"] = _Family(
+        "bpfnet_build", "info", "bpfnet version and the Python it runs on.",
+        ("version", "python_version"),
+    )
+    return f
+
+
+_FAMILIES = _family_specs()
+_METRIC_CLASS: dict[str, Callable[..., Metric]] = {
+    "counter": CounterMetricFamily,
+    "gauge": GaugeMetricFamily,
+    "info": InfoMetricFamily,
+}
+_ENDPOINT_FAMILIES = tuple(k for k, s in _FAMILIES.items() if s.labels[:2] == _EP_LABELS)
+
+#: Counter keys of one direction, in the order the direct writer unpacks them
+#: (PATHS order, bytes before packets).
+_DIR_KEYS = {
+    short: tuple(f"{short}_{path}_{unit}" for path in PATHS for unit in ("bytes", "packets"))
+    for short, _ in DIRECTIONS
+}
+
+# Drop reasons are a handful of names; escape each once.
+_escape_reason = functools.lru_cache(maxsize=256)(exposition.escape)
+
+#: family key -> [(label values in the family's order, value)] of the non-endpoint families.
+_StateSamples = dict[str, list[tuple[tuple[str, ...], float]]]
+
+
 class BpfnetCollector(Collector):
     """Custom collector: one snapshot call per scrape, metric families out.
 
     If the snapshot callable raises, the scrape still succeeds with
     ``bpfnet_scrape_success 0`` and the build info (the error is logged), so a
     broken daemon state shows up as data rather than as a failed scrape.
+
+    When the served ``/metrics`` is being rendered (:mod:`bpfnet.exposition`)
+    the collector writes its exposition text directly instead of returning
+    families: the per-endpoint samples are most of a scrape and formatting them
+    one by one through prometheus_client costs ~70% of it. Both paths export
+    the same samples; ``tests/test_metrics_exposition.py`` compares them.
     """
 
     def __init__(self, snapshot: SnapshotFn) -> None:
         self._snapshot = snapshot
+        # (network, endpoint) -> 'network="…",endpoint="…"', escaped once per
+        # endpoint and rebuilt from the endpoints of each scrape, so it never
+        # holds endpoints that are gone.
+        self._labels: dict[tuple[str, str], str] = {}
+        # (family key, label values) -> sample line body of an info family, likewise.
+        self._info_bodies: dict[tuple[str, tuple[str, ...]], str] = {}
 
     def describe(self) -> Iterable[Metric]:
         """Names without samples, so registering never calls the snapshot."""
@@ -187,100 +303,32 @@ class BpfnetCollector(Collector):
         except Exception:  # report, don't fail the scrape
             log.exception("metrics snapshot failed")
             snap = None
+        writer = exposition.direct_render()
+        if writer is not None:
+            self._write(writer, snap, start)
+            return []
         fams = self._families()
         if snap is not None:
             self._fill(fams, snap)
-        _add_gauge(fams["scrape_success"], [], 1.0 if snap is not None else 0.0)
-        _add_gauge(fams["scrape_duration"], [], time.perf_counter() - start)
-        _add_info(
-            fams["build"], {"version": _version(), "python_version": platform.python_version()}
-        )
+        for key, samples in _state_samples(snap, start).items():
+            fam = fams[key]
+            for values, value in samples:
+                if isinstance(fam, InfoMetricFamily):
+                    fam.add_metric([], dict(zip(_FAMILIES[key].labels, values, strict=True)))
+                else:
+                    _add_gauge(fam, values, value)
         return list(fams.values())
 
     @staticmethod
     def _families() -> dict[str, Metric]:
-        f: dict[str, Metric] = {}
-        for _, word in DIRECTIONS:
-            past = _PAST[word]
-            f[f"{word}_bytes"] = CounterMetricFamily(
-                f"bpfnet_endpoint_{word}_bytes",
-                f"Bytes the endpoint {past} (fast and kernel path).",
-                labels=_EP_LABELS,
-            )
-            f[f"{word}_packets"] = CounterMetricFamily(
-                f"bpfnet_endpoint_{word}_packets",
-                f"Packets the endpoint {past} (fast and kernel path).",
-                labels=_EP_LABELS,
-            )
-            f[f"{word}_path_bytes"] = CounterMetricFamily(
-                f"bpfnet_endpoint_{word}_path_bytes",
-                f"Bytes the endpoint {past}, by datapath path (fast = eBPF redirect, "
-                "kernel = handed to the Linux bridge/stack).",
-                labels=(*_EP_LABELS, "path"),
-            )
-            f[f"{word}_path_packets"] = CounterMetricFamily(
-                f"bpfnet_endpoint_{word}_path_packets",
-                f"Packets the endpoint {past}, by datapath path (fast = eBPF redirect, "
-                "kernel = handed to the Linux bridge/stack).",
-                labels=(*_EP_LABELS, "path"),
-            )
-        f["drops"] = CounterMetricFamily(
-            "bpfnet_endpoint_drops",
-            "Packets the datapath dropped, by direction and reason.",
-            labels=(*_EP_LABELS, "direction", "reason"),
-        )
-        f["ipam"] = GaugeMetricFamily(
-            "bpfnet_network_ipam_addresses",
-            "Addresses in the network's IPAM pool (excluding network, broadcast "
-            "and gateway as the pool defines them).",
-            labels=("network", "family"),
-        )
-        f["ipam_in_use"] = GaugeMetricFamily(
-            "bpfnet_network_ipam_addresses_in_use",
-            "Addresses of the network's IPAM pool currently allocated.",
-            labels=("network", "family"),
-        )
-        f["endpoints"] = GaugeMetricFamily(
-            "bpfnet_network_endpoints",
-            "Endpoints attached to the network.",
-            labels=("network",),
-        )
-        f["datapath"] = InfoMetricFamily(
-            "bpfnet_datapath",
-            "Datapath in use: mode is the running mode, requested_mode the configured one.",
-            labels=("mode", "requested_mode"),
-        )
-        f["program"] = InfoMetricFamily(
-            "bpfnet_program",
-            "eBPF programs the datapath has loaded, with kernel id, tag and attach point.",
-            labels=("name", "id", "tag", "attach"),
-        )
-        f["scrape_success"] = GaugeMetricFamily(
-            "bpfnet_scrape_success",
-            "1 if the daemon state snapshot for this scrape succeeded, else 0.",
-        )
-        f["scrape_duration"] = GaugeMetricFamily(
-            "bpfnet_scrape_duration_seconds",
-            "Time taken to take and convert the snapshot for this scrape.",
-        )
-        f["build"] = InfoMetricFamily(
-            "bpfnet_build",
-            "bpfnet version and the Python it runs on.",
-            labels=("version", "python_version"),
-        )
-        return f
+        return {
+            key: _METRIC_CLASS[s.kind](s.name, s.help, labels=s.labels)
+            for key, s in _FAMILIES.items()
+        }
 
     @staticmethod
     def _fill(f: dict[str, Metric], snap: MetricsSnapshot) -> None:
-        seen: set[tuple[str, str]] = set()
-        for ep in snap.endpoints:
-            c = snap.counters.get(ep.id)
-            key = (ep.network, ep.name)
-            if c is None or key in seen:
-                if key in seen:
-                    log.warning("duplicate endpoint %s/%s in metrics snapshot", *key)
-                continue
-            seen.add(key)
+        for ep, c in _endpoint_rows(snap):
             lv = [ep.network, ep.name]
             for short, word in DIRECTIONS:
                 nbytes = npkts = 0
@@ -298,28 +346,122 @@ class BpfnetCollector(Collector):
                 for reason, n in sorted((drops.get(short) or {}).items()):
                     _add_counter(f["drops"], [*lv, word, str(reason)], int(n))
 
-        for net in snap.networks:
-            _add_gauge(f["ipam"], [net.name, "ipv4"], net.ipv4_total)
-            _add_gauge(f["ipam_in_use"], [net.name, "ipv4"], net.ipv4_in_use)
-            if net.ipv6_total is not None:
-                _add_gauge(f["ipam"], [net.name, "ipv6"], float(net.ipv6_total))
-                _add_gauge(f["ipam_in_use"], [net.name, "ipv6"], net.ipv6_in_use or 0)
-            _add_gauge(f["endpoints"], [net.name], net.endpoints)
+    def _write(self, w: exposition.Writer, snap: MetricsSnapshot | None, start: float) -> None:
+        """Write every family as :meth:`collect` would return it, in the same order.
 
+        Counter values are written as integers (exact for any u64, and what
+        the kernel counted); gauges as prometheus_client spells floats.
+        """
+        bodies: dict[str, list[str]] = {key: [] for key in _ENDPOINT_FAMILIES}
+        if snap is not None:
+            self._endpoint_bodies(snap, bodies)
+        for key, lines in bodies.items():
+            spec = _FAMILIES[key]
+            w.samples(w.family(spec.name, spec.kind, spec.help), lines)
+        old, info = self._info_bodies, {}
+        for key, samples in _state_samples(snap, start).items():
+            spec = _FAMILIES[key]
+            lines = []
+            for values, value in samples:
+                if spec.kind == "info":
+                    # Info lines never change for a label set: with programs
+                    # attached per endpoint they are thousands per scrape.
+                    body = old.get((key, values)) or exposition.sample_body(
+                        zip(spec.labels, values, strict=True), "1.0"
+                    )
+                    info[(key, values)] = body
+                else:
+                    body = exposition.sample_body(
+                        zip(spec.labels, values, strict=True), exposition.gauge_value(value)
+                    )
+                lines.append(body)
+            w.samples(w.family(spec.name, spec.kind, spec.help), lines)
+        self._info_bodies = info
+
+    def _endpoint_bodies(self, snap: MetricsSnapshot, bodies: dict[str, list[str]]) -> None:
+        """Append ``{labels} value\\n`` of every per-endpoint sample to bodies[family]."""
+        old = self._labels
+        labels: dict[tuple[str, str], str] = {}
+        drops_out = bodies["drops"]
+        per_dir = [
+            (
+                _DIR_KEYS[short],
+                bodies[f"{word}_bytes"],
+                bodies[f"{word}_packets"],
+                bodies[f"{word}_path_bytes"],
+                bodies[f"{word}_path_packets"],
+            )
+            for short, word in DIRECTIONS
+        ]
+        esc = exposition.escape
+        fast, kernel = (f',path="{path}"' for path in PATHS)
+        for ep, c in _endpoint_rows(snap):
+            key = (ep.network, ep.name)
+            lbl = old.get(key) or f'network="{esc(ep.network)}",endpoint="{esc(ep.name)}"'
+            labels[key] = lbl
+            get = c.get
+            for (kfb, kfp, kkb, kkp), nbytes, npkts, pbytes, ppkts in per_dir:
+                fb, fp = int(get(kfb, 0)), int(get(kfp, 0))
+                kb, kp = int(get(kkb, 0)), int(get(kkp, 0))
+                nbytes.append(f"{{{lbl}}} {fb + kb}\n")
+                npkts.append(f"{{{lbl}}} {fp + kp}\n")
+                pbytes.append(f"{{{lbl}{fast}}} {fb}\n")
+                pbytes.append(f"{{{lbl}{kernel}}} {kb}\n")
+                ppkts.append(f"{{{lbl}{fast}}} {fp}\n")
+                ppkts.append(f"{{{lbl}{kernel}}} {kp}\n")
+            drops = get("drops") or {}
+            for short, word in DIRECTIONS:
+                for reason, n in sorted((drops.get(short) or {}).items()):
+                    why = _escape_reason(str(reason))
+                    drops_out.append(f'{{{lbl},direction="{word}",reason="{why}"}} {int(n)}\n')
+        self._labels = labels
+
+
+def _endpoint_rows(snap: MetricsSnapshot) -> list[tuple[EndpointRef, Mapping[str, Any]]]:
+    """Endpoints that have counters, each (network, name) once (a duplicate is
+    logged and skipped: two series with the same labels would break the scrape)."""
+    seen: set[tuple[str, str]] = set()
+    rows: list[tuple[EndpointRef, Mapping[str, Any]]] = []
+    for ep in snap.endpoints:
+        c = snap.counters.get(ep.id)
+        if c is None:
+            continue
+        key = (ep.network, ep.name)
+        if key in seen:
+            log.warning("duplicate endpoint %s/%s in metrics snapshot", *key)
+            continue
+        seen.add(key)
+        rows.append((ep, c))
+    return rows
+
+
+def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
+    """Samples of the families that are not per endpoint (networks, datapath,
+    programs, scrape and build), labels in each family's order. Call it last:
+    ``bpfnet_scrape_duration_seconds`` is measured from start to now."""
+    out: _StateSamples = {
+        key: [] for key in ("ipam", "ipam_in_use", "endpoints", "datapath", "program")
+    }
+    if snap is not None:
+        for net in snap.networks:
+            out["ipam"].append(((net.name, "ipv4"), net.ipv4_total))
+            out["ipam_in_use"].append(((net.name, "ipv4"), net.ipv4_in_use))
+            if net.ipv6_total is not None:
+                out["ipam"].append(((net.name, "ipv6"), float(net.ipv6_total)))
+                out["ipam_in_use"].append(((net.name, "ipv6"), net.ipv6_in_use or 0))
+            out["endpoints"].append(((net.name,), net.endpoints))
         info = snap.datapath_info
         mode = str(info.get("mode", ""))
         if mode:
-            _add_info(f["datapath"], {"mode": mode, "requested_mode": snap.requested_mode or mode})
+            out["datapath"].append(((mode, snap.requested_mode or mode), 1))
         for prog in info.get("programs") or ():
-            _add_info(
-                f["program"],
-                {
-                    "name": str(prog.get("name", "")),
-                    "id": str(prog.get("id", "")),
-                    "tag": str(prog.get("tag", "")),
-                    "attach": str(prog.get("attach", "")),
-                },
-            )
+            get = prog.get
+            labels = (str(get("name", "")), str(get("id", "")), str(get("tag", "")))
+            out["program"].append(((*labels, str(get("attach", ""))), 1))
+    out["scrape_success"] = [((), 1.0 if snap is not None else 0.0)]
+    out["scrape_duration"] = [((), time.perf_counter() - start)]
+    out["build"] = [((_version(), platform.python_version()), 1)]
+    return out
 
 
 def _add_counter(fam: Metric, labels: Sequence[str], value: float) -> None:
@@ -330,11 +472,6 @@ def _add_counter(fam: Metric, labels: Sequence[str], value: float) -> None:
 def _add_gauge(fam: Metric, labels: Sequence[str], value: float) -> None:
     assert isinstance(fam, GaugeMetricFamily)
     fam.add_metric(list(labels), value)
-
-
-def _add_info(fam: Metric, value: dict[str, str]) -> None:
-    assert isinstance(fam, InfoMetricFamily)
-    fam.add_metric([], value)
 
 
 # --------------------------------------------------------------------------
@@ -564,6 +701,15 @@ def _app(registry: Collector) -> Callable[..., Iterable[bytes]]:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            # GET is rendered here; the rest (OPTIONS, 405, ?name[]= filtering)
+            # is rare and left to prometheus_client's app.
+            query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+            if environ.get("REQUEST_METHOD") == "GET" and "name[]" not in query:
+                headers, body = exposition.render(
+                    registry, environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
+                )
+                start_response("200 OK", headers)
+                return [body]
             result: Iterable[bytes] = metrics(environ, start_response)
             return result
         if path == "/":
