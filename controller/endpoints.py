@@ -97,8 +97,12 @@ class EndpointService:
         assert v4 is not None, f"endpoint {row.name} has no IPv4 lease"
         return v4, v6
 
-    def spec(self, row: EndpointRow, cfg: NetworkConfig, net_id: int) -> EndpointSpec:
+    def spec(self, row: EndpointRow, cfg: NetworkConfig, net_id: int,
+             host_ifindex: int | None = None) -> EndpointSpec:
+        """The datapath's view of an endpoint; HOST_IFINDEX when the caller already knows it."""
         v4, v6 = self._addresses(row)
+        if host_ifindex is None:
+            host_ifindex = links.link_index(self.rt.ipr, row.host_ifname) or 0
         all6: tuple[IPv6Address, ...] = ()
         if cfg.ipv6:
             all6 = tuple(v6) + (link_local_from_mac(row.mac),)
@@ -108,14 +112,16 @@ class EndpointService:
             network=row.network,
             network_id=net_id,
             host_ifname=row.host_ifname,
-            host_ifindex=links.link_index(self.rt.ipr, row.host_ifname) or 0,
+            host_ifindex=host_ifindex,
             mac=row.mac,
             ipv4=v4,
             ipv6=all6,
         )
 
-    def describe(self, row: EndpointRow) -> dict[str, Any]:
+    def describe(self, row: EndpointRow, host_ifindex: int | None = None) -> dict[str, Any]:
         _, cfg = self.networks.config(row.network)
+        if host_ifindex is None:
+            host_ifindex = links.link_index(self.rt.ipr, row.host_ifname)
         v4, v6 = self._addresses(row)
         out: dict[str, Any] = {
             "name": row.name,
@@ -124,7 +130,7 @@ class EndpointService:
             "netns": row.netns,
             "adopted_netns": row.adopted,
             "host_ifname": row.host_ifname,
-            "host_ifindex": links.link_index(self.rt.ipr, row.host_ifname),
+            "host_ifindex": host_ifindex,
             "mac": row.mac,
             "ipv4": f"{v4}/{cfg.subnet4.prefixlen}",
             "gateway4": str(cfg.default_gateway4 or cfg.gateway4),
@@ -178,8 +184,8 @@ class EndpointService:
             try:
                 with Rollback(f"endpoint add {name}") as rb:
                     rb.push("state row and leases", lambda: self.rt.store.remove_endpoint(name))
-                    self._build(row, cfg, v4, v6, rb)
-                    spec = self.spec(row, cfg, net_row.id)
+                    index = self._build(row, cfg, v4, v6, rb)
+                    spec = self.spec(row, cfg, net_row.id, host_ifindex=index)
                     self.rt.datapath.add_endpoint(spec)
                     rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
                     self.rt.store.set_endpoint_state(name, "ready")
@@ -188,7 +194,7 @@ class EndpointService:
                 self._observe("endpoint_add", time.monotonic() - started, ok)
             log.info("endpoint %s added to %s: %s %s%s", name, net_name, mac, v4,
                      "".join(f" {a}" for a in v6))
-            return self.inspect(name)
+            return self.describe(self._row(name), host_ifindex=index)
 
     def _observe(self, what: str, seconds: float, ok: bool) -> None:
         hook = self.rt.hooks.get(what)
@@ -244,33 +250,35 @@ class EndpointService:
 
     def _build(
         self, row: EndpointRow, cfg: NetworkConfig, v4: IPv4Address, v6: list[IPv6Address], rb: Rollback
-    ) -> None:
+    ) -> int:
+        """Make the endpoint's kernel objects; returns the host veth's ifindex."""
         ipr = self.rt.ipr
+        bridge = links.link_index_here(cfg.bridge)
+        if bridge is None:
+            raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
         if not row.adopted:
-            netns.create(row.netns)
+            netns.create(row.netns, links.prepare_endpoint_netns_here if cfg.ipv6 else None)
             rb.push(f"netns {row.netns}", lambda: netns.remove(row.netns))
         else:
             with IPRoute(netns=row.netns) as inner:
                 if links.link_index(inner, "eth0") is not None:
                     raise Conflict(f"namespace {row.netns!r} already has an eth0")
-        if cfg.ipv6:
-            links.prepare_endpoint_netns(row.netns)
-        links.create_veth(ipr, row.host_ifname, row.netns, row.mac, cfg.mtu)
+            if cfg.ipv6:
+                links.prepare_endpoint_netns(row.netns)
+        # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
+        index, eth0 = links.create_veth(ipr, row.host_ifname, row.netns, row.mac, cfg.mtu, bridge,
+                                        up=cfg.ipv6)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
         rb.push(f"veth {row.host_ifname}", lambda: links.delete_link(ipr, row.host_ifname))
         debug_pause("endpoint-add-after-veth")
-        bridge = links.link_index(ipr, cfg.bridge)
-        if bridge is None:
-            raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
-        index = links.link_index(ipr, row.host_ifname)
-        assert index is not None
         if not cfg.ipv6:
             netns.write_sysctl(f"net/ipv6/conf/{row.host_ifname}/disable_ipv6", "1")
-        links.attach_to_bridge(ipr, index, bridge)
+            links.set_up(ipr, index)
         prefix6 = cfg.subnet6.prefixlen if cfg.subnet6 else 64
         gw6 = (cfg.default_gateway6 or LINK_LOCAL_GATEWAY) if cfg.ipv6 else None
         links.configure_endpoint(
             row.netns,
+            eth0,
             v4,
             cfg.subnet4.prefixlen,
             cfg.default_gateway4 or cfg.gateway4,
@@ -282,6 +290,7 @@ class EndpointService:
             for a in v6:
                 links.ensure_proxy_neighbour(ipr, proxy, a)
                 rb.push(f"proxy neighbour {a}", partial(links.remove_proxy_neighbour, ipr, proxy, a))
+        return index
 
     def _proxy_iface(self) -> int | None:
         if not self.rt.ndp_proxy_iface:

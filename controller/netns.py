@@ -32,12 +32,15 @@ def exists(name: str) -> bool:
 CLONE_NEWNET = 0x40000000
 
 
-def create(name: str) -> bool:
+def create(name: str, setup: Callable[[], None] | None = None) -> bool:
     """Create the named namespace; False if it already existed.
 
     A throwaway thread unshares its network namespace and bind-mounts
     /proc/thread-self/ns/net on /run/netns/NAME (what `ip netns add` does).
     pyroute2's netns.create forks a helper process for this, ~8 ms a call.
+    SETUP (e.g. sysctl writes) then runs on that same thread, inside the new
+    namespace, which spares a second thread and setns; if it fails, the
+    namespace is removed again and its exception raised.
     """
     if exists(name):
         return False
@@ -48,6 +51,12 @@ def create(name: str) -> bool:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
         _netns.attach(name, "thread-self")
+        if setup is not None:
+            try:
+                setup()
+            except BaseException:
+                remove(name)
+                raise
 
     try:
         _on_thread(f"netns-create-{name}", body)

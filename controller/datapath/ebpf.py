@@ -210,8 +210,8 @@ class EbpfDatapath:
             maps.put("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), eid)
             for a in m.endpoint_ipv6(ep):
                 maps.put("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a), eid)
-            tc.attach(ipr, ep.host_ifindex, "ingress", self._progs.fds["ep_ingress"], "ep_ingress")
-            tc.attach(ipr, ep.host_ifindex, "egress", self._progs.fds["ep_egress"], "ep_egress")
+            tc.attach_all(ipr, ep.host_ifindex, [("ingress", self._progs.fds["ep_ingress"], "ep_ingress"),
+                                                 ("egress", self._progs.fds["ep_egress"], "ep_egress")])
             self._endpoints[ep.host_ifindex] = ep
 
     def _remove_entries(self, ifindex: int, keep: EndpointSpec | None = None) -> None:

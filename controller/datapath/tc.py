@@ -38,9 +38,19 @@ def ensure_clsact(ipr: IPRoute, ifindex: int) -> None:
 
 def attach(ipr: IPRoute, ifindex: int, direction: str, prog_fd: int, name: str) -> None:
     """Attach (or atomically replace) our filter on ifindex/direction."""
+    attach_all(ipr, ifindex, [(direction, prog_fd, name)])
+
+
+def attach_all(ipr: IPRoute, ifindex: int, filters: list[tuple[str, int, str]]) -> None:
+    """Attach (or atomically replace) our (direction, prog_fd, name) filters on one device.
+
+    One clsact request for all of them: a second "add clsact" is only an
+    EEXIST answer, but pyroute2 takes ~1 ms to raise and catch it.
+    """
     ensure_clsact(ipr, ifindex)
-    ipr.tc("replace-filter", "bpf", ifindex, HANDLE, fd=prog_fd, name=FILTER_PREFIX + name,
-           parent=PARENTS[direction], classid=1, direct_action=True, prio=PRIO)
+    for direction, prog_fd, name in filters:
+        ipr.tc("replace-filter", "bpf", ifindex, HANDLE, fd=prog_fd, name=FILTER_PREFIX + name,
+               parent=PARENTS[direction], classid=1, direct_action=True, prio=PRIO)
 
 
 def _filter_name(msg: Any) -> str | None:
