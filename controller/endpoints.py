@@ -25,7 +25,7 @@ from . import links, netns
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_name
 from .errors import Conflict, Exhausted, InvalidArgument, NotFound
-from .ipam import IPAddress, parse_address
+from .ipam import IPAddress, IPNetwork, Pool, parse_address
 from .model import EndpointSpec
 from .networks import LINK_LOCAL_GATEWAY, NetworkService, pools
 from .rollback import Rollback
@@ -78,6 +78,9 @@ class EndpointService:
     def __init__(self, rt: Runtime, networks: NetworkService) -> None:
         self.rt = rt
         self.networks = networks
+        # (network, range) -> (store.lease_generation, offset): when last searched, every
+        # address of the range below offset was leased; valid while no lease was deleted.
+        self._leased_below: dict[tuple[str, IPNetwork], tuple[int, int]] = {}
 
     # queries
     def _row(self, name: str) -> EndpointRow:
@@ -228,12 +231,15 @@ class EndpointService:
         self, net_name: str, cfg: NetworkConfig, data: dict[str, Any]
     ) -> tuple[IPv4Address, str, list[IPv6Address]]:
         p4, p6 = pools(cfg)
+        generation = self.rt.store.lease_generation  # read before the leases it vouches for
         used = LeasedAddresses(self.rt.store.leased_addresses(net_name))
         requested4 = parse_address(str(data["ip"]), "--ip") if data.get("ip") else None
         if requested4 is not None and requested4.version != 4:
             raise InvalidArgument(f"--ip {requested4} is not an IPv4 address (use --ip6)")
-        v4 = p4.allocate(used, requested=requested4)
+        v4 = p4.allocate(used, requested=requested4, start=self._search_from(net_name, p4, generation))
         assert isinstance(v4, IPv4Address)
+        if requested4 is None:
+            self._leased_below[(net_name, p4.range)] = (generation, p4.offset(v4))
         mac = parse_mac(str(data["mac"])) if data.get("mac") else mac_from_ipv4(v4)
         v6: list[IPv6Address] = []
         requested6 = parse_address(str(data["ip6"]), "--ip6") if data.get("ip6") else None
@@ -243,10 +249,19 @@ class EndpointService:
             raise InvalidArgument(f"--ip6 given but network {net_name} has no IPv6 subnet")
         if p6 is not None:
             preferred = ipv6_from_mac(p6.range, mac) if p6.range.prefixlen <= 80 else None  # type: ignore[arg-type]
-            a6 = p6.allocate(used, requested=requested6, preferred=preferred)
+            a6 = p6.allocate(used, requested=requested6, preferred=preferred,
+                             start=self._search_from(net_name, p6, generation))
             assert isinstance(a6, IPv6Address)
+            if requested6 is None and a6 != preferred:
+                self._leased_below[(net_name, p6.range)] = (generation, p6.offset(a6))
             v6.append(a6)
         return v4, mac, v6
+
+    def _search_from(self, net_name: str, pool: Pool, generation: int) -> int:
+        """Where the search for a free address may begin: past what the last search
+        found leased, unless a lease was deleted since (then from the start)."""
+        seen, offset = self._leased_below.get((net_name, pool.range), (-1, 0))
+        return offset if seen == generation else 0
 
     def _build(
         self, row: EndpointRow, cfg: NetworkConfig, v4: IPv4Address, v6: list[IPv6Address], rb: Rollback

@@ -61,8 +61,14 @@ class Pool:
         used: AbstractSet[IPAddress],
         requested: IPAddress | None = None,
         preferred: IPAddress | None = None,
+        start: int = 0,
     ) -> IPAddress:
-        """Pick an address: the requested one (checked), else preferred if usable, else the next free."""
+        """Pick an address: the requested one (checked), else preferred if usable, else the next free.
+
+        The search for the next free address begins START addresses into the
+        range: a caller that knows every address below that is taken (see
+        offset()) spares walking past them, which made each add O(N).
+        """
         if requested is not None:
             return self.check_static(requested, used)
         reserved = self.reserved()
@@ -73,7 +79,7 @@ class Pool:
             and preferred not in used
         ):
             return preferred
-        for candidate in self._candidates():
+        for candidate in self._candidates(start):
             if candidate not in reserved and candidate not in used:
                 return candidate
         raise Exhausted(
@@ -81,13 +87,17 @@ class Pool:
             f"{self.range} are in use"
         )
 
-    def _candidates(self) -> Iterable[IPAddress]:
+    def offset(self, address: IPAddress) -> int:
+        """Position of ADDRESS in the range (what allocate's start counts)."""
+        return int(address) - int(self.range.network_address)
+
+    def _candidates(self, start: int) -> Iterable[IPAddress]:
         # Walk the range in order; for a huge IPv6 range stop after a bound that
         # is far above any realistic endpoint count instead of iterating 2^64.
         first = int(self.range.network_address)
         limit = min(self.range.num_addresses, 1 << 24)
         make = type(self.range.network_address)
-        return (make(first + i) for i in range(limit))
+        return (make(first + i) for i in range(start, limit))
 
 
 def parse_address(text: str, what: str) -> IPAddress:

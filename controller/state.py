@@ -86,6 +86,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.RLock()
+        # Bumped whenever leases are deleted, so that whoever remembers "all
+        # addresses below X are leased" (bpfnet.endpoints) knows when that lapsed.
+        self.lease_generation = 0
         with self._lock:
             self._db.executescript(SCHEMA)
 
@@ -130,6 +133,7 @@ class Store:
         with self.tx() as c:
             c.execute("DELETE FROM leases WHERE network = ?", (name,))
             c.execute("DELETE FROM networks WHERE name = ?", (name,))
+            self.lease_generation += 1
 
     # endpoints
     def endpoints(self, network: str | None = None) -> list[EndpointRow]:
@@ -200,6 +204,7 @@ class Store:
         with self.tx() as c:
             c.execute("DELETE FROM leases WHERE endpoint = ?", (name,))
             c.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+            self.lease_generation += 1
 
     # leases
     def leases(self, network: str | None = None) -> list[LeaseRow]:
@@ -232,4 +237,5 @@ class Store:
                 "WHERE endpoint NOT IN (SELECT name FROM endpoints)"
             ).fetchall()
             c.execute("DELETE FROM leases WHERE endpoint NOT IN (SELECT name FROM endpoints)")
+            self.lease_generation += 1
         return [LeaseRow(*r) for r in rows]

@@ -189,6 +189,19 @@ def test_addresses_reused_after_rm(d: DaemonProcess) -> None:
         d.remove_endpoint(b["name"])
 
 
+def test_lowest_free_address_after_rm_of_an_earlier_endpoint(d: DaemonProcess) -> None:
+    """The search for a free address starts where the last one ended; a remove must reset that."""
+    a = d.add_endpoint("low-a")
+    b = d.add_endpoint("low-b")
+    d.remove_endpoint(a["name"])
+    c = d.add_endpoint("low-c")
+    try:
+        assert c["ipv4"] == a["ipv4"] and c["ipv4"] != b["ipv4"]
+    finally:
+        d.remove_endpoint(b["name"])
+        d.remove_endpoint(c["name"])
+
+
 def test_rm_unknown(d: DaemonProcess) -> None:
     with pytest.raises(ClientError, match="not found") as err:
         d.remove_endpoint(d.name("ghost"))

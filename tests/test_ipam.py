@@ -87,6 +87,15 @@ def test_exhaustion_message_names_network_and_size() -> None:
     assert err.value.status == 507
 
 
+def test_search_starts_at_offset() -> None:
+    p = pool("10.1.0.0/24", rng="10.1.0.8/29")
+    assert p.offset(IPv4Address("10.1.0.11")) == 3
+    assert p.allocate(set(), start=3) == IPv4Address("10.1.0.11")
+    assert p.allocate({IPv4Address("10.1.0.11")}, start=3) == IPv4Address("10.1.0.12")
+    with pytest.raises(Exhausted):
+        p.allocate(set(), start=8)
+
+
 def test_static_inside_subnet_outside_range_allowed() -> None:
     p = pool("172.30.0.0/16", "172.30.1.0/25", gateway="172.30.0.1")
     assert p.allocate(set(), requested=IPv4Address("172.30.200.7")) == IPv4Address("172.30.200.7")
