@@ -48,6 +48,6 @@ int bridge_egress(struct __sk_buff *skb)
 	/* bpf_redirect_peer is only valid at tc ingress, so this is always a
 	 * plain redirect to the veth's egress (marked, see forward.h). */
 	verdict = redirect_to_endpoint(skb, eth, dst, 0);
-	metrics_count(dst->id, DIR_RX, COUNT_FAST, 0, len);
+	metrics_count(dst->id, DIR_RX, COUNT_FAST, 0, skb_packets(skb), len);
 	return verdict;
 }

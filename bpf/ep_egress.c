@@ -19,7 +19,7 @@ int ep_egress(struct __sk_buff *skb)
 	struct endpoint *ep, *src;
 	struct network *net;
 	void *data_end;
-	__u32 len, in_ifindex;
+	__u32 len, pkts, in_ifindex;
 
 	if (skb->cb[0] == BPFNET_CB_MARK0 && skb->cb[1] == BPFNET_CB_MARK1) {
 		skb->cb[0] = 0;
@@ -30,6 +30,7 @@ int ep_egress(struct __sk_buff *skb)
 	if (!ep)
 		return TC_ACT_OK;
 	len = skb->len;
+	pkts = skb_packets(skb);
 
 	in_ifindex = skb->ingress_ifindex;
 	if (in_ifindex == 0 || in_ifindex == skb->ifindex)
@@ -63,10 +64,10 @@ int ep_egress(struct __sk_buff *skb)
 				goto pass;
 		}
 	}
-	metrics_count(ep->id, DIR_RX, COUNT_DROP, DROP_POLICY, 0);
+	metrics_count(ep->id, DIR_RX, COUNT_DROP, DROP_POLICY, pkts, 0);
 	return TC_ACT_SHOT;
 
 pass:
-	metrics_count(ep->id, DIR_RX, COUNT_KERNEL, 0, len);
+	metrics_count(ep->id, DIR_RX, COUNT_KERNEL, 0, pkts, len);
 	return TC_ACT_OK;
 }

@@ -40,7 +40,7 @@ int ep_ingress(struct __sk_buff *skb)
 	struct endpoint *src, *dst = NULL;
 	struct network *net;
 	void *data, *data_end;
-	__u32 len, src_id;
+	__u32 len, pkts, src_id;
 	__be32 spa;
 	int verdict;
 
@@ -50,6 +50,7 @@ int ep_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK; /* not (yet) an endpoint we know: the kernel decides */
 	src_id = src->id;
 	len = skb->len;
+	pkts = skb_packets(skb);
 
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
@@ -93,18 +94,18 @@ int ep_ingress(struct __sk_buff *skb)
 	if (!net)
 		goto pass; /* network not configured (yet): the kernel decides */
 	if (!net->icc) {
-		metrics_count(src_id, DIR_TX, COUNT_DROP, DROP_POLICY, 0);
+		metrics_count(src_id, DIR_TX, COUNT_DROP, DROP_POLICY, pkts, 0);
 		return TC_ACT_SHOT;
 	}
 	verdict = redirect_to_endpoint(skb, eth, dst, BPFNET_REDIRECT_PEER);
-	metrics_count(src_id, DIR_TX, COUNT_FAST, 0, len);
-	metrics_count(dst->id, DIR_RX, COUNT_FAST, 0, len);
+	metrics_count(src_id, DIR_TX, COUNT_FAST, 0, pkts, len);
+	metrics_count(dst->id, DIR_RX, COUNT_FAST, 0, pkts, len);
 	return verdict;
 
 pass:
-	metrics_count(src_id, DIR_TX, COUNT_KERNEL, 0, len);
+	metrics_count(src_id, DIR_TX, COUNT_KERNEL, 0, pkts, len);
 	return TC_ACT_OK;
 spoofed:
-	metrics_count(src_id, DIR_TX, COUNT_DROP, DROP_SPOOFED_SOURCE, 0);
+	metrics_count(src_id, DIR_TX, COUNT_DROP, DROP_SPOOFED_SOURCE, pkts, 0);
 	return TC_ACT_SHOT;
 }

@@ -17,8 +17,23 @@ enum count_kind {
 	COUNT_DROP = 2,   /* dropped, see reason */
 };
 
+/*
+ * How many packets one skb counts as. A GSO super-packet (TCP over veth hands
+ * up to 64 KB to one program run) counts as the gso_segs segments it stands
+ * for, i.e. what the sender's TCP/UDP sent and what a wire would carry;
+ * anything else is one. gso_segs is 0 when the sender did not fill it in
+ * (packet sockets with a virtio-net header): one packet then. Bytes stay
+ * skb->len, so a super-packet's headers are counted once.
+ */
+static __always_inline __u32 skb_packets(struct __sk_buff *skb)
+{
+	__u32 segs = skb->gso_segs;
+
+	return segs > 1 ? segs : 1;
+}
+
 static __always_inline void metrics_count(__u32 ep_id, enum direction dir, enum count_kind kind,
-					  enum drop_reason reason, __u32 bytes)
+					  enum drop_reason reason, __u32 packets, __u32 bytes)
 {
 	struct endpoint_counters *c;
 	struct path_counters *p;
@@ -29,13 +44,13 @@ static __always_inline void metrics_count(__u32 ep_id, enum direction dir, enum 
 		return; /* id out of range: nothing to count into */
 	p = &c->dir[dir == DIR_RX ? DIR_RX : DIR_TX];
 	if (kind == COUNT_FAST) {
-		p->fast_packets++;
+		p->fast_packets += packets;
 		p->fast_bytes += bytes;
 	} else if (kind == COUNT_KERNEL) {
-		p->kernel_packets++;
+		p->kernel_packets += packets;
 		p->kernel_bytes += bytes;
 	} else if ((__u32)reason < DROP_REASON_COUNT) {
-		p->drops[reason]++;
+		p->drops[reason] += packets;
 	}
 }
 

@@ -54,13 +54,16 @@ def arp(op: int, sha: str, spa: str, tha: str, tpa: str) -> bytes:
             + mac(tha) + IPv4Address(tpa).packed)
 
 
-def sk_buff_ctx(ifindex: int, ingress_ifindex: int = 0, cb: tuple[int, ...] = ()) -> bytes:
+def sk_buff_ctx(ifindex: int, ingress_ifindex: int = 0, cb: tuple[int, ...] = (),
+                gso_segs: int = 0, gso_size: int = 0) -> bytes:
     """struct __sk_buff for BPF_PROG_TEST_RUN: only the fields the kernel accepts."""
     ctx = bytearray(192)
     struct.pack_into("=I", ctx, 36, ingress_ifindex)
     struct.pack_into("=I", ctx, 40, ifindex)
     for i, v in enumerate(cb[:5]):
         struct.pack_into("=I", ctx, 48 + 4 * i, v)
+    struct.pack_into("=I", ctx, 164, gso_segs)
+    struct.pack_into("=I", ctx, 176, gso_size)
     return bytes(ctx)
 
 

@@ -44,11 +44,11 @@ class Run:
 
 
 def run(dp: Any, prog: str, pkt: bytes, ifindex: int, ingress_ifindex: int = 0,
-        cb: tuple[int, ...] = ()) -> Run:
+        cb: tuple[int, ...] = (), gso_segs: int = 0, gso_size: int = 0) -> Run:
     from bpf_packets import ctx_cb
 
     before = dp.counters()
     r = bpfsys.prog_test_run(dp.program_fd(prog), pkt,
-                             sk_buff_ctx(ifindex, ingress_ifindex, cb))
+                             sk_buff_ctx(ifindex, ingress_ifindex, cb, gso_segs, gso_size))
     after = dp.counters()
     return Run(r.retval, r.data, ctx_cb(r.ctx), delta(before, after))

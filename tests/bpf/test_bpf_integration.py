@@ -9,6 +9,7 @@ endpoint to endpoint but not endpoint to gateway. Both fast-path modes.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -126,6 +127,46 @@ def test_ping_between_endpoints_takes_the_fast_path(topo: Topo) -> None:
         for ep in (a, b):
             assert d[ep.id].get("rx_kernel_bytes", 0) < size, d
             assert d[ep.id].get("tx_kernel_bytes", 0) < size, d
+
+
+TCP_SINK = """
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], 5001))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+n = 0
+while chunk := c.recv(1 << 16):
+    n += len(chunk)
+print(n, flush=True)
+"""
+TCP_SEND = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 5001), timeout=10) as c:
+    c.sendall(b"x" * int(sys.argv[2]))
+"""
+
+
+def test_tcp_counts_segments_not_gso_super_packets(topo: Topo) -> None:
+    """TCP over veth hands the programs GSO super-packets of up to 64 KB; each counts as
+    the segments it stands for, so no counted packet carries more than one MTU."""
+    a, b = topo.eps["a"], topo.eps["b"]
+    total = 4 << 20
+    sink = subprocess.Popen(["ip", "netns", "exec", topo.ep_ns["b"], sys.executable, "-c",
+                             TCP_SINK, "10.99.0.3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        before = counters(topo)
+        sh(topo.ep_ns["a"], sys.executable, "-c", TCP_SEND, "10.99.0.3", str(total))
+        assert int(sink.stdout.readline()) == total
+        d = delta(before, counters(topo))
+    finally:
+        sink.kill()
+        sink.wait(timeout=5)
+    pkts, nbytes = d[a.id]["tx_fast_packets"], d[a.id]["tx_fast_bytes"]
+    assert nbytes >= total and d[b.id]["rx_fast_packets"] == pkts, d
+    assert nbytes / 1514 <= pkts <= nbytes / 1000 + 20, d  # MSS 1448 at MTU 1500
 
 
 def test_ping_gateway(topo: Topo) -> None:

@@ -92,13 +92,16 @@ class Model:
             return self.at(self.id_by_v6.get((netid, pkt[38:54])))
         return None
 
-    def ep_ingress(self, pkt: bytes, ifindex: int) -> tuple[int, bytes, dict]:
+    # segs: skb gso_segs. A GSO super-packet counts as its segments, anything
+    # else (gso_segs 0 or 1) as one packet; bytes are the frame length either way.
+    def ep_ingress(self, pkt: bytes, ifindex: int, segs: int = 0) -> tuple[int, bytes, dict]:
         src = self.endpoint(ifindex)
         if src is None:
             return TC_ACT_OK, pkt, {}
         n = len(pkt)
-        kernel = (TC_ACT_OK, pkt, {src.id: {"tx_kernel_packets": 1, "tx_kernel_bytes": n}})
-        spoofed = (TC_ACT_SHOT, pkt, {src.id: {"tx_drop_spoofed_source": 1}})
+        k = max(1, segs)
+        kernel = (TC_ACT_OK, pkt, {src.id: {"tx_kernel_packets": k, "tx_kernel_bytes": n}})
+        spoofed = (TC_ACT_SHOT, pkt, {src.id: {"tx_drop_spoofed_source": k}})
         if pkt[6:12] != src.mac:
             return spoofed
         if pkt[12:14] == struct.pack("!H", ETH_ARP):
@@ -113,12 +116,12 @@ class Model:
         if not isinstance(dst, Ep) or dst is src:
             return kernel
         if not self.icc[src.netid]:
-            return TC_ACT_SHOT, pkt, {src.id: {"tx_drop_policy": 1}}
+            return TC_ACT_SHOT, pkt, {src.id: {"tx_drop_policy": k}}
         return TC_ACT_REDIRECT, dst.mac + pkt[6:], {
-            src.id: {"tx_fast_packets": 1, "tx_fast_bytes": n},
-            dst.id: {"rx_fast_packets": 1, "rx_fast_bytes": n}}
+            src.id: {"tx_fast_packets": k, "tx_fast_bytes": n},
+            dst.id: {"rx_fast_packets": k, "rx_fast_bytes": n}}
 
-    def bridge_egress(self, pkt: bytes, ifindex: int) -> tuple[int, bytes, dict]:
+    def bridge_egress(self, pkt: bytes, ifindex: int, segs: int = 0) -> tuple[int, bytes, dict]:
         netid = self.bridges.get(ifindex)
         if netid is None or pkt[0] & 1:
             return TC_ACT_OK, pkt, {}
@@ -126,16 +129,17 @@ class Model:
         if not isinstance(dst, Ep):
             return TC_ACT_OK, pkt, {}
         return TC_ACT_REDIRECT, dst.mac + pkt[6:], {
-            dst.id: {"rx_fast_packets": 1, "rx_fast_bytes": len(pkt)}}
+            dst.id: {"rx_fast_packets": max(1, segs), "rx_fast_bytes": len(pkt)}}
 
-    def ep_egress(self, pkt: bytes, ifindex: int, iif: int,
-                  cb: tuple[int, int]) -> tuple[int, bytes, dict]:
+    def ep_egress(self, pkt: bytes, ifindex: int, iif: int, cb: tuple[int, int],
+                  segs: int = 0) -> tuple[int, bytes, dict]:
         if cb == MARK:
             return TC_ACT_OK, pkt, {}
         ep = self.endpoint(ifindex)
         if ep is None:
             return TC_ACT_OK, pkt, {}
-        kernel = (TC_ACT_OK, pkt, {ep.id: {"rx_kernel_packets": 1, "rx_kernel_bytes": len(pkt)}})
+        k = max(1, segs)
+        kernel = (TC_ACT_OK, pkt, {ep.id: {"rx_kernel_packets": k, "rx_kernel_bytes": len(pkt)}})
         src = self.endpoint(iif) if iif not in (0, ifindex) else None
         if src is None or src.netid != ep.netid or self.icc[ep.netid]:
             return kernel
@@ -148,7 +152,7 @@ class Model:
                 return kernel
             if pkt[20] == 58 and (n < 55 or 133 <= pkt[54] <= 137):
                 return kernel  # neighbour discovery passes even with icc=false
-        return TC_ACT_SHOT, pkt, {ep.id: {"rx_drop_policy": 1}}
+        return TC_ACT_SHOT, pkt, {ep.id: {"rx_drop_policy": k}}
 
 
 # -- packet generation ----------------------------------------------------------
@@ -220,15 +224,18 @@ def packets(draw: st.DrawFn, pools: dict[str, list[bytes]], own: Ep | None = Non
 
 
 def _run_or_reject(env: Any, prog: str, pkt: bytes, ifindex: int, iif: int = 0,
-                   cb: tuple[int, int] = (0, 0)):
+                   cb: tuple[int, int] = (0, 0), segs: int = 0):
     try:
-        return run(env.dp, prog, pkt, ifindex, iif, cb)
+        return run(env.dp, prog, pkt, ifindex, iif, cb, gso_segs=segs)
     except BpfError as e:
         # BPF_PROG_TEST_RUN refuses frames with a cut-off IPv4/IPv6 header
         assert e.errno == errno.EINVAL
         assume(False)
         raise
 
+
+# skb gso_segs: 0 (not GSO, or not filled in), 1, a few, a 64 KB TCP super-packet
+SEGS = st.sampled_from([0, 0, 0, 1, 2, 45])
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -244,33 +251,40 @@ def test_model(env: Any) -> None:
 
     eps = list(model.by_id.values())
 
+    def neighbour_or_any(data: st.DataObject, own: Ep) -> Ep:
+        """An endpoint, more often one of own's network: fast path and icc policy apply
+        only between those."""
+        neighbours = [e for e in eps if e.netid == own.netid and e is not own]
+        return data.draw(st.sampled_from(neighbours * 2 + eps))
+
     @SETTINGS
-    @given(data=st.data(), own=st.sampled_from(eps), peer=st.sampled_from(eps))
-    def ingress(data: st.DataObject, own: Ep, peer: Ep) -> None:
-        pkt = data.draw(packets(pools, own, peer))
-        r = _run_or_reject(env, "ep_ingress", pkt, own.ifindex)
+    @given(data=st.data(), own=st.sampled_from(eps), segs=SEGS)
+    def ingress(data: st.DataObject, own: Ep, segs: int) -> None:
+        pkt = data.draw(packets(pools, own, neighbour_or_any(data, own)))
+        r = _run_or_reject(env, "ep_ingress", pkt, own.ifindex, segs=segs)
         seen.update(f"ep_ingress:{k}" for c in r.counts.values() for k in c)
-        assert (r.verdict, r.data, r.counts) == model.ep_ingress(pkt, own.ifindex)
+        assert (r.verdict, r.data, r.counts) == model.ep_ingress(pkt, own.ifindex, segs)
 
     @SETTINGS
     @given(data=st.data(), ifindex=st.sampled_from(bridges + hosts[:1]),
-           peer=st.sampled_from(eps))
-    def bridge(data: st.DataObject, ifindex: int, peer: Ep) -> None:
+           peer=st.sampled_from(eps), segs=SEGS)
+    def bridge(data: st.DataObject, ifindex: int, peer: Ep, segs: int) -> None:
         pkt = data.draw(packets(pools, None, peer))
-        r = _run_or_reject(env, "bridge_egress", pkt, ifindex)
+        r = _run_or_reject(env, "bridge_egress", pkt, ifindex, segs=segs)
         seen.update(f"bridge_egress:{k}" for c in r.counts.values() for k in c)
-        assert (r.verdict, r.data, r.counts) == model.bridge_egress(pkt, ifindex)
+        assert (r.verdict, r.data, r.counts) == model.bridge_egress(pkt, ifindex, segs)
 
     @SETTINGS
-    @given(data=st.data(), own=st.sampled_from(eps), sender=st.sampled_from(eps),
-           iif=st.sampled_from([0, -1, *hosts, *bridges]),
-           cb=st.sampled_from([(0, 0), (0, 0), MARK, (MARK[0], 0)]))
-    def egress(data: st.DataObject, own: Ep, sender: Ep, iif: int, cb: tuple[int, int]) -> None:
+    @given(data=st.data(), own=st.sampled_from(eps),
+           iif=st.sampled_from([0, -1, -1, -1, *hosts, *bridges]),
+           cb=st.sampled_from([(0, 0), (0, 0), MARK, (MARK[0], 0)]), segs=SEGS)
+    def egress(data: st.DataObject, own: Ep, iif: int, cb: tuple[int, int], segs: int) -> None:
+        sender = neighbour_or_any(data, own)
         pkt = data.draw(packets(pools, sender, own))
         iif = sender.ifindex if iif == -1 else iif
-        r = _run_or_reject(env, "ep_egress", pkt, own.ifindex, iif, cb)
+        r = _run_or_reject(env, "ep_egress", pkt, own.ifindex, iif, cb, segs)
         seen.update(f"ep_egress:{k}" for c in r.counts.values() for k in c)
-        assert (r.verdict, r.data, r.counts) == model.ep_egress(pkt, own.ifindex, iif, cb)
+        assert (r.verdict, r.data, r.counts) == model.ep_egress(pkt, own.ifindex, iif, cb, segs)
         if cb == MARK:
             assert r.cb[:2] == (0, 0)
 

@@ -299,6 +299,33 @@ def test_egress_icc_false_drops_bridged_unicast_between_endpoints(env):
     assert r.verdict == TC_ACT_OK
 
 
+@pytest.mark.parametrize("segs", [0, 1, 45])
+def test_gso_super_packet_counts_as_its_segments(env, segs):
+    """A GSO skb (TCP over veth: up to 64 KB per program run) counts gso_segs
+    packets on every path; bytes are the skb length; 0 or 1 segments: one packet."""
+    a1, a2, b1, b2 = ids(env)
+    k = max(1, segs)
+    fast = v4(a1.mac, a2.mac, str(a1.ipv4), str(a2.ipv4))
+    to_gw = v4(a1.mac, env.networks["brA"].bridge_mac, str(a1.ipv4), "10.1.0.1")
+    no_icc = v4(b1.mac, b2.mac, str(b1.ipv4), str(b2.ipv4))
+    br = env.networks["brA"]
+    cases = [
+        ("ep_ingress", fast, a1.host_ifindex, 0,
+         {a1.id: {"tx_fast_packets": k, "tx_fast_bytes": len(fast)},
+          a2.id: {"rx_fast_packets": k, "rx_fast_bytes": len(fast)}}),
+        ("ep_ingress", to_gw, a1.host_ifindex, 0,
+         {a1.id: {"tx_kernel_packets": k, "tx_kernel_bytes": len(to_gw)}}),
+        ("ep_ingress", no_icc, b1.host_ifindex, 0, {b1.id: {"tx_drop_policy": k}}),
+        ("ep_egress", fast, a2.host_ifindex, a1.host_ifindex,
+         {a2.id: {"rx_kernel_packets": k, "rx_kernel_bytes": len(fast)}}),
+        ("bridge_egress", fast, br.bridge_ifindex, 0,
+         {a2.id: {"rx_fast_packets": k, "rx_fast_bytes": len(fast)}}),
+    ]
+    for prog, pkt, ifindex, iif, counts in cases:
+        r = run(env.dp, prog, pkt, ifindex, iif, gso_segs=segs, gso_size=1448 if segs else 0)
+        assert r.counts == counts, prog
+
+
 # -- bridge_egress ---------------------------------------------------------------
 
 def test_bridge_redirects_host_to_endpoint(env):
