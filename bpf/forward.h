@@ -43,11 +43,7 @@ static __always_inline struct endpoint *endpoint_at(__u32 id)
 /* The endpoint behind a host-side veth, or NULL. One hash lookup. */
 static __always_inline struct endpoint *lookup_endpoint(__u32 ifindex)
 {
-	__u32 *id = endpoint_id_by_ifindex.lookup(&ifindex);
-
-	if (!id)
-		return NULL;
-	return endpoint_at(*id);
+	return endpoint_by_ifindex.lookup(&ifindex);
 }
 
 /* Network id's config, or NULL for an empty slot (bridge_ifindex 0). */

@@ -16,7 +16,7 @@
  * Lookup cost: hash lookups (hashing, bucket walk) are what the fast path
  * pays for per packet; array lookups are inlined by the JIT to a bounds check
  * and an add. So only what is keyed by something sparse (ifindex, address)
- * is a hash, and it yields a small dense id that indexes the arrays.
+ * is a hash; the address maps yield a small dense id that indexes the arrays.
  *
  * Byte order: IPv4/IPv6 addresses are stored exactly as they appear on the
  * wire (network byte order) so the programs can compare and look them up
@@ -93,9 +93,12 @@ struct endpoint_counters {
 
 #define BPFNET_PIN(name) BPFNET_PIN_DIR "/" #name
 
-/* host-side veth ifindex -> endpoint id */
-BPF_TABLE_PINNED("hash", __u32, __u32, endpoint_id_by_ifindex, MAX_ENDPOINTS,
-		 BPFNET_PIN(endpoint_id_by_ifindex));
+/* host-side veth ifindex -> endpoint: the sender's record in one hash lookup
+ * (every packet an endpoint sends needs it). The same record is also in
+ * endpoint_by_id, for the destination; a copy here saves an array lookup per
+ * packet over storing only the id. */
+BPF_TABLE_PINNED("hash", __u32, struct endpoint, endpoint_by_ifindex, MAX_ENDPOINTS,
+		 BPFNET_PIN(endpoint_by_ifindex));
 /* (network id, IPv4 in network byte order) -> endpoint id */
 BPF_TABLE_PINNED("hash", struct ep_ipv4_key, __u32, endpoint_id_by_ipv4, MAX_ENDPOINTS,
 		 BPFNET_PIN(endpoint_id_by_ipv4));

@@ -426,15 +426,14 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     assert counters(d)[b["name"]]["rx_fast_packets"] >= count
 
 
-# The maps a daemon before the endpoint-id layout pinned (bpf/maps.h of that version): the
-# address maps held ifindexes under names the new layout no longer has, network_by_id was a
-# hash of the same key and value size. Values are opaque byte structs: only shapes matter.
+# The pins of the layout before endpoint ids (bpf/maps.h of that version) that this one no
+# longer has or has with another type: endpoint_by_ipv4/ipv6 held ifindexes where
+# endpoint_id_by_ipv4/ipv6 now hold ids, network_by_id was a hash of the same key and value
+# size. Values are opaque byte structs: only shapes matter.
 OLD_LAYOUT = """
-struct ep_v {{ __u8 b[{ep}]; }};
 struct net_v {{ __u8 b[{net}]; }};
 struct k4 {{ __u8 b[{k4}]; }};
 struct k6 {{ __u8 b[{k6}]; }};
-BPF_TABLE_PINNED("hash", __u32, struct ep_v, endpoint_by_ifindex, 4096, "{pins}/endpoint_by_ifindex");
 BPF_TABLE_PINNED("hash", struct k4, __u32, endpoint_by_ipv4, 4096, "{pins}/endpoint_by_ipv4");
 BPF_TABLE_PINNED("hash", struct k6, __u32, endpoint_by_ipv6, 16384, "{pins}/endpoint_by_ipv6");
 BPF_TABLE_PINNED("hash", __u32, struct net_v, network_by_id, 1024, "{pins}/network_by_id");
@@ -450,8 +449,7 @@ def pin_old_layout(pin_dir: Path, a: dict[str, Any], b: dict[str, Any]) -> None:
     from bpfnet.datapath import maps as m
 
     (pin_dir / "network_by_id").unlink()
-    text = OLD_LAYOUT.format(ep=struct.calcsize(m.ENDPOINT_FMT), net=struct.calcsize(m.NETWORK_FMT),
-                             k4=struct.calcsize(m.EP_IPV4_KEY_FMT),
+    text = OLD_LAYOUT.format(net=struct.calcsize(m.NETWORK_FMT), k4=struct.calcsize(m.EP_IPV4_KEY_FMT),
                              k6=struct.calcsize(m.EP_IPV6_KEY_FMT), pins=pin_dir)
     BPF(text=text.encode()).cleanup()  # the maps stay pinned
     fd = bpfsys.obj_get(str(pin_dir / "endpoint_by_ipv4"))
@@ -477,7 +475,7 @@ def test_restart_over_pins_of_an_older_layout(daemons: DaemonFactory) -> None:
 
     d.start()
     log = d.log_path.read_text(errors="replace").rsplit("===== start", 1)[-1]
-    for name in ("endpoint_by_ifindex", "endpoint_by_ipv4", "endpoint_by_ipv6"):
+    for name in ("endpoint_by_ipv4", "endpoint_by_ipv6"):
         assert f"{name} is not part of this version's map layout" in log, log
     assert "network_by_id has (type, key, value, entries)" in log, log
     layout = sorted(s.name for s in map_specs(int(info["max_endpoints"])))

@@ -75,7 +75,7 @@ class EbpfDatapath:
         want_v4 = {m.ipv4_key(e.network_id, e.ipv4) for e in endpoints}
         want_v6 = {m.ipv6_key(e.network_id, a) for e in endpoints for a in m.endpoint_ipv6(e)}
         want = {
-            "endpoint_id_by_ifindex": {m.u32(i) for i in ep_ifindexes},
+            "endpoint_by_ifindex": {m.u32(i) for i in ep_ifindexes},
             "endpoint_id_by_ipv4": want_v4,
             "endpoint_id_by_ipv6": want_v6,
             "network_by_bridge_ifindex": {m.u32(i) for i in br_ifindexes},
@@ -203,10 +203,10 @@ class EbpfDatapath:
                     self._remove_entries(other.host_ifindex)
                     del self._endpoints[other.host_ifindex]
             self._remove_entries(ep.host_ifindex, keep=ep)
-            # The slot first: the hash maps point at it by id.
-            eid = m.u32(ep.id)
-            maps.put("endpoint_by_id", eid, m.pack_endpoint(ep))
-            maps.put("endpoint_id_by_ifindex", m.u32(ep.host_ifindex), eid)
+            # The slot first: the address maps point at it by id.
+            eid, record = m.u32(ep.id), m.pack_endpoint(ep)
+            maps.put("endpoint_by_id", eid, record)
+            maps.put("endpoint_by_ifindex", m.u32(ep.host_ifindex), record)
             maps.put("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), eid)
             for a in m.endpoint_ipv6(ep):
                 maps.put("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a), eid)
@@ -222,7 +222,7 @@ class EbpfDatapath:
         maps, _ = self._need()
         e = maps.endpoint(ifindex)
         if keep is None:
-            maps.delete("endpoint_id_by_ifindex", m.u32(ifindex))
+            maps.delete("endpoint_by_ifindex", m.u32(ifindex))
         if e is None:
             return
         keys4 = {m.ipv4_key(e.network_id, e.ipv4)}
@@ -281,7 +281,7 @@ class EbpfDatapath:
     def counters(self) -> dict[int, dict[str, Any]]:
         """{endpoint id: EndpointCounters} (see bpfnet.datapath.counters) for every
         id in the endpoint map plus any slot with non-zero counters. Two batch
-        syscalls in all (ifindex -> id map, counter array)."""
+        syscalls in all (endpoint map, counter array)."""
         with self._lock:
             maps, _ = self._need()
             slots = set(maps.endpoint_ids().values())

@@ -53,11 +53,13 @@ def map_specs(max_endpoints: int) -> tuple[MapSpec, ...]:
     """The pinned maps of this version. A map whose values change meaning keeps
     its shape, so it must get a new name here and in maps.h: check_pins()
     removes pins whose name is not listed (e.g. endpoint_by_ipv4, whose values
-    were ifindexes before they were endpoint ids)."""
+    were ifindexes before they were endpoint ids). endpoint_by_ifindex and
+    endpoint_by_id hold the same records: the sender's is found by ifindex, the
+    destination's by the id an address map yields."""
     h, a, pa = (bpfsys.BPF_MAP_TYPE_HASH, bpfsys.BPF_MAP_TYPE_ARRAY,
                 bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
     return (
-        MapSpec("endpoint_id_by_ifindex", h, 4, 4, max_endpoints),
+        MapSpec("endpoint_by_ifindex", h, 4, struct.calcsize(ENDPOINT_FMT), max_endpoints),
         MapSpec("endpoint_id_by_ipv4", h, struct.calcsize(EP_IPV4_KEY_FMT), 4, max_endpoints),
         MapSpec("endpoint_id_by_ipv6", h, struct.calcsize(EP_IPV6_KEY_FMT), 4,
                 max_endpoints * MAX_EP_IPV6),
@@ -183,20 +185,14 @@ class PinnedMaps:
 
     # -- endpoints --------------------------------------------------------
     def endpoint_ids(self) -> dict[int, int]:
-        """host ifindex -> endpoint id, one batch lookup."""
-        return {struct.unpack(U32_FMT, k)[0]: struct.unpack(U32_FMT, v)[0]
-                for k, v in self.items("endpoint_id_by_ifindex")}
+        """host ifindex -> endpoint id, one batch lookup (id is the record's first field)."""
+        return {struct.unpack(U32_FMT, k)[0]: struct.unpack_from(U32_FMT, v)[0]
+                for k, v in self.items("endpoint_by_ifindex")}
 
     def endpoint(self, ifindex: int) -> EndpointEntry | None:
-        """The endpoint record behind a host ifindex, as the maps say."""
-        raw_id = self.get("endpoint_id_by_ifindex", u32(ifindex))
-        if raw_id is None:
-            return None
-        raw = self.get("endpoint_by_id", raw_id)
-        if raw is None:
-            return None
-        e = unpack_endpoint(raw)
-        return e if e.ifindex == ifindex else None
+        """The endpoint record behind a host ifindex, as the map says."""
+        raw = self.get("endpoint_by_ifindex", u32(ifindex))
+        return None if raw is None else unpack_endpoint(raw)
 
     def zero_counters(self, slot: int) -> None:
         # Per-CPU array elements cannot be deleted; writing zeros for every CPU resets them.

@@ -55,7 +55,7 @@ def test_restart_keeps_counters_and_replaces_programs(ns_links) -> None:
         dp1.close()  # daemon stops: programs stay attached, maps pinned
         assert tc_progs(ns, "h-a1", "ingress") == old_ids
         assert sorted(os.listdir(pins)) == sorted(
-            ["endpoint_id_by_ifindex", "endpoint_id_by_ipv4", "endpoint_id_by_ipv6",
+            ["endpoint_by_ifindex", "endpoint_id_by_ipv4", "endpoint_id_by_ipv6",
              "endpoint_by_id", "endpoint_counters", "network_by_bridge_ifindex", "network_by_id"])
 
         dp2.start(list(nets.values()), list(eps.values()))  # daemon restarts
@@ -166,8 +166,7 @@ def test_counters_is_fast_with_1000_endpoints(ns_links) -> None:
             fake = EndpointSpec(name=f"x{i}", id=1000 + i, network="brA", network_id=1,
                                 host_ifname=f"x{i}", host_ifindex=100000 + i,
                                 mac="02:42:00:00:00:01", ipv4=eps["a1"].ipv4)
-            pm.put("endpoint_by_id", m.u32(fake.id), m.pack_endpoint(fake))
-            pm.put("endpoint_id_by_ifindex", m.u32(fake.host_ifindex), m.u32(fake.id))
+            pm.put("endpoint_by_ifindex", m.u32(fake.host_ifindex), m.pack_endpoint(fake))
             pm.put("endpoint_counters", m.u32(fake.id), one)
         dp.counters()
         t0 = time.perf_counter()

@@ -40,14 +40,14 @@ class Ep:
 
 
 class Model:
-    """The maps as the programs see them (bpf/maps.h): hash maps from ifindex and
-    address to an endpoint id, the endpoint records indexed by id."""
+    """The maps as the programs see them (bpf/maps.h): the sender's record by
+    ifindex, address maps to an endpoint id, the records indexed by id."""
 
     def __init__(self, env: Any) -> None:
         self.by_id = {e.id: Ep(e.id, e.network_id, e.host_ifindex, mac(e.mac), e.ipv4.packed,
                                frozenset(a.packed for a in endpoint_ipv6(e)))
                       for e in env.endpoints.values()}
-        self.id_by_ifindex = {e.ifindex: e.id for e in self.by_id.values()}
+        self.by_ifindex = {e.ifindex: e for e in self.by_id.values()}
         self.id_by_v4 = {(e.netid, e.v4): e.id for e in self.by_id.values()}
         self.id_by_v6 = {(e.netid, a): e.id for e in self.by_id.values() for a in e.v6}
         self.icc = {n.id: n.icc for n in env.networks.values()}
@@ -57,7 +57,7 @@ class Model:
         return None if eid is None else self.by_id.get(eid)
 
     def endpoint(self, ifindex: int) -> Ep | None:
-        return self.at(self.id_by_ifindex.get(ifindex))
+        return self.by_ifindex.get(ifindex)
 
     # The L3 part both fast-path programs share: the endpoint to hand the packet
     # to, or None. Returns "bad" when a header is missing (kernel path).
