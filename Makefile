@@ -3,7 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench bench-quick clean
+.PHONY: setup demo test lint bench bench-quick vm-test clean
 
 setup:
 	@bash scripts/setup
@@ -25,6 +25,16 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench --quick
+
+# The suite on another kernel (a Debian kernel package) in a qemu VM; opt-in,
+# not part of `make test`. See vagrant/run-kernel --help.
+#   make vm-test KERNEL=6.1 [ACCEL=tcg] [PYTEST_ARGS="-q tests/bpf"]
+KERNEL ?= 6.1
+ACCEL ?= kvm
+PYTEST_ARGS ?= -q tests
+
+vm-test: setup
+	ACCEL=$(ACCEL) bash vagrant/run-kernel $(KERNEL) -- $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
