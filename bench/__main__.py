@@ -18,7 +18,7 @@ from typing import Any
 from . import env, report, runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = ("ip", "taskset", "trafgen", "iperf3", "sockperf")
+TOOLS = ("ip", "taskset", "setpriv", "trafgen", "iperf3", "sockperf")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or _default_out(args.quick, bool(args.only))
     env.install_handlers()
+    env.sweep_dead_runs()
     log.info("run %s: %s plan, measurements %s, variants %s, output %s", env.RUN_ID,
              "quick" if plan.quick else "full", " ".join(plan.measurements), " ".join(plan.variants), out)
     try:

@@ -4,7 +4,10 @@ Boundary: every network namespace and long-running child process the harness
 makes is registered here, and ``cleanup()`` removes them all (idempotent; run
 from ``finally``, ``atexit`` and the SIGTERM/SIGINT handlers). Namespaces are
 only ever created with the run's prefix (``bpfnet-b<run id>``), and the final
-sweep deletes only namespaces carrying that prefix.
+sweep deletes only namespaces carrying that prefix. A run killed with SIGKILL
+cannot clean up: its children die with it (parent-death signal), and the next
+run's ``sweep_dead_runs()`` removes its namespaces and BPF pins, recognising a
+dead run by its pid file in ``RUNS_DIR``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PREFIX = "bpfnet-b"
+RUNS_DIR = "/run/bpfnet-bench"  # <run id> -> pid of the harness, while it runs
+PIN_ROOT = "/sys/fs/bpf/bpfnet"  # the daemon pins maps in PIN_ROOT/<its netns>
 RUN_ID = uuid.uuid4().hex[:5]
 RUN_PREFIX = f"{PREFIX}{RUN_ID}"
 PYTHON = sys.executable
@@ -57,8 +62,14 @@ def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: 
 def spawn(cmd: Sequence[str], ns: str | None = None, cpu: int | None = None,
           stdout: Any = subprocess.DEVNULL, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a long-running child (registered: killed at clean-up)."""
-    proc = subprocess.Popen(_wrap(cmd, ns, cpu), stdout=stdout, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    # setpriv --pdeathsig: clean-up covers SIGTERM/SIGINT and normal exits,
+    # but not a SIGKILL of the harness (e.g. a test runner's timeout); without
+    # it a trafgen would go on saturating CPU 0 and starve every later run.
+    # ip netns exec, taskset and setpriv all exec the next command, so the
+    # setting reaches the real process. (The kernel sends it when the spawning
+    # thread exits: the harness spawns from its main thread.)
+    proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *_wrap(cmd, ns, cpu)], stdout=stdout,
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
     _procs.append(proc)
     return proc
 
@@ -132,6 +143,61 @@ def our_namespaces() -> list[str]:
     return [n for n in names if n.startswith(RUN_PREFIX)]
 
 
+def _run_file(run_id: str) -> str:
+    return os.path.join(RUNS_DIR, run_id)
+
+
+def _alive(run_id: str) -> bool:
+    """Whether the harness run run_id is still running (its pid file names a live bench)."""
+    try:
+        with open(_run_file(run_id), encoding="ascii") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"bench" in f.read()
+    except (OSError, ValueError):
+        return False
+
+
+def sweep_dead_runs() -> list[str]:
+    """Remove the namespaces and BPF pins of earlier runs that died without
+    cleaning up (SIGKILL, power loss). Runs still alive, such as a bench
+    started concurrently by the test suite, are left alone. Returns what was removed."""
+    from pyroute2 import netns as pnetns
+
+    removed: list[str] = []
+    try:
+        names = os.listdir("/run/netns")
+    except FileNotFoundError:
+        names = []
+    try:
+        pins = [os.path.join(PIN_ROOT, n) for n in os.listdir(PIN_ROOT)]
+    except FileNotFoundError:
+        pins = []
+    for path in [*names, *pins]:
+        base = os.path.basename(path)
+        if not base.startswith(PREFIX):
+            continue
+        run_id = base[len(PREFIX):].split("-", 1)[0]
+        if run_id == RUN_ID or _alive(run_id):
+            continue
+        try:
+            if path in pins:
+                shutil.rmtree(path)
+            else:
+                pnetns.remove(base)
+        except OSError as exc:
+            log.warning("could not remove %s of dead run %s: %s", path, run_id, exc)
+            continue
+        removed.append(path)
+    for run_id in os.listdir(RUNS_DIR) if os.path.isdir(RUNS_DIR) else []:
+        if run_id != RUN_ID and not _alive(run_id):
+            os.unlink(_run_file(run_id))
+    if removed:
+        log.warning("removed %d namespace(s)/pin dir(s) left by dead bench runs: %s", len(removed),
+                    " ".join(sorted(removed)))
+    return removed
+
+
 def cleanup() -> None:
     """Undo everything this run made. Safe to call more than once."""
     while _finalizers:
@@ -147,6 +213,10 @@ def cleanup() -> None:
     for path in _tmpdirs:
         shutil.rmtree(path, ignore_errors=True)
     _tmpdirs.clear()
+    try:
+        os.unlink(_run_file(RUN_ID))
+    except FileNotFoundError:
+        pass
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -159,6 +229,9 @@ def install_handlers() -> None:
     if _installed:
         return
     _installed = True
+    os.makedirs(RUNS_DIR, exist_ok=True)
+    with open(_run_file(RUN_ID), "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
     atexit.register(cleanup)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -184,10 +257,17 @@ def _cpu_times(cpu: int) -> tuple[int, int]:
     return 0, 0
 
 
-def wait_quiet(cpu: int = 0, idle: float = 0.85, window: float = 0.2, timeout: float = 20.0) -> float:
+# How long wait_quiet() waits at most: the plan sets it (a quick smoke run on a
+# loaded machine must not spend 20 s before every fraction-of-a-second measurement).
+quiet_timeout = 20.0
+
+
+def wait_quiet(cpu: int = 0, idle: float = 0.85, window: float = 0.2, timeout: float | None = None) -> float:
     """Wait until cpu is at least ``idle`` idle over ``window`` seconds (e.g. the kernel has
     finished tearing down namespaces in the background); returns the seconds waited.
-    Gives up after timeout (logged): the measurement then runs on a busy CPU."""
+    Gives up after timeout (default ``quiet_timeout``, logged): the measurement then
+    runs on a busy CPU."""
+    timeout = quiet_timeout if timeout is None else timeout
     start = time.monotonic()
     while True:
         i0, t0 = _cpu_times(cpu)

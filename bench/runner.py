@@ -53,6 +53,7 @@ class Plan:
     scale: scale.ScalePlan
     progrun_repeat: int
     perf_seconds: float
+    quiet_timeout: float = 20.0  # most seconds to wait for CPU 0 to go quiet before a measurement
     measurements: tuple[str, ...] = MEASUREMENTS
     variants: tuple[str, ...] = VARIANTS
     notes: list[str] = field(default_factory=list)
@@ -79,7 +80,8 @@ def make_plan(quick: bool, only: list[str] | None = None) -> Plan:
                     scale=scale.ScalePlan(levels=(2, 10), pps_at=(2, 10), scrape_at=(2, 10), scrapes=2,
                                           pps_seconds=0.3, profile_endpoints=0, window=3,
                                           perf_seconds=0.3),
-                    progrun_repeat=10_000, perf_seconds=0.3, measurements=ms, variants=vs)
+                    progrun_repeat=10_000, perf_seconds=0.3, quiet_timeout=2.0, measurements=ms,
+                    variants=vs)
     return Plan(False, rounds=4, pps_seconds=2.0, pps_warmup=0.5, tcp_seconds=2, tcp_omit=1,
                 latency_seconds=2,
                 scale=scale.ScalePlan(levels=(2, 10, 100, 1000), pps_at=(2, 100, 1000),
@@ -152,6 +154,7 @@ def _traffic_steps(plan: Plan) -> list[tuple[str, Callable[[Pair], dict[str, flo
 def run(plan: Plan) -> dict[str, Any]:
     """Run the plan; the returned document is what RESULTS.md/JSON/PNG are made from."""
     started = time.monotonic()
+    env.quiet_timeout = plan.quiet_timeout
     doc: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": env.machine(),

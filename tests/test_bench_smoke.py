@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("ip", "taskset", "trafgen", "iperf3", "sockperf")
+TOOLS = ("ip", "taskset", "setpriv", "trafgen", "iperf3", "sockperf")
 
 
 def _namespaces(prefix: str) -> set[str]:
@@ -27,6 +27,26 @@ def _namespaces(prefix: str) -> set[str]:
         return {n for n in os.listdir("/run/netns") if n.startswith(prefix)}
     except FileNotFoundError:
         return set()
+
+
+def _run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the harness; on timeout SIGTERM it (its handler cleans up namespaces
+    and children) instead of subprocess.run's SIGKILL, which would leave them."""
+    cmd = [sys.executable, "-m", "bench", *args]
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            pytest.fail(f"python -m bench {' '.join(args)} took over {timeout:.0f} s "
+                        f"(stopped with SIGTERM):\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +57,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     out = tmp_path_factory.mktemp("bench")
-    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=180, check=False)
+    r = _run_bench(["--quick", "--out", str(out)], timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     run_id = re.search(r"INFO bench: run ([0-9a-f]+):", r.stderr)
     assert run_id, r.stderr[-2000:]
@@ -92,3 +111,29 @@ def test_report_renders_a_partial_run(tmp_path: Path) -> None:
     paths = report.write(doc, str(tmp_path))
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Goals" in Path(paths["RESULTS.md"]).read_text()
+
+
+def test_sweep_removes_only_dead_runs(tmp_path: Path) -> None:
+    """What a SIGKILLed run left is removed by the next run; a live run's namespaces stay."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from bench import env
+
+    dead, live = "bpfnet-bdead0-x", "bpfnet-blive0-x"
+    os.makedirs(env.RUNS_DIR, exist_ok=True)
+    # a live harness: its pid file names a running process whose command line says bench
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "bench"])
+    try:
+        Path(env.RUNS_DIR, "live0").write_text(f"{holder.pid}\n")
+        for name in (dead, live):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        removed = env.sweep_dead_runs()
+        assert dead in removed
+        assert dead not in _namespaces("bpfnet-bdead0")
+        assert live in _namespaces("bpfnet-blive0")
+    finally:
+        holder.kill()
+        holder.wait()
+        for name in (dead, live):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        Path(env.RUNS_DIR, "live0").unlink(missing_ok=True)
