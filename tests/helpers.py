@@ -38,6 +38,9 @@ BPFNET = str(ROOT / ".venv" / "bin" / "bpfnet")
 if not Path(BPFNET).exists():  # running from another venv: use this interpreter's module
     BPFNET = ""
 NETNS_DIR = Path("/run/netns")
+# Multiplies the waits below: vagrant/run-kernel sets it under qemu's CPU
+# emulation (TCG), where compiling the datapath alone takes longer than 30 s.
+SLOWDOWN = float(os.environ.get("BPFNET_TEST_SLOWDOWN", "1"))
 TAG_PREFIX = "bpfnet-t"
 
 
@@ -62,7 +65,7 @@ def is_root() -> bool:
 
 # kernel inspection (read-only unless the name says otherwise) -------------
 def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout)
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout * SLOWDOWN)
 
 
 def netns_list() -> set[str]:
@@ -185,6 +188,7 @@ class DaemonProcess:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
+        timeout *= SLOWDOWN
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
@@ -361,6 +365,7 @@ def in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def wait_until(predicate: Any, timeout: float = 20, interval: float = 0.05, what: str = "condition") -> Any:
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
