@@ -77,6 +77,8 @@ def test_endpoint_kernel_state(pair: tuple[dict[str, Any], dict[str, Any]]) -> N
         assert [(r["gateway"], r["dev"]) for r in r4] == [("172.30.0.1", "eth0")]
         r6 = ip_json(ns, "-6", "route", "show", "default")
         assert [(r["gateway"], r["dev"]) for r in r6] == [("fe80::1", "eth0")]
+        # routes are static: no router solicitations for the bridge to flood to every port
+        assert sysctl(ns, "net/ipv6/conf/eth0/router_solicitations") == "0"
 
 
 def test_bridge_addresses_and_forwarding(dual: DaemonProcess) -> None:

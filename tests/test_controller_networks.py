@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from bpfnet.client import ClientError
-from helpers import DaemonFactory, DaemonProcess, address_set, ip_json, ping
+from helpers import DaemonFactory, DaemonProcess, address_set, ip_json, ping, sysctl
 
 pytestmark = pytest.mark.kernel
 
@@ -162,3 +162,17 @@ def test_bridge_name_reserved_for_host_veths(d: DaemonProcess) -> None:
     assert "bnv99" not in d.links()
 
 
+
+
+def test_ipv4_only_network_endpoint_has_no_ipv6(d: DaemonProcess) -> None:
+    """Like Docker: on an IPv4-only network eth0 gets no IPv6 at all (no link-local, no
+    MLD or router solicitations for the bridge to flood); lo keeps ::1."""
+    ep = d.add_endpoint("v4only")
+    try:
+        ns = ep["netns"]
+        assert sysctl(ns, "net/ipv6/conf/eth0/disable_ipv6") == "1"
+        assert not [a for a in address_set(ns, "eth0") if ":" in a]
+        assert "::1/128" in address_set(ns, "lo")
+        assert ping(ns, "10.213.0.1")
+    finally:
+        d.remove_endpoint(ep["name"])
