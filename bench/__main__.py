@@ -15,6 +15,8 @@ import shutil
 import sys
 from typing import Any
 
+from bpfnet.datapath import bpffs
+
 from . import env, report, runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("run %s: %s plan, measurements %s, variants %s, output %s", env.RUN_ID,
              "quick" if plan.quick else "full", " ".join(plan.measurements), " ".join(plan.variants), out)
     try:
-        doc = runner.run(plan)
+        with bpffs.mounted():
+            doc = runner.run(plan)
         paths = report.write(doc, out)
     except KeyboardInterrupt:
         log.warning("interrupted; cleaning up")

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import netns
 from .cli import stats_table, table
 from .client import Client, ClientError
+from .datapath import bpffs
 
 V6_PREFIX = "1553:ba3:2::/64"
 
@@ -59,6 +60,12 @@ def run_demo() -> int:
     if os.geteuid() != 0:
         print("bpfnet demo: must run as root", file=sys.stderr)
         return 1
+    # The daemon mounts bpffs if missing; the demo, having made it necessary, unmounts it after.
+    with bpffs.mounted():
+        return _run_demo()
+
+
+def _run_demo() -> int:
     tag = f"bpfnet-demo-{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix="bpfnet-demo-"))
     sock = f"unix://{tmp}/bpfnet.sock"

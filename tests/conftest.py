@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bpfnet.datapath import bpffs
 from helpers import DaemonFactory, is_root, make_netns, unique_tag
 
 
@@ -37,6 +38,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "kernel" in item.keywords:
             item.add_marker(skip)
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bpffs() -> Iterator[None]:
+    """bpffs for the whole run; unmounted at the end (also after failures) if the
+    run had to mount it, so its kernel-made entries do not outlive the run."""
+    if not is_root():
+        yield
+        return
+    with bpffs.mounted():
+        yield
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import bpfsys
+from . import bpffs, bpfsys
 from .maps import check_pins, map_specs
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ def load(mode: str, pin_dir: str, max_endpoints: int) -> LoadedPrograms:
     there with the right shape, created and pinned otherwise."""
     from bcc import BPF  # Debian's python3-bpfcc; imported late so bridge mode needs no bcc
 
+    if pin_dir.startswith(bpffs.BPFFS + "/"):
+        bpffs.ensure_mounted()  # left mounted: the pins must outlive the daemon
     os.makedirs(pin_dir, mode=0o700, exist_ok=True)
     check_pins(pin_dir, max_endpoints)
     t0 = time.monotonic()
