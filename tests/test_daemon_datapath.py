@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -398,32 +399,37 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     d = daemons.start(*V6, datapath="auto")
     a, b = d.add_endpoint("a"), d.add_endpoint("b")
     assert ping(a["netns"], ip4(b))
-    count = 600  # 6 s at 10 ms
-    pinger = subprocess.Popen(["ip", "netns", "exec", a["netns"], "ping", "-c", str(count), "-i", "0.01",
-                               "-W", "1", "-q", ip4(b)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    # ping runs until told to stop (SIGINT makes it print its summary): how long the
+    # restarts take (each compiles the datapath) depends on the machine's load.
+    pinger = subprocess.Popen(["ip", "netns", "exec", a["netns"], "ping", "-i", "0.01", "-W", "1",
+                               "-w", "600", "-q", ip4(b)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.8)
         c0 = counters(d)[a["name"]]
         d.restart()
-        assert pinger.poll() is None, "ping ended before the restart finished; make it longer"
+        assert pinger.poll() is None, "ping ended before the restart finished"
         c1 = counters(d)[a["name"]]
         assert c1["tx_fast_packets"] > c0["tx_fast_packets"], (c0, c1)  # carried on, not reset
         d.kill()
         time.sleep(0.5)  # traffic with no daemon at all
         d.start()
-        assert pinger.poll() is None, "ping ended before the kill -9 / start finished; make it longer"
+        assert pinger.poll() is None, "ping ended before the kill -9 / start finished"
         c2 = counters(d)[a["name"]]
         assert c2["tx_fast_packets"] > c1["tx_fast_packets"], (c1, c2)
+        time.sleep(0.5)
+        pinger.send_signal(signal.SIGINT)
         out, err = pinger.communicate(timeout=30)
     finally:
         stop(pinger)  # type: ignore[arg-type]
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out + err
-    assert int(m.group(1)) == count and int(m.group(2)) == count, f"packets lost across restart: {out}"
+    sent, received = int(m.group(1)), int(m.group(2))
+    # ping stops on SIGINT, possibly with its last request still in flight
+    assert sent >= 100 and received >= sent - 1, f"packets lost across restart: {out}"
     c3 = counters(d)[a["name"]]
-    assert c3["tx_fast_packets"] - c0["tx_fast_packets"] >= count - 100, (c0, c3)
-    assert counters(d)[b["name"]]["rx_fast_packets"] >= count
+    assert c3["tx_fast_packets"] - c0["tx_fast_packets"] >= received - 100, (c0, c3)
+    assert counters(d)[b["name"]]["rx_fast_packets"] >= received
 
 
 # The pins of the layout before endpoint ids (bpf/maps.h of that version) that this one no
