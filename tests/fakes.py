@@ -16,7 +16,9 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network
 
 from bpfnet.datapath import BridgeDatapath
 from bpfnet.errors import Conflict
+from bpfnet.kernel import Kernel
 from bpfnet.model import EndpointSpec, InterfaceConfig, InterfaceState, LinkState
+from bpfnet.observer import Observer
 
 
 class InjectedFault(OSError):
@@ -241,3 +243,7 @@ class RecordingObserver:
 
     def reconcile_repair(self, kind: str) -> None:
         self.repairs[kind] += 1
+
+
+def _conforms(k: FakeKernel, o: RecordingObserver) -> tuple[Kernel, Observer]:
+    return k, o  # mypy checks that the fakes implement the interfaces
