@@ -32,6 +32,7 @@ IFA_F_NODAD = 0x02  # skip duplicate address detection: the address is usable at
 NTF_PROXY = 0x08
 GONE = (errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL)
 IFF_UP = 0x1
+MAIN_TABLE = 254
 LOOPBACK_IFINDEX = 1  # lo is the first device of every network namespace
 ENDPOINT_IFNAME = "eth0"  # the endpoint side of every veth, as in Docker
 # what pyroute2's "add" sends (create, fail if it exists), plus: answer with the new object
@@ -245,21 +246,24 @@ def interface_state(ns: str, ifname: str) -> InterfaceState | None:
 
 
 def _interface_state_here(ifname: str) -> InterfaceState | None:
+    # Three requests (reconcile makes them for every endpoint): the link, the addresses, the routes.
     with IPRoute() as ipr:
-        index = link_index(ipr, ifname)
-        if index is None:
-            return None
-        link = ipr.link("get", index=index)[0]
+        try:
+            link = ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as exc:
+            if exc.code in GONE:
+                return None
+            raise
+        index = int(link["index"])
         addrs = frozenset((str(m.get("IFA_ADDRESS")), int(m["prefixlen"]))
                           for m in ipr.addr("dump") if m["index"] == index)
-        gateways = set()
-        for family in (2, 10):
-            for route in ipr.route("dump", family=family):
-                if route["dst_len"] == 0 and route.get("RTA_TABLE") == 254 \
-                        and route.get("RTA_OIF") == index and route.get("RTA_GATEWAY"):
-                    gateways.add(str(route.get("RTA_GATEWAY")))
+        gateways = frozenset(
+            str(route.get("RTA_GATEWAY")) for route in ipr.route("dump")  # both families
+            if route["dst_len"] == 0 and route.get("RTA_TABLE") == MAIN_TABLE
+            and route.get("RTA_OIF") == index and route.get("RTA_GATEWAY")
+        )
         return InterfaceState(index=index, mac=str(link.get("IFLA_ADDRESS")), up=bool(link["flags"] & IFF_UP),
-                              addresses=addrs, gateways=frozenset(gateways))
+                              addresses=addrs, gateways=gateways)
 
 
 def _ensure_route(ipr: Any, **kwargs: Any) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -69,6 +70,7 @@ class Reconciler:
     def endpoints(self) -> dict[str, int]:
         """Finish or undo what a previous daemon left, CHECK the rest; returns counts per outcome."""
         rt = self.rt
+        started = time.monotonic()
         stats = {"rolled_back": 0, "reclaimed": 0, "repaired": 0, "leaked_links": 0, "orphan_leases": 0}
         with rt.lock:
             by_name = {link.name: link for link in rt.kernel.dump_links()}
@@ -106,6 +108,7 @@ class Reconciler:
                 log.warning("reclaimed lease %s on %s (endpoint %s is gone)", lease.address, lease.network,
                             lease.endpoint)
             stats["orphan_leases"] = len(orphans)
+        log.info("checked %d endpoint(s) in %.2f s", len(known), time.monotonic() - started)
         return stats
 
     def check(self, row: EndpointRow, link: LinkState | None) -> list[str] | None:
