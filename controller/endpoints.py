@@ -2,9 +2,12 @@
 
 Boundary: IPAM leases (via ``bpfnet.ipam`` pools and the store), the endpoint
 namespace, the veth pair, addresses and routes inside the namespace, the NDP
-proxy entries and the datapath's endpoint entries. Every add is one rollback
-unit; the store row is written first in state 'creating' so that a daemon
-killed mid-way is reconciled at its next start.
+proxy entries and the datapath's endpoint entries. This module decides what
+an endpoint gets (sysctls, addresses, routes, in what order, what to undo);
+the kernel work goes through ``Runtime.kernel`` (``bpfnet.kernel``). Every add
+is one rollback unit; the store row is written first in state 'creating' so
+that a daemon killed mid-way is reconciled at its next start. Removal is best
+effort (see ``teardown``).
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ class EndpointService:
             except sqlite3.IntegrityError:
                 raise Conflict(f"an address of endpoint {name!r} was taken meanwhile; retry") from None
             except OverflowError as exc:
-                raise Exhausted(f"{exc} (--max-endpoints); remove an endpoint first") from None
+                raise Exhausted(f"{exc} (the datapath's MAX_ENDPOINTS); remove an endpoint first") from None
             if row is None:
                 raise Conflict(f"endpoint {name!r} already exists")
             started, ok = time.monotonic(), False

@@ -16,7 +16,7 @@ One meaning per status code:
 409  Conflict             conflicts with existing state: name, address, MAC, bridge or
                           namespace taken, subnet overlap, network still has endpoints
 507  Exhausted            a capacity is used up: a pool's addresses, endpoint slots
-                          (--max-endpoints), networks (the datapath's MAX_NETWORKS),
+                          (the datapath's MAX_ENDPOINTS), networks (its MAX_NETWORKS),
                           ports of a bridge (BR_MAX_PORTS)
 ===  ===================  ==========================================================
 """

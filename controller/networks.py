@@ -3,7 +3,8 @@
 Boundary: one network = one bridge in the managed namespace carrying the IPv4
 gateway, fe80::1 and the global IPv6 gateway, plus the datapath's bridge
 program. IPAM pools are derived here from the network config; leases belong
-to the endpoint service.
+to the endpoint service. Policy here (bridge names, sysctls, limits), kernel
+work through ``Runtime.kernel`` (``bpfnet.kernel``).
 """
 
 from __future__ import annotations

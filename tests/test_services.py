@@ -280,3 +280,25 @@ def test_proxy_neighbours_are_repaired_and_counted(env: Env) -> None:
     assert env.kernel.proxy[proxy] == {address} and env.observer.repairs["proxy_neighbour"] == 1
     env.eps.remove("p6")
     assert not env.kernel.proxy[proxy]
+
+
+def test_controller_metrics_observe_through_the_observer() -> None:
+    from bpfnet.metrics import ControllerMetrics
+    from bpfnet.observer import MetricsObserver
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    observer = MetricsObserver(ControllerMetrics(registry))
+    observer.endpoint_added(0.01, True)
+    observer.endpoint_removed(0.02, False)
+    observer.reconcile_error()
+    observer.reconcile_repair("address")
+    observer.teardown_failed("datapath")
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("bpfnet_endpoint_add_duration_seconds_count", result="success") == 1
+    assert value("bpfnet_endpoint_remove_duration_seconds_count", result="error") == 1
+    assert value("bpfnet_reconcile_errors_total") == 1
+    assert observer.repairs == {"address": 1} and observer.teardown_failures == {"datapath": 1}
