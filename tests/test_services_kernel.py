@@ -94,3 +94,18 @@ def test_duplicate_macs_are_refused(d: DaemonProcess) -> None:
 def test_name_with_trailing_newline_is_400(d: DaemonProcess, path: str, body: dict[str, Any]) -> None:
     status, _ = status_of(d.client.post, path, body)
     assert status == 400
+
+
+def test_reconcile_finds_the_ebpf_datapath_in_step_after_a_restart(daemons: DaemonFactory) -> None:
+    """The datapath check compares map records and filters with what add_endpoint wrote: no false repairs,
+    and a filter deleted by hand is back after the restart."""
+    d = daemons.start("--ipv6", "--fixed-cidr-v6", "fd00:247::/64", "--bip", "10.247.0.1/24", datapath="redirect")
+    a, b = d.add_endpoint("a"), d.add_endpoint("b")
+    d.stop()
+    run("ip", "netns", "exec", d.netns, "tc", "filter", "del", "dev", a["host_ifname"], "ingress")
+    d.start()
+    log = d.log_path.read_text().split("===== start 2")[1]
+    assert "repairing" not in log and "'repaired': 0" in log
+    filters = run("ip", "netns", "exec", d.netns, "tc", "filter", "show", "dev", a["host_ifname"], "ingress").stdout
+    assert "bpfnet:ep_ingress" in filters
+    assert ping(a["netns"], b["ipv4"].split("/")[0])
