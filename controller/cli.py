@@ -8,7 +8,6 @@ error prints one line to stderr and exits 1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -18,18 +17,10 @@ from typing import Any
 
 from . import __version__
 from .client import Client, ClientError
-from .config import DEFAULT_SOCKET, IFNAME_MAX
+from .config import DEFAULT_SOCKET
 from .errors import BpfnetError
 
 DEFAULT_HOST = os.environ.get("BPFNET_HOST", DEFAULT_SOCKET)
-
-
-def bridge_name_for(network: str) -> str:
-    """Docker names bridges br-<id>; we use br-<name> when it fits, else a hash."""
-    name = f"br-{network}"
-    if len(name) <= IFNAME_MAX:
-        return name
-    return "br-" + hashlib.sha256(network.encode()).hexdigest()[:12]
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -63,9 +54,8 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
-    body: dict[str, Any] = {"name": args.name, "bridge": args.bridge or bridge_name_for(args.name),
-                            "subnet4": args.subnet, "icc": args.icc}
-    for key, value in (("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
+    body: dict[str, Any] = {"name": args.name, "subnet4": args.subnet, "icc": args.icc}
+    for key, value in (("bridge", args.bridge), ("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
                        ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu)):
         if value is not None:
             body[key] = value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from .errors import InvalidArgument
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would accept a trailing newline
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 MTU_MIN, MTU_MAX = 68, 65535
 IPV6_MTU_MIN = 1280
@@ -42,7 +42,7 @@ DEFAULT_POOLS = tuple(
 
 
 def check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise InvalidArgument(
             f"invalid {what} {value!r}: use 1-63 letters, digits, '_', '.', '-', starting with a letter or digit"
         )
@@ -54,7 +54,7 @@ def check_ifname(value: str, what: str = "bridge name") -> str:
         raise InvalidArgument(f"invalid {what}: empty")
     if len(value) > IFNAME_MAX:
         raise InvalidArgument(f"{what} {value!r} is {len(value)} characters; Linux allows at most {IFNAME_MAX}")
-    if not re.match(r"^[A-Za-z0-9_.-]+$", value) or value in (".", ".."):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", ".."):
         raise InvalidArgument(f"invalid {what} {value!r}: use letters, digits, '_', '.', '-'")
     return value
 
@@ -299,7 +299,6 @@ class DaemonConfig:
     metrics_addr: str = "127.0.0.1:9523"
     allow_public_metrics: bool = False
     log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def listeners(self) -> list[Listener]:
         return [parse_host(h, self.allow_public_api) for h in self.hosts]
@@ -319,7 +318,7 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
             raise InvalidArgument(f"--config {path}: no such file") from None
         except tomllib.TOMLDecodeError as exc:
             raise InvalidArgument(f"--config {path}: invalid TOML: {exc}") from None
-        known = set(DaemonConfig.__dataclass_fields__) - {"extra"}
+        known = set(DaemonConfig.__dataclass_fields__)
         for key, value in raw.items():
             k = _toml_key(key)
             if k == "host":

@@ -17,7 +17,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
-from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,8 @@ from .metrics import (
     stats_document,
 )
 from .networks import NetworkService, pools
+from .observer import MetricsObserver
+from .reconcile import reconcile_all
 from .runtime import Runtime
 from .state import Store
 
@@ -88,11 +89,7 @@ class Daemon:
             raise
         self.registry, self.controller_metrics = build_registry(self.snapshot)
         self.on_request = self.controller_metrics.api_request
-        self.rt.hooks.update({
-            "endpoint_add": self.controller_metrics.observe_endpoint_add,
-            "endpoint_remove": self.controller_metrics.observe_endpoint_remove,
-            "reconcile_error": self.controller_metrics.reconcile_error,
-        })
+        self.rt.observer = MetricsObserver(self.controller_metrics)
         self.rt.outer_prefixes = outer_prefixes
         self._add_routes()
 
@@ -117,66 +114,21 @@ class Daemon:
 
     def _check_state_owner(self, store: Store) -> None:
         owner = self.cfg.netns or ""
-        with store.tx() as c:
-            row = c.execute("SELECT value FROM meta WHERE key = 'hostns'").fetchone()
-            if row is None:
-                c.execute("INSERT INTO meta (key, value) VALUES ('hostns', ?)", (owner,))
-            elif row[0] != owner:
-                raise Conflict(
-                    f"--state-dir {self.cfg.state_dir} belongs to a daemon managing "
-                    f"{row[0] or 'its own namespace'!r}, not {owner or 'its own namespace'!r}"
-                )
+        recorded = store.claim_meta("hostns", owner)
+        if recorded != owner:
+            raise Conflict(
+                f"--state-dir {self.cfg.state_dir} belongs to a daemon managing "
+                f"{recorded or 'its own namespace'!r}, not {owner or 'its own namespace'!r}"
+            )
 
     def reconcile(self) -> dict[str, int]:
-        """Bring kernel and state in step after a restart (or a crash).
-
-        Order matters: bridges first (programs attach to them), then the
-        datapath adopts its pinned maps and replaces its programs in place for
-        every live endpoint, then half-made or vanished endpoints are torn down
-        (which removes their map entries), then the default network follows
-        the flags (which may attach a new bridge program).
-        """
-        rt, cfg = self.rt, self.cfg
-        for row in rt.store.networks():
-            self.networks.ensure_present(row)
-        nets = [self.networks.spec(r) for r in rt.store.networks()]
-        live = [spec for spec in self.endpoints.specs() if spec.host_ifindex]
-        try:
-            rt.datapath.start(nets, live)
-        except Exception as exc:
-            if "compile" not in str(exc).lower():
-                raise
-            raise BpfnetError(
-                f"bcc could not compile bpf/ ({exc}): kernel headers for {platform.release()} are not "
-                f"findable in /lib/modules/{platform.release()}/build; run scripts/setup, "
-                "or pass --datapath bridge"
-            ) from None
-        stats = self.endpoints.reconcile()
-        self.networks.update_default(default_network_config(
+        """Bring kernel and state in step after a restart (or a crash): see bpfnet.reconcile."""
+        cfg = self.cfg
+        return reconcile_all(self.rt, self.networks, self.endpoints, default_network_config(
             bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
             fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
             default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
         ))
-        if cfg.ndp_proxy_iface:
-            self._ndp_proxy()
-        log.info("reconciled: %s; datapath mode %s", stats, rt.datapath.mode)
-        return stats
-
-    def _ndp_proxy(self) -> None:
-        iface = self.cfg.ndp_proxy_iface
-        assert iface
-        index = links.link_index(self.rt.ipr, iface)
-        if index is None:
-            raise InvalidArgument(f"--ndp-proxy-iface {iface}: no such interface in the managed namespace")
-        netns.write_sysctls({f"net/ipv6/conf/{iface}/proxy_ndp": "1"})
-        want = {IPv6Address(lease.address) for lease in self.rt.store.leases() if lease.family == 6}
-        ours = [IPv6Network(r.config["subnet6"]) for r in self.rt.store.networks() if r.config.get("subnet6")]
-        for text in links.proxy_neighbours(self.rt.ipr, index):
-            address = IPv6Address(text)
-            if address not in want and any(address in net for net in ours):
-                links.remove_proxy_neighbour(self.rt.ipr, index, address)  # left by a removed endpoint
-        for address in want:
-            links.ensure_proxy_neighbour(self.rt.ipr, index, address)
 
     # API --------------------------------------------------------------
     def info(self) -> dict[str, Any]:

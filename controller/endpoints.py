@@ -2,9 +2,12 @@
 
 Boundary: IPAM leases (via ``bpfnet.ipam`` pools and the store), the endpoint
 namespace, the veth pair, addresses and routes inside the namespace, the NDP
-proxy entries and the datapath's endpoint entries. Every add is one rollback
-unit; the store row is written first in state 'creating' so that a daemon
-killed mid-way is reconciled at its next start.
+proxy entries and the datapath's endpoint entries. This module decides what
+an endpoint gets (sysctls, addresses, routes, in what order, what to undo);
+the kernel work goes through ``Runtime.kernel`` (``bpfnet.kernel``). Every add
+is one rollback unit; the store row is written first in state 'creating' so
+that a daemon killed mid-way is reconciled at its next start. Removal is best
+effort (see ``teardown``).
 """
 
 from __future__ import annotations
@@ -19,14 +22,12 @@ from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from pyroute2 import IPRoute
-
-from . import links, netns
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_name
-from .errors import Conflict, Exhausted, InvalidArgument, NotFound
+from .errors import BpfnetError, Conflict, Exhausted, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
-from .model import EndpointSpec
+from .links import ENDPOINT_IFNAME
+from .model import AddressConfig, EndpointSpec, InterfaceConfig, RouteConfig
 from .networks import LINK_LOCAL_GATEWAY, NetworkService, pools
 from .rollback import Rollback
 from .runtime import Runtime
@@ -35,6 +36,33 @@ from .state import EndpointRow
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
 BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
+
+# Sysctls of a new (or adopted) endpoint namespace of an IPv6 network, written
+# before its eth0 arrives: the default.* values are copied to eth0 when it
+# registers there. accept_dad=0: neither its link-local nor its global address
+# waits ~1 s in 'tentative' state. router_solicitations=0: the controller sets
+# the routes, nobody answers a router solicitation, and each one (to ff02::2)
+# is flooded to every port of the bridge, retried with backoff for minutes:
+# 1000 endpoints created together kept ~60k veth transmits/s busy and cost the
+# fast path 6% for the first minute. Unsolicited router advertisements are
+# still accepted.
+ENDPOINT_NETNS_SYSCTLS_V6 = {
+    "net/ipv6/conf/default/accept_dad": "0",
+    "net/ipv6/conf/all/accept_dad": "0",
+    "net/ipv6/conf/default/router_solicitations": "0",
+    "net/ipv6/conf/all/router_solicitations": "0",
+}
+# An IPv4-only network (as Docker does): no IPv6 on eth0, so no link-local
+# address and none of the MLD reports and router solicitations the bridge
+# would flood to every other endpoint.
+ETH0_SYSCTLS_V4_ONLY = ((f"net/ipv6/conf/{ENDPOINT_IFNAME}/disable_ipv6", "1"),)
+
+
+class Incomplete(BpfnetError):
+    """A removal could not remove every kernel object; the row stays in state
+    'removing' and the next start (or removal) retries."""
+
+    status = 500
 
 
 def debug_pause(stage: str) -> None:
@@ -89,7 +117,7 @@ class EndpointService:
             raise NotFound(f"endpoint {name!r} not found")
         return row
 
-    def _addresses(self, row: EndpointRow) -> tuple[IPv4Address, list[IPv6Address]]:
+    def addresses(self, row: EndpointRow) -> tuple[IPv4Address, list[IPv6Address]]:
         v4: IPv4Address | None = None
         v6: list[IPv6Address] = []
         for lease in self.rt.store.endpoint_leases(row.name):
@@ -103,9 +131,9 @@ class EndpointService:
     def spec(self, row: EndpointRow, cfg: NetworkConfig, net_id: int,
              host_ifindex: int | None = None) -> EndpointSpec:
         """The datapath's view of an endpoint; HOST_IFINDEX when the caller already knows it."""
-        v4, v6 = self._addresses(row)
+        v4, v6 = self.addresses(row)
         if host_ifindex is None:
-            host_ifindex = links.link_index(self.rt.ipr, row.host_ifname) or 0
+            host_ifindex = self.rt.kernel.link_index(row.host_ifname) or 0
         all6: tuple[IPv6Address, ...] = ()
         if cfg.ipv6:
             all6 = tuple(v6) + (link_local_from_mac(row.mac),)
@@ -124,8 +152,8 @@ class EndpointService:
     def describe(self, row: EndpointRow, host_ifindex: int | None = None) -> dict[str, Any]:
         _, cfg = self.networks.config(row.network)
         if host_ifindex is None:
-            host_ifindex = links.link_index(self.rt.ipr, row.host_ifname)
-        v4, v6 = self._addresses(row)
+            host_ifindex = self.rt.kernel.link_index(row.host_ifname)
+        v4, v6 = self.addresses(row)
         out: dict[str, Any] = {
             "name": row.name,
             "id": row.id,
@@ -172,6 +200,7 @@ class EndpointService:
                 )
             ns, adopted = self._namespace(name, data.get("netns"))
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
+            self._check_mac(net_name, cfg, mac)
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]
             try:
                 row = self.rt.store.reserve_endpoint(
@@ -180,7 +209,7 @@ class EndpointService:
             except sqlite3.IntegrityError:
                 raise Conflict(f"an address of endpoint {name!r} was taken meanwhile; retry") from None
             except OverflowError as exc:
-                raise Conflict(str(exc)) from None
+                raise Exhausted(f"{exc} (the datapath's MAX_ENDPOINTS); remove an endpoint first") from None
             if row is None:
                 raise Conflict(f"endpoint {name!r} already exists")
             started, ok = time.monotonic(), False
@@ -194,15 +223,18 @@ class EndpointService:
                     self.rt.store.set_endpoint_state(name, "ready")
                 ok = True
             finally:
-                self._observe("endpoint_add", time.monotonic() - started, ok)
+                self.rt.observer.endpoint_added(time.monotonic() - started, ok)
             log.info("endpoint %s added to %s: %s %s%s", name, net_name, mac, v4,
                      "".join(f" {a}" for a in v6))
             return self.describe(self._row(name), host_ifindex=index)
 
-    def _observe(self, what: str, seconds: float, ok: bool) -> None:
-        hook = self.rt.hooks.get(what)
-        if hook is not None:
-            hook(seconds, ok)
+    def _check_mac(self, net_name: str, cfg: NetworkConfig, mac: str) -> None:
+        """One MAC per layer-2 domain: a duplicate silently breaks both endpoints' traffic."""
+        if mac == mac_from_ipv4(cfg.gateway4):
+            raise Conflict(f"MAC {mac} is the MAC of network {net_name}'s bridge {cfg.bridge}")
+        other = self.rt.store.endpoint_with_mac(net_name, mac)
+        if other is not None:
+            raise Conflict(f"MAC {mac} is already used by endpoint {other!r} on network {net_name}")
 
     def _default_network(self) -> str:
         for row in self.rt.store.networks():
@@ -213,7 +245,7 @@ class EndpointService:
     def _namespace(self, name: str, existing: Any) -> tuple[str, bool]:
         if existing:
             ns = check_name(str(existing), "--netns")
-            if not netns.exists(ns):
+            if not self.rt.kernel.netns_exists(ns):
                 raise NotFound(f"network namespace {ns!r} does not exist (ip netns list)")
             if ns == self.rt.hostns:
                 raise InvalidArgument(f"namespace {ns!r} is the daemon's host namespace")
@@ -221,7 +253,7 @@ class EndpointService:
                 if other.netns == ns:
                     raise Conflict(f"namespace {ns!r} already belongs to endpoint {other.name!r}")
             return ns, True
-        if netns.exists(name):
+        if self.rt.kernel.netns_exists(name):
             raise Conflict(
                 f"network namespace {name!r} already exists; pass --netns {name} to adopt it"
             )
@@ -263,54 +295,58 @@ class EndpointService:
         seen, offset = self._leased_below.get((net_name, pool.range), (-1, 0))
         return offset if seen == generation else 0
 
+    def interface_config(self, cfg: NetworkConfig, v4: IPv4Address, v6: list[IPv6Address],
+                         mac: str | None = None) -> InterfaceConfig:
+        """What eth0 gets inside the endpoint namespace (MAC only when repairing it)."""
+        prefix6 = cfg.subnet6.prefixlen if cfg.subnet6 else 64
+        routes = [RouteConfig("0.0.0.0/0", cfg.default_gateway4 or cfg.gateway4)]
+        if cfg.ipv6:
+            routes.append(RouteConfig("::/0", cfg.default_gateway6 or LINK_LOCAL_GATEWAY))
+        return InterfaceConfig(
+            sysctls=() if cfg.ipv6 else ETH0_SYSCTLS_V4_ONLY,
+            mac=mac,
+            addresses=(AddressConfig(v4, cfg.subnet4.prefixlen),)
+            + tuple(AddressConfig(a, prefix6, nodad=True) for a in v6),
+            routes=tuple(routes),
+        )
+
     def _build(
         self, row: EndpointRow, cfg: NetworkConfig, v4: IPv4Address, v6: list[IPv6Address], rb: Rollback
     ) -> int:
         """Make the endpoint's kernel objects; returns the host veth's ifindex."""
-        ipr = self.rt.ipr
-        bridge = links.link_index_here(cfg.bridge)
+        kernel = self.rt.kernel
+        bridge = kernel.link_index(cfg.bridge)
         if bridge is None:
             raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
+        ns_sysctls = ENDPOINT_NETNS_SYSCTLS_V6 if cfg.ipv6 else {}
         if not row.adopted:
-            netns.create(row.netns, links.prepare_endpoint_netns_here if cfg.ipv6 else None)
-            rb.push(f"netns {row.netns}", lambda: netns.remove(row.netns))
+            kernel.create_netns(row.netns, ns_sysctls)
+            rb.push(f"netns {row.netns}", lambda: kernel.remove_netns(row.netns))
         else:
-            with IPRoute(netns=row.netns) as inner:
-                if links.link_index(inner, "eth0") is not None:
-                    raise Conflict(f"namespace {row.netns!r} already has an eth0")
-            if cfg.ipv6:
-                links.prepare_endpoint_netns(row.netns)
+            if kernel.netns_has_link(row.netns, ENDPOINT_IFNAME):
+                raise Conflict(f"namespace {row.netns!r} already has an {ENDPOINT_IFNAME}")
+            if ns_sysctls:
+                kernel.write_netns_sysctls(row.netns, ns_sysctls)
         # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
-        index, eth0 = links.create_veth(ipr, row.host_ifname, row.netns, row.mac, cfg.mtu, bridge,
-                                        up=cfg.ipv6)
+        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
-        rb.push(f"veth {row.host_ifname}", lambda: links.delete_link(ipr, row.host_ifname))
+        rb.push(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         debug_pause("endpoint-add-after-veth")
         if not cfg.ipv6:
-            netns.write_sysctl(f"net/ipv6/conf/{row.host_ifname}/disable_ipv6", "1")
-            links.set_up(ipr, index)
-        prefix6 = cfg.subnet6.prefixlen if cfg.subnet6 else 64
-        gw6 = (cfg.default_gateway6 or LINK_LOCAL_GATEWAY) if cfg.ipv6 else None
-        links.configure_endpoint(
-            row.netns,
-            eth0,
-            v4,
-            cfg.subnet4.prefixlen,
-            cfg.default_gateway4 or cfg.gateway4,
-            [(a, prefix6) for a in v6],
-            gw6,
-        )
+            kernel.write_sysctls({f"net/ipv6/conf/{row.host_ifname}/disable_ipv6": "1"})
+            kernel.set_up(index)
+        kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6))
         proxy = self._proxy_iface()
         if proxy is not None and v6:
             for a in v6:
-                links.ensure_proxy_neighbour(ipr, proxy, a)
-                rb.push(f"proxy neighbour {a}", partial(links.remove_proxy_neighbour, ipr, proxy, a))
+                kernel.ensure_proxy_neighbour(proxy, a)
+                rb.push(f"proxy neighbour {a}", partial(kernel.remove_proxy_neighbour, proxy, a))
         return index
 
     def _proxy_iface(self) -> int | None:
         if not self.rt.ndp_proxy_iface:
             return None
-        index = links.link_index(self.rt.ipr, self.rt.ndp_proxy_iface)
+        index = self.rt.kernel.link_index(self.rt.ndp_proxy_iface)
         if index is None:
             raise NotFound(f"--ndp-proxy-iface {self.rt.ndp_proxy_iface} does not exist")
         return index
@@ -322,67 +358,57 @@ class EndpointService:
             started, ok = time.monotonic(), False
             try:
                 self.rt.store.set_endpoint_state(name, "removing")
-                self.teardown(row)
-                ok = True
+                failed = self.teardown(row)
+                ok = not failed
             finally:
-                self._observe("endpoint_remove", time.monotonic() - started, ok)
-            log.info("endpoint %s removed", name)
+                self.rt.observer.endpoint_removed(time.monotonic() - started, ok)
+            log.info("endpoint %s removed%s", name, f" (failed: {', '.join(failed)})" if failed else "")
 
-    def teardown(self, row: EndpointRow) -> None:
-        """Remove everything an endpoint may have (idempotent), then its row and leases."""
-        ipr = self.rt.ipr
+    def teardown(self, row: EndpointRow) -> list[str]:
+        """Remove everything an endpoint may have, then its row and leases; idempotent.
+
+        Best effort, as the CNI bridge plugin's DEL: every step runs even when
+        an earlier one fails. Once the veth and the namespace are gone, the row
+        and its leases go too (the address is free whatever else failed) and the
+        failed steps are logged and returned. If the veth or the namespace could
+        not be removed, the row stays in state 'removing' (the next removal or
+        start retries) and ``Incomplete`` is raised.
+        """
+        kernel = self.rt.kernel
+        failed: list[str] = []
+
+        def step(what: str, fn: Any) -> None:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - collected, logged and reported below
+                log.warning("endpoint %s: could not remove its %s: %s", row.name, what, exc)
+                failed.append(what)
+
         net = self.rt.store.network(row.network)
         mine = self.rt.store.endpoint_leases(row.name)
         v6 = [IPv6Address(lease.address) for lease in mine if lease.family == 6]
-        has_v4 = any(lease.family == 4 for lease in mine)
-        if net is not None and has_v4:
-            self.rt.datapath.remove_endpoint(self.spec(row, NetworkConfig.from_json(net.config), net.id))
-        proxy = links.link_index(ipr, self.rt.ndp_proxy_iface) if self.rt.ndp_proxy_iface else None
+        if net is not None and any(lease.family == 4 for lease in mine):
+            step("datapath entries", lambda: self.rt.datapath.remove_endpoint(
+                self.spec(row, NetworkConfig.from_json(net.config), net.id)))
+        proxy = kernel.link_index(self.rt.ndp_proxy_iface) if self.rt.ndp_proxy_iface else None
         if proxy is not None:
             for a in v6:
-                links.remove_proxy_neighbour(ipr, proxy, a)
-        links.delete_link(ipr, row.host_ifname)
+                step(f"proxy neighbour {a}", partial(kernel.remove_proxy_neighbour, proxy, a))
+        step(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         if not row.adopted:
-            netns.remove(row.netns)
+            step(f"netns {row.netns}", lambda: kernel.remove_netns(row.netns))
+        left = [what for what, present in (
+            (f"veth {row.host_ifname}", kernel.link_index(row.host_ifname) is not None),
+            (f"netns {row.netns}", not row.adopted and kernel.netns_exists(row.netns)),
+        ) if present]
+        for what in failed:
+            self.rt.observer.teardown_failed(what.split()[0])
+        if left:
+            self.rt.store.set_endpoint_state(row.name, "removing")
+            raise Incomplete(f"endpoint {row.name!r}: could not remove its {' and '.join(left)}; "
+                             "it stays in state 'removing' and is retried at the next removal or start")
         self.rt.store.remove_endpoint(row.name)
-
-    # start-up
-    def reconcile(self) -> dict[str, int]:
-        """Finish or undo what a previous daemon left: half-made endpoints, vanished ones, leaks."""
-        stats = {"rolled_back": 0, "reclaimed": 0, "leaked_links": 0, "orphan_leases": 0}
-        with self.rt.lock:
-            for row in self.rt.store.endpoints():
-                if row.state != "ready":
-                    log.warning("endpoint %s was left in state %r by a previous daemon; rolling it back",
-                                row.name, row.state)
-                    outcome = "rolled_back"
-                elif not netns.exists(row.netns) or links.link_index(self.rt.ipr, row.host_ifname) is None:
-                    log.warning("endpoint %s lost its namespace or veth; reclaiming its addresses", row.name)
-                    outcome = "reclaimed"
-                else:
-                    continue
-                try:
-                    self.teardown(row)
-                    stats[outcome] += 1
-                except Exception:
-                    log.exception("reconcile: could not remove endpoint %s; will retry at next start", row.name)
-                    hook = self.rt.hooks.get("reconcile_error")
-                    if hook is not None:
-                        hook()
-            known = {r.host_ifname for r in self.rt.store.endpoints()}
-            for link in self.rt.ipr.link("dump"):
-                ifname = str(link.get("IFLA_IFNAME"))
-                if is_host_veth_name(ifname) and ifname not in known \
-                        and links.link_kind(self.rt.ipr, link) == "veth":
-                    log.warning("deleting leaked veth %s", ifname)
-                    links.delete_link(self.rt.ipr, ifname)
-                    stats["leaked_links"] += 1
-            orphans = self.rt.store.remove_orphan_leases()
-            for lease in orphans:
-                log.warning("reclaimed lease %s on %s (endpoint %s is gone)", lease.address, lease.network,
-                            lease.endpoint)
-            stats["orphan_leases"] = len(orphans)
-        return stats
+        return failed
 
     def specs(self) -> list[EndpointSpec]:
         out = []

@@ -1,8 +1,24 @@
-"""Errors the controller reports to users.
+"""Errors the controller reports to users, and what each HTTP status means.
 
 Boundary: every error a user can cause is a ``BpfnetError`` carrying an HTTP
 status; the API turns it into ``{"error": message}`` and the CLI prints the
-message on one line. Anything else is a bug and is logged with its traceback.
+message on one line. Anything else is a bug and is logged with its traceback
+(HTTP 500).
+
+One meaning per status code:
+
+===  ===================  ==========================================================
+400  InvalidArgument      the request itself is invalid (bad name, CIDR, field, type)
+403  Forbidden            never allowed on this object (removing the default network,
+                          as Docker answers for its predefined networks)
+404  NotFound             a named object does not exist (network, endpoint, --netns,
+                          --ndp-proxy-iface)
+409  Conflict             conflicts with existing state: name, address, MAC, bridge or
+                          namespace taken, subnet overlap, network still has endpoints
+507  Exhausted            a capacity is used up: a pool's addresses, endpoint slots
+                          (the datapath's MAX_ENDPOINTS), networks (its MAX_NETWORKS),
+                          ports of a bridge (BR_MAX_PORTS)
+===  ===================  ==========================================================
 """
 
 from __future__ import annotations
@@ -20,6 +36,10 @@ class BpfnetError(Exception):
 
 class InvalidArgument(BpfnetError):
     status = 400
+
+
+class Forbidden(BpfnetError):
+    status = 403
 
 
 class NotFound(BpfnetError):

@@ -1,6 +1,7 @@
 """Links, addresses, routes and neighbours, through pyroute2.
 
-Boundary: kernel objects only, no state and no policy. Functions are
+Boundary: kernel objects only, no state and no policy: what to configure
+comes in as data (``bpfnet.model``) from the services, through ``bpfnet.kernel``. Functions are
 idempotent in the pyroute2 style: EEXIST on add and ENODEV/ESRCH/ENOENT on
 delete count as success. Functions taking an ``IPRoute`` act on whatever
 namespace that socket lives in: the daemon's own (the managed host side) or
@@ -13,7 +14,7 @@ import errno
 import logging
 import socket
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv6Address, ip_network
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -23,12 +24,15 @@ from pyroute2.netlink.rtnl import RTM_NEWLINK
 
 from . import netns
 from .errors import Conflict
+from .model import InterfaceConfig, InterfaceState, LinkState
 
 log = logging.getLogger(__name__)
 
 IFA_F_NODAD = 0x02  # skip duplicate address detection: the address is usable at once
 NTF_PROXY = 0x08
 GONE = (errno.ENODEV, errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL)
+IFF_UP = 0x1
+MAIN_TABLE = 254
 LOOPBACK_IFINDEX = 1  # lo is the first device of every network namespace
 ENDPOINT_IFNAME = "eth0"  # the endpoint side of every veth, as in Docker
 # what pyroute2's "add" sends (create, fail if it exists), plus: answer with the new object
@@ -53,10 +57,6 @@ def link_index_here(name: str) -> int | None:
         return None
 
 
-def link_mac(ipr: Any, index: int) -> str:
-    return str(ipr.link("get", index=index)[0].get("IFLA_ADDRESS"))
-
-
 def ensure_bridge(ipr: Any, name: str, mac: str, mtu: int) -> tuple[int, bool]:
     """Create (or adopt) bridge NAME, up, with a fixed MAC; returns (ifindex, created)."""
     created = False
@@ -77,9 +77,29 @@ def ensure_bridge(ipr: Any, name: str, mac: str, mtu: int) -> tuple[int, bool]:
     return index, created
 
 
-def link_kind(ipr: Any, link: Any) -> str | None:
+def link_kind(link: Any) -> str | None:
     info = link.get("IFLA_LINKINFO")
     return None if info is None else str(info.get("IFLA_INFO_KIND"))
+
+
+def dump_links(ipr: Any) -> list[LinkState]:
+    """Every link of IPR's namespace: name, index, kind, bridge master, up."""
+    out = []
+    for link in ipr.link("dump"):
+        master = link.get("IFLA_MASTER")
+        out.append(LinkState(
+            name=str(link.get("IFLA_IFNAME")),
+            index=int(link["index"]),
+            kind=link_kind(link),
+            master=int(master) if master else None,
+            up=bool(link["flags"] & IFF_UP),
+        ))
+    return out
+
+
+def set_master(ipr: Any, index: int, master: int) -> None:
+    """Make link INDEX a port of bridge MASTER."""
+    ipr.link("set", index=index, master=master)
 
 
 def delete_link(ipr: Any, name: str) -> None:
@@ -102,15 +122,6 @@ def ensure_address(ipr: Any, index: int, address: str, prefixlen: int, nodad: bo
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
-
-
-def addresses(ipr: Any, index: int | None = None) -> list[tuple[str, int]]:
-    out = []
-    for msg in ipr.addr("dump"):
-        if index is not None and msg["index"] != index:
-            continue
-        out.append((str(msg.get("IFA_ADDRESS")), int(msg["prefixlen"])))
-    return out
 
 
 def host_prefixes(ipr: Any, skip_ifindexes: set[int] | None = None) -> list[Any]:
@@ -204,75 +215,55 @@ def proxy_neighbours(ipr: Any, iface: int) -> list[str]:
     ]
 
 
-ENDPOINT_NETNS_SYSCTLS_V6 = {
-    "net/ipv6/conf/default/accept_dad": "0",
-    "net/ipv6/conf/all/accept_dad": "0",
-    "net/ipv6/conf/default/router_solicitations": "0",
-    "net/ipv6/conf/all/router_solicitations": "0",
-}
-
-
-def prepare_endpoint_netns_here() -> None:
-    """Sysctls of the calling thread's (endpoint) namespace, before its eth0 arrives.
-
-    The default.* values are copied to eth0 when it registers there.
-    accept_dad=0: neither its link-local nor its global address waits ~1 s in
-    'tentative' state. router_solicitations=0: the controller sets the routes,
-    nobody answers a router solicitation, and each one (to ff02::2) is flooded
-    to every port of the bridge, retried with backoff for minutes: 1000
-    endpoints created together kept ~60k veth transmits/s busy and cost the
-    fast path 6% for the first minute. Unsolicited router advertisements are
-    still accepted.
-    """
-    netns.write_sysctls(ENDPOINT_NETNS_SYSCTLS_V6)
-
-
-def prepare_endpoint_netns(name: str) -> None:
-    """prepare_endpoint_netns_here in namespace NAME (an adopted one; a new one runs it at creation)."""
-    netns.run_in(name, prepare_endpoint_netns_here)
-
-
-def configure_endpoint(
-    ns: str,
-    eth0: int,
-    ipv4: IPv4Address,
-    prefix4: int,
-    gateway4: IPv4Address,
-    ipv6: Iterable[tuple[IPv6Address, int]],
-    gateway6: IPv6Address | None,
-) -> None:
-    """Inside the endpoint namespace: lo and eth0 (ifindex ETH0 there) up, addresses, default routes.
+def configure_interface(ns: str, index: int, cfg: InterfaceConfig) -> None:
+    """Inside namespace NS: CFG's sysctls, lo and interface INDEX up, CFG's addresses and routes.
 
     Runs on a thread that joined the namespace (netns.run_in) instead of
     IPRoute(netns=…), which forks a helper process per call: ~8 ms per endpoint.
     Both ifindexes are known (create_veth's echo, LOOPBACK_IFINDEX), so every
-    request changes something; none looks a link up.
+    request changes something; none looks a link up. Idempotent: what exists is kept.
     """
-    netns.run_in(ns, lambda: _configure_here(eth0, ipv4, prefix4, gateway4, list(ipv6), gateway6))
+    netns.run_in(ns, lambda: _configure_here(index, cfg))
 
 
-def _configure_here(
-    eth0: int,
-    ipv4: IPv4Address,
-    prefix4: int,
-    gateway4: IPv4Address,
-    ipv6: list[tuple[IPv6Address, int]],
-    gateway6: IPv6Address | None,
-) -> None:
-    if gateway6 is None and not ipv6:
-        # An IPv4-only network (as Docker does): no IPv6 on eth0, so no
-        # link-local address and none of the MLD reports and router
-        # solicitations the bridge would flood to every other endpoint.
-        netns.write_sysctl(f"net/ipv6/conf/{ENDPOINT_IFNAME}/disable_ipv6", "1")
+def _configure_here(index: int, cfg: InterfaceConfig) -> None:
+    netns.write_sysctls(dict(cfg.sysctls))
     with IPRoute() as ipr:
+        if cfg.mac is not None:
+            ipr.link("set", index=index, address=cfg.mac)
         set_up(ipr, LOOPBACK_IFINDEX)
-        ensure_address(ipr, eth0, str(ipv4), prefix4)
-        for address, prefixlen in ipv6:
-            ensure_address(ipr, eth0, str(address), prefixlen, nodad=True)
-        set_up(ipr, eth0)
-        _ensure_route(ipr, dst="0.0.0.0/0", gateway=str(gateway4), oif=eth0)
-        if gateway6 is not None:
-            _ensure_route(ipr, dst="::/0", gateway=str(gateway6), oif=eth0, family=10)
+        for a in cfg.addresses:
+            ensure_address(ipr, index, str(a.address), a.prefixlen, nodad=a.nodad)
+        set_up(ipr, index)
+        for r in cfg.routes:
+            family = 10 if r.gateway.version == 6 else 2
+            _ensure_route(ipr, dst=r.dst, gateway=str(r.gateway), oif=index, family=family)
+
+
+def interface_state(ns: str, ifname: str) -> InterfaceState | None:
+    """Interface IFNAME inside namespace NS (MAC, up, addresses, default gateways), or None if missing."""
+    return netns.run_in(ns, lambda: _interface_state_here(ifname))
+
+
+def _interface_state_here(ifname: str) -> InterfaceState | None:
+    # Three requests (reconcile makes them for every endpoint): the link, the addresses, the routes.
+    with IPRoute() as ipr:
+        try:
+            link = ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as exc:
+            if exc.code in GONE:
+                return None
+            raise
+        index = int(link["index"])
+        addrs = frozenset((str(m.get("IFA_ADDRESS")), int(m["prefixlen"]))
+                          for m in ipr.addr("dump") if m["index"] == index)
+        gateways = frozenset(
+            str(route.get("RTA_GATEWAY")) for route in ipr.route("dump")  # both families
+            if route["dst_len"] == 0 and route.get("RTA_TABLE") == MAIN_TABLE
+            and route.get("RTA_OIF") == index and route.get("RTA_GATEWAY")
+        )
+        return InterfaceState(index=index, mac=str(link.get("IFLA_ADDRESS")), up=bool(link["flags"] & IFF_UP),
+                              addresses=addrs, gateways=gateways)
 
 
 def _ensure_route(ipr: Any, **kwargs: Any) -> None:

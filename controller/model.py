@@ -37,3 +37,55 @@ class EndpointSpec:
     mac: str  # MAC of eth0 inside the endpoint namespace
     ipv4: IPv4Address
     ipv6: tuple[IPv6Address, ...] = field(default=())  # global and link-local
+
+
+# What the services hand the kernel adapters (``bpfnet.kernel``): decisions as data.
+@dataclass(frozen=True)
+class AddressConfig:
+    """An address on an interface; NODAD skips duplicate address detection (usable at once)."""
+
+    address: IPv4Address | IPv6Address
+    prefixlen: int
+    nodad: bool = False
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """A route via GATEWAY out of the interface being configured (DST "0.0.0.0/0": the default)."""
+
+    dst: str
+    gateway: IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    """Everything an endpoint's eth0 gets inside its namespace, in the order applied:
+    SYSCTLS (slash-separated keys of that namespace), MAC (if given), lo and the
+    interface up, ADDRESSES, ROUTES."""
+
+    sysctls: tuple[tuple[str, str], ...] = ()
+    mac: str | None = None
+    addresses: tuple[AddressConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """A link of the managed namespace as the kernel reports it."""
+
+    name: str
+    index: int
+    kind: str | None  # "veth", "bridge", ... (IFLA_INFO_KIND); None for a plain device
+    master: int | None  # ifindex of its bridge, if a port of one
+    up: bool  # administratively up (IFF_UP)
+
+
+@dataclass(frozen=True)
+class InterfaceState:
+    """An interface inside an endpoint namespace as the kernel reports it."""
+
+    index: int
+    mac: str
+    up: bool
+    addresses: frozenset[tuple[str, int]]  # (address, prefixlen)
+    gateways: frozenset[str]  # gateways of its default routes (main table), both families

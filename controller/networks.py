@@ -3,20 +3,22 @@
 Boundary: one network = one bridge in the managed namespace carrying the IPv4
 gateway, fe80::1 and the global IPv6 gateway, plus the datapath's bridge
 program. IPAM pools are derived here from the network config; leases belong
-to the endpoint service.
+to the endpoint service. Policy here (bridge names, sysctls, limits), kernel
+work through ``Runtime.kernel`` (``bpfnet.kernel``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from . import links, netns
 from .addressing import mac_from_ipv4
-from .config import DEFAULT_POOLS, NetworkConfig
-from .errors import Conflict, InvalidArgument, NotFound
+from .config import DEFAULT_POOLS, IFNAME_MAX, NetworkConfig
+from .datapath.maps import MAX_NETWORKS
+from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
 from .model import NetworkSpec
 from .rollback import Rollback
@@ -25,6 +27,17 @@ from .state import NetworkRow
 
 log = logging.getLogger(__name__)
 LINK_LOCAL_GATEWAY = IPv6Address("fe80::1")
+# Network ids are 1..MAX_NETWORKS-1 in the datapath's maps (0 means "no network").
+NETWORK_LIMIT = MAX_NETWORKS - 1
+
+
+def bridge_name_for(network: str) -> str:
+    """The bridge of a network created without one: br-NAME when it fits, else
+    br- and a hash of the name (Docker names its bridges br-<id>)."""
+    name = f"br-{network}"
+    if len(name) <= IFNAME_MAX:
+        return name
+    return "br-" + hashlib.sha256(network.encode()).hexdigest()[:12]
 
 
 def pools(cfg: NetworkConfig) -> tuple[Pool, Pool | None]:
@@ -48,8 +61,7 @@ class NetworkService:
 
     def spec(self, row: NetworkRow, cfg: NetworkConfig | None = None) -> NetworkSpec:
         cfg = cfg or NetworkConfig.from_json(row.config)
-        ipr = self.rt.ipr
-        index = links.link_index(ipr, cfg.bridge)
+        index = self.rt.kernel.link_index(cfg.bridge)
         gw6: tuple[IPv6Address, ...] = ()
         if cfg.ipv6:
             gw6 = (LINK_LOCAL_GATEWAY,) + ((cfg.gateway6,) if cfg.gateway6 else ())
@@ -92,7 +104,7 @@ class NetworkService:
             "id": row.id,
             "default": row.is_default,
             "bridge": cfg.bridge,
-            "bridge_ifindex": links.link_index(self.rt.ipr, cfg.bridge),
+            "bridge_ifindex": self.rt.kernel.link_index(cfg.bridge),
             "mtu": cfg.mtu,
             "icc": cfg.icc,
             "ipv6": cfg.ipv6,
@@ -108,19 +120,14 @@ class NetworkService:
     def _our_bridges(self) -> set[int]:
         out = set()
         for row in self.rt.store.networks():
-            index = links.link_index(self.rt.ipr, row.config["bridge"])
+            index = self.rt.kernel.link_index(row.config["bridge"])
             if index is not None:
                 out.add(index)
         return out
 
     def host_prefixes(self) -> list[IPv4Network | IPv6Network]:
         """Routes/addresses of the managed namespace that are not ours, plus the outer namespace's."""
-        ours = self._our_bridges()
-        mine = [
-            n
-            for n in links.host_prefixes(self.rt.ipr, skip_ifindexes=ours)
-        ]
-        return mine + list(self.rt.outer_prefixes)
+        return self.rt.kernel.host_prefixes(self._our_bridges()) + list(self.rt.outer_prefixes)
 
     def check_overlaps(self, cfg: NetworkConfig, exclude: str | None = None) -> None:
         mine: list[IPv4Network | IPv6Network] = [cfg.subnet4]
@@ -156,10 +163,16 @@ class NetworkService:
 
     # mutations
     def create(self, data: dict[str, Any], is_default: bool = False) -> dict[str, Any]:
+        if isinstance(data, dict) and not data.get("bridge") and isinstance(data.get("name"), str):
+            data = {**data, "bridge": bridge_name_for(data["name"])}
         with self.rt.lock:
             cfg = NetworkConfig.from_json(data)
             if self.rt.store.network(cfg.name) is not None:
                 raise Conflict(f"network {cfg.name!r} already exists")
+            count = len(self.rt.store.networks())
+            if count >= NETWORK_LIMIT:
+                raise Exhausted(f"there are {count} networks, the most the datapath holds (MAX_NETWORKS); "
+                                "remove one first")
             self.check_overlaps(cfg)
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
@@ -175,10 +188,10 @@ class NetworkService:
             return self.describe(row)
 
     def _ensure_bridge(self, cfg: NetworkConfig, rb: Rollback) -> int:
-        ipr = self.rt.ipr
-        index, created = links.ensure_bridge(ipr, cfg.bridge, mac_from_ipv4(cfg.gateway4), cfg.mtu)
+        kernel = self.rt.kernel
+        index, created = kernel.ensure_bridge(cfg.bridge, mac_from_ipv4(cfg.gateway4), cfg.mtu)
         if created:
-            rb.push(f"bridge {cfg.bridge}", lambda: links.delete_link(ipr, cfg.bridge))
+            rb.push(f"bridge {cfg.bridge}", lambda: kernel.delete_link(cfg.bridge))
         sysctls = {"net/ipv4/ip_forward": "1"}
         if cfg.ipv6:
             sysctls.update({
@@ -186,14 +199,14 @@ class NetworkService:
                 f"net/ipv6/conf/{cfg.bridge}/accept_dad": "0",
                 f"net/ipv6/conf/{cfg.bridge}/disable_ipv6": "0",
             })
-        netns.write_sysctls(sysctls)
-        links.ensure_address(ipr, index, str(cfg.gateway4), cfg.subnet4.prefixlen)
+        kernel.write_sysctls(sysctls)
+        kernel.ensure_address(index, str(cfg.gateway4), cfg.subnet4.prefixlen)
         if cfg.ipv6:
-            links.ensure_address(ipr, index, str(LINK_LOCAL_GATEWAY), 64, nodad=True)
+            kernel.ensure_address(index, str(LINK_LOCAL_GATEWAY), 64, nodad=True)
             if cfg.subnet6 is not None and cfg.gateway6 is not None:
-                links.ensure_address(ipr, index, str(cfg.gateway6), cfg.subnet6.prefixlen, nodad=True)
+                kernel.ensure_address(index, str(cfg.gateway6), cfg.subnet6.prefixlen, nodad=True)
             if cfg.range6 is not None and cfg.range6 != cfg.subnet6:
-                links.ensure_route_via(ipr, str(cfg.range6), index)
+                kernel.ensure_route_via(str(cfg.range6), index)
         return index
 
     def ensure_present(self, row: NetworkRow) -> None:
@@ -204,6 +217,16 @@ class NetworkService:
 
     def remove(self, name: str) -> None:
         with self.rt.lock:
+            row, _ = self.config(name)
+            if row.is_default:
+                # As Docker refuses for its predefined networks: every endpoint add without
+                # --network would fail until the daemon recreates it at its next start.
+                raise Forbidden(f"network {name!r} is the default network and cannot be removed; "
+                                "restart the daemon with other settings to change it")
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        with self.rt.lock:
             row, cfg = self.config(name)
             eps = self.rt.store.endpoints(name)
             if eps:
@@ -212,7 +235,7 @@ class NetworkService:
                     f"({', '.join(e.name for e in eps[:5])}{'…' if len(eps) > 5 else ''}); remove them first"
                 )
             self.rt.datapath.detach_network(self.spec(row, cfg))
-            links.delete_link(self.rt.ipr, cfg.bridge)
+            self.rt.kernel.delete_link(cfg.bridge)
             self.rt.store.remove_network(name)
             log.info("network %s removed", name)
 
@@ -242,7 +265,7 @@ class NetworkService:
                         f"remove them or start with the old settings ({old.subnet4})"
                     )
                 log.info("default network settings changed; recreating it")
-                self.remove(existing.name)
+                self._remove(existing.name)
             if "subnet4" not in data:
                 if data.get("ip_range4"):
                     subnet = IPv4Network(data["ip_range4"], strict=False)

@@ -1,7 +1,9 @@
 """What the network and endpoint services share inside one daemon.
 
-Boundary: a plain container; it owns no behaviour beyond handing out the
-netlink socket of the managed namespace under the daemon's lock.
+Boundary: a plain container; it owns no behaviour. ``kernel`` is the services'
+only way into the kernel (``bpfnet.kernel``); by default it is the netlink
+implementation over ``ipr``, the IPRoute of the managed namespace. ``observer``
+hears what the services do (``bpfnet.observer``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from .datapath import Datapath
+from .kernel import Kernel, NetlinkKernel
+from .observer import NullObserver, Observer
 from .state import Store
 
 
@@ -19,11 +23,16 @@ from .state import Store
 class Runtime:
     store: Store
     datapath: Datapath
-    ipr: Any  # pyroute2.IPRoute of the managed namespace
+    ipr: Any  # pyroute2.IPRoute of the managed namespace (None with a KERNEL given)
     hostns: str | None  # name of the managed namespace, None = the daemon's own
     outer_prefixes: list[IPv4Network | IPv6Network] = field(default_factory=list)
     ndp_proxy_iface: str | None = None
     max_endpoints: int = 4096
     # One lock for every mutation: kernel state and SQLite move together.
     lock: threading.RLock = field(default_factory=threading.RLock)
-    hooks: dict[str, Any] = field(default_factory=dict)
+    kernel: Kernel = None  # type: ignore[assignment]  # filled in from ipr below
+    observer: Observer = field(default_factory=NullObserver)
+
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            self.kernel = NetlinkKernel(self.ipr)

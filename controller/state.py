@@ -106,6 +106,16 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    # meta
+    def claim_meta(self, key: str, value: str) -> str:
+        """Set meta KEY to VALUE unless it is set; return the value it has now (one transaction)."""
+        with self.tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            c.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+        return value
+
     # networks
     def networks(self) -> list[NetworkRow]:
         with self._lock:
@@ -149,6 +159,13 @@ class Store:
     def count_endpoints(self, network: str) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM endpoints WHERE network = ?", (network,)).fetchone()[0])
+
+    def endpoint_with_mac(self, network: str, mac: str) -> str | None:
+        """Name of an endpoint of NETWORK whose MAC is MAC (lower case), if any."""
+        with self._lock:
+            r = self._db.execute("SELECT name FROM endpoints WHERE network = ? AND mac = ? LIMIT 1",
+                                 (network, mac)).fetchone()
+        return None if r is None else str(r[0])
 
     def endpoint(self, name: str) -> EndpointRow | None:
         with self._lock:

@@ -34,6 +34,9 @@ class Datapath(Protocol):
     def remove_endpoint(self, ep: EndpointSpec) -> None:
         """Remove map entries, zero its counters and detach. Idempotent."""
 
+    def check_endpoint(self, ep: EndpointSpec) -> list[str]:
+        """What of EP's datapath state is not in place (the controller's reconcile re-adds it)."""
+
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
 
@@ -66,6 +69,9 @@ class BridgeDatapath:
 
     def remove_endpoint(self, ep: EndpointSpec) -> None:
         return None
+
+    def check_endpoint(self, ep: EndpointSpec) -> list[str]:
+        return []
 
     def counters(self) -> dict[int, dict[str, Any]]:
         return {}

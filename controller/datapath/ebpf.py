@@ -269,6 +269,25 @@ class EbpfDatapath:
                 maps.zero_counters(ep.id)
             self._endpoints.pop(ep.host_ifindex, None)
 
+    # -- check (the controller's reconcile) --------------------------------
+    def check_endpoint(self, ep: EndpointSpec) -> list[str]:
+        """What of EP's datapath state is not in place: "entries" (its records
+        as add_endpoint writes them) and/or "filters" (its two tc programs)."""
+        with self._lock:
+            maps, ipr = self._need()
+            out = []
+            eid, record = m.u32(ep.id), m.pack_endpoint(ep)
+            if (maps.get("endpoint_by_ifindex", m.u32(ep.host_ifindex)) != record
+                    or maps.get("endpoint_by_id", eid) != record
+                    or maps.get("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4)) != eid
+                    or any(maps.get("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a)) != eid
+                           for a in m.endpoint_ipv6(ep))):
+                out.append("entries")
+            names = {name for _, _, _, name in tc.our_filters(ipr, ep.host_ifindex)}
+            if names != {tc.FILTER_PREFIX + "ep_ingress", tc.FILTER_PREFIX + "ep_egress"}:
+                out.append("filters")
+            return out
+
     # -- observability ----------------------------------------------------
     def program_fd(self, name: str) -> int:
         """fd of a loaded entry program ("ep_ingress", "ep_egress", "bridge_egress"),

@@ -1,0 +1,131 @@
+"""The services' one way into the kernel: a small typed interface and its netlink implementation.
+
+Boundary: ``Kernel`` lists every kernel operation the services use (namespaces,
+links, addresses, routes, sysctls, proxy neighbours); ``NetlinkKernel``
+delegates each to the adapter modules ``links`` and ``netns`` and decides
+nothing: what to configure arrives as data (``bpfnet.model``). Services hold a
+``Kernel`` (``Runtime.kernel``), so tests drive them with a fake one, without root.
+Operations act on the managed namespace unless they name another one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
+from typing import Any, Protocol
+
+from . import links, netns
+from .model import InterfaceConfig, InterfaceState, LinkState
+
+
+class Kernel(Protocol):
+    # namespaces
+    def netns_exists(self, name: str) -> bool: ...
+    def create_netns(self, name: str, sysctls: Mapping[str, str]) -> None:
+        """Create namespace NAME and write SYSCTLS inside it (before any interface arrives)."""
+    def remove_netns(self, name: str) -> None:
+        """Remove namespace NAME; missing is success."""
+    def write_netns_sysctls(self, name: str, sysctls: Mapping[str, str]) -> None: ...
+    def netns_has_link(self, name: str, ifname: str) -> bool: ...
+
+    # the managed namespace
+    def write_sysctls(self, sysctls: Mapping[str, str]) -> None: ...
+    def link_index(self, name: str) -> int | None: ...
+    def dump_links(self) -> list[LinkState]: ...
+    def ensure_bridge(self, name: str, mac: str, mtu: int) -> tuple[int, bool]:
+        """(ifindex, created) of bridge NAME, up; Conflict if NAME is another kind of link."""
+    def delete_link(self, name: str) -> None:
+        """Missing is success."""
+    def set_up(self, index: int) -> None: ...
+    def set_master(self, index: int, master: int) -> None: ...
+    def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None: ...
+    def ensure_route_via(self, dst: str, oif: int) -> None: ...
+    def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]: ...
+    def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
+                    up: bool) -> tuple[int, int]:
+        """Veth HOST (port of BRIDGE_INDEX) <-> eth0 in PEER_NS; (host ifindex, eth0's ifindex there)."""
+
+    # endpoint namespaces
+    def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None: ...
+    def interface_state(self, ns: str, ifname: str) -> InterfaceState | None: ...
+
+    # NDP proxy entries
+    def proxy_neighbours(self, iface: int) -> list[str]: ...
+    def ensure_proxy_neighbour(self, iface: int, address: IPv6Address) -> None: ...
+    def remove_proxy_neighbour(self, iface: int, address: IPv6Address) -> None: ...
+
+
+class NetlinkKernel:
+    """``Kernel`` through pyroute2 (IPR: an IPRoute of the managed namespace) and ``bpfnet.netns``."""
+
+    def __init__(self, ipr: Any) -> None:
+        self.ipr = ipr
+
+    def netns_exists(self, name: str) -> bool:
+        return netns.exists(name)
+
+    def create_netns(self, name: str, sysctls: Mapping[str, str]) -> None:
+        values = dict(sysctls)
+        # The writes run on the thread that made the namespace: no second thread and setns.
+        netns.create(name, (lambda: netns.write_sysctls(values)) if values else None)
+
+    def remove_netns(self, name: str) -> None:
+        netns.remove(name)
+
+    def write_netns_sysctls(self, name: str, sysctls: Mapping[str, str]) -> None:
+        values = dict(sysctls)
+        netns.run_in(name, lambda: netns.write_sysctls(values))
+
+    def netns_has_link(self, name: str, ifname: str) -> bool:
+        return netns.run_in(name, lambda: links.link_index_here(ifname) is not None)
+
+    def write_sysctls(self, sysctls: Mapping[str, str]) -> None:
+        netns.write_sysctls(dict(sysctls))
+
+    def link_index(self, name: str) -> int | None:
+        # if_nametoindex: the daemon's threads live in the managed namespace.
+        return links.link_index_here(name)
+
+    def dump_links(self) -> list[LinkState]:
+        return links.dump_links(self.ipr)
+
+    def ensure_bridge(self, name: str, mac: str, mtu: int) -> tuple[int, bool]:
+        return links.ensure_bridge(self.ipr, name, mac, mtu)
+
+    def delete_link(self, name: str) -> None:
+        links.delete_link(self.ipr, name)
+
+    def set_up(self, index: int) -> None:
+        links.set_up(self.ipr, index)
+
+    def set_master(self, index: int, master: int) -> None:
+        links.set_master(self.ipr, index, master)
+
+    def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None:
+        links.ensure_address(self.ipr, index, address, prefixlen, nodad=nodad)
+
+    def ensure_route_via(self, dst: str, oif: int) -> None:
+        links.ensure_route_via(self.ipr, dst, oif)
+
+    def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]:
+        return list(links.host_prefixes(self.ipr, skip_ifindexes=skip_ifindexes))
+
+    def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
+                    up: bool) -> tuple[int, int]:
+        return links.create_veth(self.ipr, host, peer_ns, peer_mac, mtu, bridge_index, up=up)
+
+    def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None:
+        links.configure_interface(ns, index, cfg)
+
+    def interface_state(self, ns: str, ifname: str) -> InterfaceState | None:
+        return links.interface_state(ns, ifname)
+
+    def proxy_neighbours(self, iface: int) -> list[str]:
+        return links.proxy_neighbours(self.ipr, iface)
+
+    def ensure_proxy_neighbour(self, iface: int, address: IPv6Address) -> None:
+        links.ensure_proxy_neighbour(self.ipr, iface, address)
+
+    def remove_proxy_neighbour(self, iface: int, address: IPv6Address) -> None:
+        links.remove_proxy_neighbour(self.ipr, iface, address)
+
