@@ -106,7 +106,9 @@ def compute_rates(prev: StatsDoc | None, cur: StatsDoc, elapsed: float) -> list[
                 rx_bps=rx_b * 8 * per_s,
                 tx_pps=tx_p * per_s,
                 tx_bps=tx_b * 8 * per_s,
-                fast_share=100.0 * fast / pkts if pkts else None,
+                # int / int is correctly rounded, so the share never exceeds 100 (100.0 * fast / pkts
+                # could, by rounding, once the counts pass 2**53).
+                fast_share=100.0 * (fast / pkts) if pkts else None,
                 drops_ps=sum(drop_deltas.values()) * per_s,
                 drops_total=sum(drops_now.values()),
                 top_drop=top[0] if top is not None and top[1] > 0 else None,
