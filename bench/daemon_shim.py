@@ -25,8 +25,9 @@ def main(argv: list[str]) -> int:
     out = None
     if argv[:1] == ["--profile"]:
         out, argv = argv[1], argv[2:]
-    from bpfnet import cli, metrics
+    from bpfnet import cli
     from bpfnet.endpoints import EndpointService
+    from bpfnet.metrics import server as metrics_server
 
     profiles = {"add": cProfile.Profile(), "remove": cProfile.Profile(), "scrape": cProfile.Profile()}
     lock = threading.Lock()
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> int:
         EndpointService.add = profiled(EndpointService.add, profiles["add"])
         EndpointService.remove = profiled(EndpointService.remove,
                                           profiles["remove"])
-        make_app = metrics._app
+        make_app = metrics_server._app
 
         def app_factory(registry: Any) -> Callable[..., Any]:
             app = make_app(registry)
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
                 return list(app(environ, start_response))  # the body is made while iterating
             return profiled(whole, profiles["scrape"])
 
-        metrics._app = app_factory
+        metrics_server._app = app_factory
     try:
         return int(cli.main(["daemon", *argv]))
     finally:

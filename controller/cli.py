@@ -16,17 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .client import Client, ClientError
+from .client import Client, ClientError, object_path
 from .config import DEFAULT_SOCKET
 from .errors import BpfnetError
+from .tables import stats_table, table
 
 DEFAULT_HOST = os.environ.get("BPFNET_HOST", DEFAULT_SOCKET)
 
 
-def table(rows: list[list[Any]], headers: list[str]) -> str:
-    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -80,13 +77,14 @@ def cmd_network_ls(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_network_inspect(args: argparse.Namespace, c: Client) -> None:
-    net = c.get(f"/v1/networks/{args.name}")
+    net = c.get(object_path("networks", args.name))
     print(json.dumps(net, indent=2))
 
 
 def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
-    for name in args.names:
-        c.delete(f"/v1/networks/{name}")
+    paths = [object_path("networks", name) for name in args.names]  # every name checked before any is removed
+    for name, path in zip(args.names, paths):
+        c.delete(path)
         if not args.json:
             print(name)
 
@@ -113,31 +111,15 @@ def cmd_endpoint_ls(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_endpoint_inspect(args: argparse.Namespace, c: Client) -> None:
-    print(json.dumps(c.get(f"/v1/endpoints/{args.name}"), indent=2))
+    print(json.dumps(c.get(object_path("endpoints", args.name)), indent=2))
 
 
 def cmd_endpoint_rm(args: argparse.Namespace, c: Client) -> None:
-    for name in args.names:
-        c.delete(f"/v1/endpoints/{name}")
+    paths = [object_path("endpoints", name) for name in args.names]  # every name checked before any is removed
+    for name, path in zip(args.names, paths):
+        c.delete(path)
         if not args.json:
             print(name)
-
-
-def stats_table(stats: dict[str, Any]) -> str:
-    rows = []
-    for e in stats["endpoints"]:
-        k = e.get("counters") or {}
-        drops = k.get("drops", {})
-        ndrops = sum(sum(d.values()) for d in drops.values()) if drops else 0
-        rows.append([e["name"], e["network"],
-                     k.get("rx_fast_packets", 0) + k.get("rx_kernel_packets", 0),
-                     k.get("rx_fast_bytes", 0) + k.get("rx_kernel_bytes", 0),
-                     k.get("tx_fast_packets", 0) + k.get("tx_kernel_packets", 0),
-                     k.get("tx_fast_bytes", 0) + k.get("tx_kernel_bytes", 0),
-                     k.get("tx_fast_packets", 0), k.get("tx_kernel_packets", 0), ndrops])
-    head = f"datapath: {stats['mode']}\n"
-    return head + table(rows, ["ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES",
-                               "TX FAST", "TX KERNEL", "DROPS"])
 
 
 def cmd_stats(args: argparse.Namespace, c: Client) -> None:

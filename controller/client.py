@@ -1,7 +1,9 @@
 """A small client for the daemon's API (what the CLI uses).
 
 Boundary: HTTP over a unix socket or TCP, JSON in and out; API errors become
-``ClientError`` with the daemon's one-line message.
+``ClientError`` with the daemon's one-line message. Names go into URLs only
+through :func:`object_path`: checked as the daemon checks them, then
+percent-encoded, so a name can never add a query (``a?force``) or a segment.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import http.client
 import json
 import socket
 from typing import Any
+from urllib.parse import quote
 
-from .config import DEFAULT_SOCKET, parse_host
+from .config import DEFAULT_SOCKET, check_name, parse_host
 from .errors import BpfnetError
 
 
@@ -19,6 +22,23 @@ class ClientError(Exception):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+#: Collections of named objects in the API -> what the daemon calls their names in errors.
+_COLLECTIONS = {"networks": "network name", "endpoints": "endpoint name"}
+
+
+def object_path(collection: str, name: str) -> str:
+    """``/v1/<collection>/<name>`` for one named object, e.g. ``object_path("endpoints", "web")``.
+
+    The name is validated with the daemon's own rule (``config.check_name``)
+    before anything is sent, then percent-encoded as one path segment.
+    """
+    try:
+        check_name(name, _COLLECTIONS[collection])
+    except BpfnetError as exc:
+        raise ClientError(exc.message, 400) from None
+    return f"/v1/{collection}/{quote(name, safe='')}"
 
 
 class _UnixConnection(http.client.HTTPConnection):

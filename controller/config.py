@@ -22,7 +22,6 @@ from ipaddress import (
 )
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from .errors import InvalidArgument
 
@@ -254,6 +253,40 @@ class Listener:
         return f"unix://{self.path}" if self.kind == "unix" else f"tcp://{self.host}:{self.port}"
 
 
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """``host:port``, ``[ipv6]:port`` or ``:port`` -> (host, port); host is "" for ``:port``.
+
+    The one parser of TCP addresses (-H tcp://…, --metrics-addr). It does not
+    resolve names or judge whether an address is acceptable; port 0 means
+    "any free port".
+    """
+    addr = text.strip()
+    if addr.startswith("["):
+        host, sep, rest = addr[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise InvalidArgument(f"{what} {text!r}: expected [ipv6]:port")
+        port = rest[1:]
+        try:
+            IPv6Address(host)
+        except ValueError:
+            raise InvalidArgument(f"{what} {text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise InvalidArgument(f"{what} {text!r}: expected host:port")
+        if ":" in host:
+            raise InvalidArgument(f"{what} {text!r}: write IPv6 as [address]:port")
+        if host and not _HOSTNAME_RE.match(host):
+            raise InvalidArgument(f"{what} {text!r}: {host!r} is not a host name or address")
+    if not _PORT_RE.match(port) or int(port) > 65535:
+        raise InvalidArgument(f"{what} {text!r}: port must be 0..65535")
+    return host, int(port)
+
+
 def parse_host(text: str, allow_public: bool = False) -> Listener:
     """Parse -H unix:///path or tcp://127.0.0.1:PORT (loopback only unless allow_public)."""
     if text.startswith("unix://"):
@@ -262,14 +295,13 @@ def parse_host(text: str, allow_public: bool = False) -> Listener:
             raise InvalidArgument(f"-H {text}: a unix socket needs an absolute path, like unix:///run/bpfnet/bpfnet.sock")
         return Listener("unix", path=path)
     if text.startswith("tcp://"):
-        u = urlparse(text)
         try:
-            port = u.port
-        except ValueError:
-            port = None
-        if not u.hostname or port is None or u.path not in ("", "/"):
+            host, port = parse_address(text[len("tcp://"):].removesuffix("/"), "-H")
+        except InvalidArgument:
+            host = ""
+        if not host:
             raise InvalidArgument(f"-H {text}: expected tcp://HOST:PORT")
-        host = u.hostname
+        host = host.lower()  # host names are case-insensitive; the loopback check compares text
         if not allow_public and host not in ("127.0.0.1", "::1", "localhost"):
             raise InvalidArgument(
                 f"-H {text}: {host} is not a loopback address; the API has no authentication. "

@@ -1,48 +1,40 @@
-"""The bpfnet daemon: wiring, start-up reconciliation, and the API routes.
+"""The bpfnet daemon: start-up, wiring and shutdown.
 
 Boundary: builds the runtime (store, datapath, services), binds listeners in
 the namespace the daemon was started in, then enters the namespace it manages
-(--netns) and serves until SIGTERM/SIGINT. Stopping leaves programs, pins,
-bridges and endpoints in place, so traffic keeps flowing.
+(--netns), hands the services to the API routes (``api.routes``) and the
+snapshot to the metrics, and serves until SIGTERM/SIGINT. Stopping leaves
+programs, pins, bridges and endpoints in place, so traffic keeps flowing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import socket
 import threading
-from collections import Counter
 from collections.abc import Callable
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from . import __version__, links, netns
-from .api import ApiServers, Router
-from .config import DaemonConfig, NetworkConfig, default_network_config
+from .api import routes
+from .api.server import ApiServers
+from .config import DaemonConfig, default_network_config
 from .datapath import Datapath, make_datapath
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
-from .metrics import (
-    EndpointRef,
-    MetricsServer,
-    MetricsSnapshot,
-    NetworkStats,
-    bind_metrics_socket,
-    build_registry,
-    serve_metrics,
-    stats_document,
-)
-from .networks import NetworkService, pools
-from .observer import MetricsObserver
+from .metrics import build_registry
+from .metrics.server import MetricsServer, bind_metrics_socket, serve_metrics
+from .networks import NetworkService
 from .reconcile import reconcile_all
 from .runtime import Runtime
+from .snapshot import MetricsSnapshot
 from .state import Store
+from .stats import take_snapshot
 
 log = logging.getLogger(__name__)
 PIN_ROOT = Path("/sys/fs/bpf/bpfnet")
@@ -57,7 +49,6 @@ class Daemon:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.on_request: Callable[[str, str, int], None] = lambda route, method, status: None
-        self.extra_routes: list[tuple[str, str, Any]] = []
 
     # start-up ---------------------------------------------------------
     def setup(self) -> None:
@@ -66,7 +57,7 @@ class Daemon:
             raise BpfnetError("bpfnet daemon must run as root (it creates namespaces, links and BPF programs)")
         with IPRoute() as outer:
             outer_prefixes = links.host_prefixes(outer) if cfg.netns else []
-        self.router = Router()
+        self.router = routes.Router()
         self.metrics_sock: socket.socket | None = None
         self.created_netns = False
         self.metrics_server: MetricsServer | None = None
@@ -89,9 +80,10 @@ class Daemon:
             raise
         self.registry, self.controller_metrics = build_registry(self.snapshot)
         self.on_request = self.controller_metrics.api_request
-        self.rt.observer = MetricsObserver(self.controller_metrics)
+        self.rt.observer = self.controller_metrics
         self.rt.outer_prefixes = outer_prefixes
-        self._add_routes()
+        routes.install(self.router, networks=self.networks, endpoints=self.endpoints,
+                       info=self.info, snapshot=self.snapshot)
 
     def _enter_and_build(self) -> None:
         cfg = self.cfg
@@ -130,75 +122,12 @@ class Daemon:
             default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
         ))
 
-    # API --------------------------------------------------------------
+    # what the API and the metrics read ----------------------------------
     def info(self) -> dict[str, Any]:
-        u = platform.uname()
-        return {
-            "version": __version__,
-            "kernel": u.release,
-            "hostname": u.node,
-            "host_netns": self.cfg.netns,
-            "state_dir": self.cfg.state_dir,
-            "listeners": [str(listener) for listener in self.cfg.listeners()],
-            "metrics_url": self.metrics_server.url if self.metrics_server else None,
-            "datapath": self.rt.datapath.info(),
-            "networks": len(self.rt.store.networks()),
-            "endpoints": len(self.rt.store.endpoints()),
-        }
+        return routes.info_document(self.cfg, self.rt, self.metrics_server.url if self.metrics_server else None)
 
     def snapshot(self) -> MetricsSnapshot:
-        """What one scrape (or GET /v1/stats) exports: state rows plus one batch read per BPF map."""
-        store = self.rt.store
-        leases = store.leases()
-        endpoints = [e for e in store.endpoints() if e.state == "ready"]
-        # One pass over leases and endpoints, not one per network.
-        in_use = Counter((lease.network, lease.family) for lease in leases)
-        attached = Counter(e.network for e in endpoints)
-        networks = []
-        for row in store.networks():
-            cfg = NetworkConfig.from_json(row.config)
-            p4, p6 = pools(cfg)
-            networks.append(NetworkStats(
-                name=row.name,
-                ipv4_total=p4.capacity(),
-                ipv4_in_use=in_use[(row.name, 4)],
-                endpoints=attached[row.name],
-                ipv6_total=float(p6.capacity()) if p6 else (0.0 if cfg.ipv6 else None),
-                ipv6_in_use=in_use[(row.name, 6)] if cfg.ipv6 else None,
-            ))
-        return MetricsSnapshot(
-            networks=tuple(networks),
-            endpoints=tuple(EndpointRef(e.name, e.network, e.id) for e in endpoints),
-            datapath_info=self.rt.datapath.info(),
-            counters=self.rt.datapath.counters(),
-            requested_mode=self.cfg.datapath,
-        )
-
-    def stats(self) -> dict[str, Any]:
-        """Counters per endpoint; endpoints without counters (bridge mode) are listed with null."""
-        snap = self.snapshot()
-        doc = stats_document(snap)
-        listed = {(e["network"], e["name"]) for e in doc["endpoints"]}
-        doc["endpoints"] += [{"name": e.name, "network": e.network, "counters": None}
-                             for e in snap.endpoints if (e.network, e.name) not in listed]
-        return {"mode": self.rt.datapath.mode, **doc}
-
-    def _add_routes(self) -> None:
-        r = self.router
-        nets, eps = self.networks, self.endpoints
-        ok = HTTPStatus.OK
-        r.add("GET", "/v1/info", lambda p, b: (ok, self.info()))
-        r.add("GET", "/v1/stats", lambda p, b: (ok, self.stats()))
-        r.add("GET", "/v1/networks", lambda p, b: (ok, nets.list_all()))
-        r.add("POST", "/v1/networks", lambda p, b: (HTTPStatus.CREATED, nets.create(_body(b))))
-        r.add("GET", "/v1/networks/{name}", lambda p, b: (ok, nets.describe(nets.config(p["name"])[0])))
-        r.add("DELETE", "/v1/networks/{name}", lambda p, b: _no_content(nets.remove, p["name"]))
-        r.add("GET", "/v1/endpoints", lambda p, b: (ok, eps.list_all()))
-        r.add("POST", "/v1/endpoints", lambda p, b: (HTTPStatus.CREATED, eps.add(_body(b))))
-        r.add("GET", "/v1/endpoints/{name}", lambda p, b: (ok, eps.inspect(p["name"])))
-        r.add("DELETE", "/v1/endpoints/{name}", lambda p, b: _no_content(eps.remove, p["name"]))
-        for method, pattern, handler in self.extra_routes:
-            r.add(method, pattern, handler)
+        return take_snapshot(self.rt, self.cfg.datapath)
 
     # run --------------------------------------------------------------
     def serve(self) -> None:
@@ -242,17 +171,6 @@ class Daemon:
         except OSError:
             pass  # other managed namespaces still have pins, or it never existed
         log.info("removed bpfnet's BPF programs, filters and pins")
-
-
-def _no_content(action: Callable[[str], None], name: str) -> tuple[int, None]:
-    action(name)
-    return HTTPStatus.NO_CONTENT, None
-
-
-def _body(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidArgument("expected a JSON object in the request body")
-    return body
 
 
 def run(cfg: DaemonConfig, cleanup: bool = False) -> int:

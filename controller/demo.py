@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from . import netns
-from .cli import stats_table, table
-from .client import Client, ClientError
+from .client import Client, ClientError, object_path
 from .datapath import bpffs
+from .tables import stats_table, table
 
 V6_PREFIX = "1553:ba3:2::/64"
 
@@ -124,7 +124,7 @@ def _cleanup(client: Client, proc: subprocess.Popen[bytes], names: list[str], ta
              python: str) -> None:
     for name in names:
         try:
-            client.delete(f"/v1/endpoints/{name}")
+            client.delete(object_path("endpoints", name))
         except ClientError:
             pass
     if proc.poll() is None:

@@ -3,7 +3,8 @@
 Boundary: this module knows nothing about HTTP, the daemon or the kernel. The
 CLI passes :func:`run_top` a ``fetch`` callable returning the stats document the
 API serves (``{"endpoints": [{"name", "network", "counters"}]}``, see
-``bpfnet.metrics.stats_document``) and a rich console to draw on.
+``bpfnet.snapshot.stats_document``) and a rich console to draw on. Counter
+key names come from ``bpfnet.datapath.counters``.
 :func:`compute_rates` is the pure arithmetic between two such documents.
 """
 
@@ -20,6 +21,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from .datapath.counters import COUNTER_FIELDS, DIRECTIONS, key, total
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +89,10 @@ def compute_rates(prev: StatsDoc | None, cur: StatsDoc, elapsed: float) -> list[
     per_s = 1.0 / elapsed if elapsed > 0 else 0.0
     for (network, name), c in _by_key(cur).items():
         p = before.get((network, name))
-        d = {
-            f"{dr}_{path}_{unit}": _delta(p, c, f"{dr}_{path}_{unit}")
-            for dr in ("rx", "tx")
-            for path in ("fast", "kernel")
-            for unit in ("packets", "bytes")
-        }
-        rx_p = d["rx_fast_packets"] + d["rx_kernel_packets"]
-        tx_p = d["tx_fast_packets"] + d["tx_kernel_packets"]
-        rx_b = d["rx_fast_bytes"] + d["rx_kernel_bytes"]
-        tx_b = d["tx_fast_bytes"] + d["tx_kernel_bytes"]
-        fast = d["rx_fast_packets"] + d["tx_fast_packets"]
+        d = {k: _delta(p, c, k) for k in COUNTER_FIELDS}
+        rx_p, tx_p = total(d, "rx", "packets"), total(d, "tx", "packets")
+        rx_b, tx_b = total(d, "rx", "bytes"), total(d, "tx", "bytes")
+        fast = sum(d[key(dr, "fast", "packets")] for dr in DIRECTIONS)
         pkts = rx_p + tx_p
         drops_now = _drops(c)
         drops_before = _drops(p) if p is not None else None
@@ -110,7 +106,9 @@ def compute_rates(prev: StatsDoc | None, cur: StatsDoc, elapsed: float) -> list[
                 rx_bps=rx_b * 8 * per_s,
                 tx_pps=tx_p * per_s,
                 tx_bps=tx_b * 8 * per_s,
-                fast_share=100.0 * fast / pkts if pkts else None,
+                # int / int is correctly rounded, so the share never exceeds 100 (100.0 * fast / pkts
+                # could, by rounding, once the counts pass 2**53).
+                fast_share=100.0 * (fast / pkts) if pkts else None,
                 drops_ps=sum(drop_deltas.values()) * per_s,
                 drops_total=sum(drops_now.values()),
                 top_drop=top[0] if top is not None and top[1] > 0 else None,

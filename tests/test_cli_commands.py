@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bpfnet.client import ClientError
 from helpers import DaemonFactory, DaemonProcess, bpfnet_cmd, netns_list, unique_tag
 
 pytestmark = pytest.mark.kernel
@@ -114,6 +115,8 @@ def test_no_daemon() -> None:
         (["--bridge", "bridge-name-too-long"], "at most 15"),
         (["--mtu", "40"], "MTU 40 out of range"),
         (["-H", "tcp://0.0.0.0:2375"], "--allow-public-api"),
+        # issue 10 #19: the refusal names the flag, not a Python keyword (was "pass allow_public=True")
+        (["--metrics-addr", "0.0.0.0:0"], "pass --allow-public-metrics to expose them"),
     ],
 )
 def test_daemon_refuses_bad_flags_cleanly(tmp_path: Path, flags: list[str], fragment: str) -> None:
@@ -145,3 +148,30 @@ def test_second_daemon_on_same_socket_refused(d: DaemonProcess, tmp_path: Path) 
         assert d.client.get("/v1/info")["host_netns"] == d.netns  # the first one is unharmed
     finally:
         subprocess.run(["ip", "netns", "del", tag], capture_output=True, check=False)
+
+
+def test_names_cannot_reach_the_url(d: DaemonProcess) -> None:
+    """issue 10 #2: `endpoint rm 'a?force'` removed `a`, `network rm 'bridge?x'` the default
+    network, and a name with a space failed with "URL can't contain control characters"."""
+    ep = d.add_endpoint("u1")
+    name = ep["name"]
+    try:
+        for args, fragment in (
+            (["endpoint", "rm", f"{name}?force"], f"invalid endpoint name '{name}?force'"),
+            (["endpoint", "rm", f"{name} x"], "invalid endpoint name"),
+            (["endpoint", "inspect", f"{name}/x"], "invalid endpoint name"),
+            (["network", "rm", "bridge?x"], "invalid network name 'bridge?x'"),
+            (["network", "inspect", "bridge x"], "invalid network name"),
+        ):
+            assert_one_line_error(d.cli(*args), fragment)
+        # every name is checked before anything is removed
+        assert_one_line_error(d.cli("endpoint", "rm", name, "b?x"), "invalid endpoint name 'b?x'")
+        assert d.client.get(f"/v1/endpoints/{name}")["name"] == name
+        assert d.network("bridge")["name"] == "bridge"
+        # a client that does not check: the daemon decodes the segment and finds no such endpoint
+        with pytest.raises(ClientError) as err:
+            d.client.delete(f"/v1/endpoints/{name}%3Fforce")
+        assert err.value.status in (400, 404) and f"{name}?force" in str(err.value)
+        assert d.client.get(f"/v1/endpoints/{name}")["name"] == name
+    finally:
+        d.remove_endpoint(name)

@@ -14,6 +14,7 @@ from bpfnet.config import (
     check_mtu,
     default_network_config,
     load_daemon_config,
+    parse_address,
     parse_bip,
     parse_host,
 )
@@ -130,6 +131,29 @@ def test_loopback_hosts_accepted() -> None:
     for text in ("tcp://127.0.0.1:2375", "tcp://localhost:2375", "tcp://[::1]:2375"):
         listener = parse_host(text)
         assert listener.kind == "tcp" and listener.port == 2375
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:9523", ("127.0.0.1", 9523)), ("[::1]:0", ("::1", 0)), ("localhost:80", ("localhost", 80)),
+    (":9523", ("", 9523)), (" 127.0.0.1:1 ", ("127.0.0.1", 1)),
+])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text, "--x") == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "::1:80", "[::1]80", "[x]:1", "h:70000", "h:-1", "h:+1",
+                                  "a@h:80", "h:80?x", "h:80/x", "h:\u0663"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="^--x "):
+        parse_address(text, "--x")
+
+
+def test_tcp_hosts_use_the_one_address_parser() -> None:
+    # Once accepted by urlparse (a user part, a query) or a traceback ("[::1]80"); now one clear error.
+    for text in ("tcp://a@127.0.0.1:80", "tcp://127.0.0.1:80?x", "tcp://[::1]80", "tcp://:80"):
+        with pytest.raises(InvalidArgument, match="expected tcp://HOST:PORT"):
+            parse_host(text)
+    assert parse_host("tcp://LocalHost:80/").host == "localhost"
 
 
 def test_valid_dual_stack_config() -> None:

@@ -1,8 +1,10 @@
-"""Unit tests of bpfnet.metrics: collector, controller metrics, /metrics server."""
+"""Unit tests of bpfnet.metrics (collector, controller metrics, /metrics server)
+and of the stats document (bpfnet.snapshot)."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import shutil
 import socket
@@ -12,19 +14,11 @@ import urllib.request
 from typing import Any
 
 import pytest
-from bpfnet.metrics import (
-    DEFAULT_PORT,
-    BpfnetCollector,
-    ControllerMetrics,
-    EndpointRef,
-    MetricsSnapshot,
-    NetworkStats,
-    bind_metrics_socket,
-    build_registry,
-    parse_address,
-    serve_metrics,
-    stats_document,
-)
+from bpfnet.metrics import build_registry
+from bpfnet.metrics.collector import BpfnetCollector
+from bpfnet.metrics.controller_metrics import ControllerMetrics
+from bpfnet.metrics.server import DEFAULT_PORT, bind_metrics_socket, parse_address, serve_metrics
+from bpfnet.snapshot import EndpointRef, MetricsSnapshot, NetworkStats, stats_document
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -224,7 +218,8 @@ def test_openmetrics_output_parses() -> None:
 def test_promtool_check_metrics() -> None:
     reg, cm = build_registry(snapshot, process=True)
     cm.api_request("/networks", "GET", 200)
-    cm.observe_endpoint_add(0.02)
+    cm.endpoint_added(0.02)
+    cm.reconcile_repair("veth")
     cm.reconcile_error()
     text = generate_latest(reg)
     res = subprocess.run(
@@ -235,11 +230,28 @@ def test_promtool_check_metrics() -> None:
 
 def test_stats_document() -> None:
     doc = stats_document(snapshot())
+    assert doc["mode"] == "redirect-peer"
     names = [(e["network"], e["name"]) for e in doc["endpoints"]]
     assert names == [("back", "db"), ("front", "web")]
     web = doc["endpoints"][1]["counters"]
     assert web["rx_fast_bytes"] == 4000
     assert web["drops"] == {"tx": {"no_neigh": 3}, "rx": {"policy": 5}}
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_stats_document_lists_endpoints_without_counters_last() -> None:
+    snap = MetricsSnapshot(
+        endpoints=(EndpointRef("z", "n", 1), EndpointRef("b", "n", 0), EndpointRef("a", "n", 2)),
+        datapath_info={"mode": "bridge"},
+        counters={1: counters()},
+    )
+    doc = stats_document(snap)
+    assert doc == {"mode": "bridge", "endpoints": [
+        {"name": "z", "network": "n", "counters": doc["endpoints"][0]["counters"]},
+        {"name": "b", "network": "n", "counters": None},
+        {"name": "a", "network": "n", "counters": None},
+    ]}
+    assert doc["endpoints"][0]["counters"]["tx_kernel_packets"] == 2
 
 
 # --- ControllerMetrics -----------------------------------------------------
@@ -261,13 +273,10 @@ def test_controller_metrics() -> None:
         == 1
     )
 
-    with m.time_endpoint_add():
-        pass
-    with pytest.raises(OSError), m.time_endpoint_add():
-        raise OSError("veth exists")
-    m.observe_endpoint_remove(0.3)
-    with m.time_endpoint_remove():
-        pass
+    m.endpoint_added(0.01)
+    m.endpoint_added(2.0, ok=False)
+    m.endpoint_removed(0.3)
+    m.endpoint_removed(0.001, True)
     assert value(reg, "bpfnet_endpoint_add_duration_seconds_count", result="success") == 1
     assert value(reg, "bpfnet_endpoint_add_duration_seconds_count", result="error") == 1
     assert value(reg, "bpfnet_endpoint_remove_duration_seconds_count", result="success") == 2
@@ -276,9 +285,29 @@ def test_controller_metrics() -> None:
         == 2
     )
 
+    assert value(reg, "bpfnet_endpoint_add_duration_seconds_bucket", result="error", le="1.0") == 0
+    assert value(reg, "bpfnet_endpoint_add_duration_seconds_bucket", result="error", le="2.5") == 1
+
     assert value(reg, "bpfnet_reconcile_errors_total") == 0
     m.reconcile_error()
     assert value(reg, "bpfnet_reconcile_errors_total") == 1
+
+    assert value(reg, "bpfnet_reconcile_repairs_total", kind="veth") is None  # no kind until one happens
+    m.reconcile_repair("veth")
+    m.reconcile_repair("veth")
+    m.reconcile_repair("route")
+    assert value(reg, "bpfnet_reconcile_repairs_total", kind="veth") == 2
+    assert value(reg, "bpfnet_reconcile_repairs_total", kind="route") == 1
+
+
+def test_controller_metrics_is_the_services_observer() -> None:
+    """The names the services call (their observer) and the daemon's current hooks wiring."""
+    reg = CollectorRegistry()
+    m = ControllerMetrics(reg)
+    m.endpoint_added(0.02, False)
+    m.endpoint_removed(0.02, True)
+    assert value(reg, "bpfnet_endpoint_add_duration_seconds_count", result="error") == 1
+    assert value(reg, "bpfnet_endpoint_remove_duration_seconds_count", result="success") == 1
 
 
 def test_two_controller_metrics_in_private_registries() -> None:
@@ -314,7 +343,8 @@ def test_default_port() -> None:
 
 @pytest.mark.parametrize("addr", ["0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:0"])
 def test_serve_metrics_refuses_public_address(addr: str) -> None:
-    with pytest.raises(ValueError, match="allow_public"):
+    # The message names the daemon's flag, not this function's keyword (issue 10 #19).
+    with pytest.raises(ValueError, match="pass --allow-public-metrics to expose them"):
         serve_metrics(addr, CollectorRegistry())
 
 
@@ -322,7 +352,7 @@ def test_serve_metrics_refuses_public_socket() -> None:
     s = socket.socket()
     s.bind(("0.0.0.0", 0))
     try:
-        with pytest.raises(ValueError, match="allow_public"):
+        with pytest.raises(ValueError, match="--allow-public-metrics"):
             serve_metrics(None, CollectorRegistry(), sock=s)
     finally:
         s.close()

@@ -1,4 +1,4 @@
-"""The served /metrics (bpfnet.exposition + BpfnetCollector's direct text)
+"""The served /metrics (bpfnet.metrics.exposition + BpfnetCollector's direct text)
 against prometheus_client's own formatters of the same registry and snapshot."""
 
 from __future__ import annotations
@@ -9,15 +9,10 @@ import urllib.request
 from typing import Any
 
 import pytest
-from bpfnet import exposition
-from bpfnet.metrics import (
-    BpfnetCollector,
-    EndpointRef,
-    MetricsSnapshot,
-    NetworkStats,
-    build_registry,
-    serve_metrics,
-)
+from bpfnet.metrics import build_registry, exposition
+from bpfnet.metrics.collector import BpfnetCollector
+from bpfnet.metrics.server import serve_metrics
+from bpfnet.snapshot import EndpointRef, MetricsSnapshot, NetworkStats
 from prometheus_client import CollectorRegistry, Metric, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
@@ -96,7 +91,8 @@ def families(fams: Any) -> dict[str, tuple[str, str, list[tuple[str, tuple[Any, 
 def registry(snap: Any) -> CollectorRegistry:
     reg, cm = build_registry(snap if callable(snap) else lambda: snap)
     cm.api_request("/networks/{name}", "delete", 204)
-    cm.observe_endpoint_add(0.02)
+    cm.endpoint_added(0.02)
+    cm.reconcile_repair("veth")
     cm.reconcile_error()
     return reg
 

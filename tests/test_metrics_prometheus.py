@@ -22,14 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bpfnet.metrics import (
-    BpfnetCollector,
-    ControllerMetrics,
-    EndpointRef,
-    MetricsSnapshot,
-    NetworkStats,
-    serve_metrics,
-)
+from bpfnet.metrics.collector import BpfnetCollector
+from bpfnet.metrics.controller_metrics import ControllerMetrics
+from bpfnet.metrics.server import serve_metrics
+from bpfnet.snapshot import EndpointRef, MetricsSnapshot, NetworkStats
 from prom import PROMETHEUS, Prometheus, running_prometheus
 from prometheus_client import CollectorRegistry
 

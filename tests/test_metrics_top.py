@@ -206,3 +206,12 @@ def test_run_top_first_fetch_error_raises() -> None:
         run_top(fetch, 1.0, 1, console, sleep=lambda s: None)
     with pytest.raises(ValueError):
         run_top(lambda: doc(), 0, 1, console)
+
+
+def test_fast_share_of_huge_counters_is_at_most_100() -> None:
+    """Found by hypothesis: 100.0 * x / x is 100.00000000000001 for some x > 2**53."""
+    x = 13_103_448_999_134_823
+    a = doc(ep("e"))
+    b = doc(ep("e", rx_fast_packets=x))
+    [r] = compute_rates(a, b, 1.0)
+    assert r.fast_share == 100.0

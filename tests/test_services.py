@@ -284,11 +284,11 @@ def test_proxy_neighbours_are_repaired_and_counted(env: Env) -> None:
 
 def test_controller_metrics_observe_through_the_observer() -> None:
     from bpfnet.metrics import ControllerMetrics
-    from bpfnet.observer import MetricsObserver
+    from bpfnet.observer import Observer
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry()
-    observer = MetricsObserver(ControllerMetrics(registry))
+    observer: Observer = ControllerMetrics(registry)
     observer.endpoint_added(0.01, True)
     observer.endpoint_removed(0.02, False)
     observer.reconcile_error()
@@ -301,4 +301,5 @@ def test_controller_metrics_observe_through_the_observer() -> None:
     assert value("bpfnet_endpoint_add_duration_seconds_count", result="success") == 1
     assert value("bpfnet_endpoint_remove_duration_seconds_count", result="error") == 1
     assert value("bpfnet_reconcile_errors_total") == 1
-    assert observer.repairs == {"address": 1} and observer.teardown_failures == {"datapath": 1}
+    assert value("bpfnet_reconcile_repairs_total", kind="address") == 1
+    assert value("bpfnet_endpoint_teardown_failures_total", step="datapath") == 1

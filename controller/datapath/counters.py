@@ -13,7 +13,8 @@ rx = delivered to it. Drops count packets per reason name
 
 from __future__ import annotations
 
-from typing import TypedDict, cast
+from collections.abc import Mapping
+from typing import Any, TypedDict, cast
 
 from .drop_reasons import DROP_REASON_LABELS
 
@@ -61,3 +62,19 @@ def decode(sums: list[int]) -> EndpointCounters:
 
 def empty() -> EndpointCounters:
     return decode([0] * (len(DIRECTIONS) * U64_PER_DIR))
+
+
+# Names for readers of the counters dict (API, CLI, top, metrics): they build
+# keys from these instead of spelling "tx_fast_packets" themselves.
+PATHS = ("fast", "kernel")  # the path half of PATH_FIELDS, in its order
+UNITS = ("packets", "bytes")  # the unit half of PATH_FIELDS, in its order
+
+
+def key(direction: str, path: str, unit: str) -> str:
+    """The counters-dict key of one direction, path and unit: ``key("tx", "fast", "bytes")``."""
+    return f"{direction}_{path}_{unit}"
+
+
+def total(c: Mapping[str, Any], direction: str, unit: str) -> int:
+    """Fast + kernel path of one direction and unit; a missing key counts 0."""
+    return sum(int(c.get(key(direction, path, unit)) or 0) for path in PATHS)

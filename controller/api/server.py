@@ -1,10 +1,12 @@
-"""The daemon's JSON-over-HTTP API on every -H listener.
+"""HTTP framing of the API on every -H listener (the standard library's http.server).
 
-Boundary: HTTP framing, routing and error mapping only; the work is done by
-the services handed in. Listener sockets are bound when the server objects are
-built, which the daemon does *before* it enters the namespace it manages, so a
-tcp://127.0.0.1 listener lives on the loopback of the namespace the daemon was
-started in.
+Boundary: reading requests, writing JSON answers and mapping errors to one-line
+``{"error": ...}`` documents; which route answers and what it does is the
+:class:`~bpfnet.api.routes.Router`'s business, so this module can be replaced
+by another HTTP server without touching a route. Listener sockets are bound
+when the server objects are built, which the daemon does *before* it enters the
+namespace it manages, so a tcp://127.0.0.1 listener lives on the loopback of
+the namespace the daemon was started in.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import errno
 import json
 import logging
 import os
-import re
 import socket
 import socketserver
 import threading
@@ -23,34 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .config import Listener
-from .errors import BpfnetError
+from ..config import Listener
+from ..errors import BpfnetError
+from .routes import Router
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
-
-Handler = Callable[[dict[str, str], Any], tuple[int, Any]]
-
-
-class Router:
-    """(method, path pattern) -> handler; patterns use {name} for one path segment."""
-
-    def __init__(self) -> None:
-        self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
-
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
-        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
-        self.routes.append((method, regex, pattern, handler))
-
-    def match(self, method: str, path: str) -> tuple[str, Handler | None, dict[str, str], bool]:
-        path_known = False
-        for m, regex, pattern, handler in self.routes:
-            found = regex.match(path)
-            if found:
-                path_known = True
-                if m == method:
-                    return pattern, handler, found.groupdict(), True
-        return "unmatched", None, {}, path_known
 
 
 def make_handler(router: Router, on_request: Callable[[str, str, int], None]) -> type[BaseHTTPRequestHandler]:
@@ -65,6 +44,7 @@ def make_handler(router: Router, on_request: Callable[[str, str, int], None]) ->
             log.debug("%s %s", self.address_string(), format % args)
 
         def _dispatch(self, method: str) -> None:
+            # Still percent-encoded: the router splits segments, then decodes them.
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
             route, handler, params, known = router.match(method, path)
             status: int

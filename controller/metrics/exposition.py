@@ -4,7 +4,7 @@ Boundary: this module knows the Prometheus text format 0.0.4 and OpenMetrics
 1.0 and nothing about bpfnet's series. prometheus_client formats every sample
 generically (label names validated and every label value escaped per sample),
 which dominates a scrape with thousands of per-endpoint samples. A collector
-that can write its own exposition text faster (``metrics.BpfnetCollector``)
+that can write its own exposition text faster (``collector.BpfnetCollector``)
 asks :func:`direct_render` during ``collect()``; if a :func:`render` is in
 progress it appends its text through a :class:`Writer` and returns no
 families, otherwise it returns ordinary families. Everything else in the

@@ -1,0 +1,113 @@
+"""The API's route table and the documents it answers with.
+
+Boundary: a route is a pure function of (path parameters, decoded JSON body)
+returning (HTTP status, JSON-able document); it calls the services and never
+sees sockets, headers or the HTTP library serving it (``api.server`` today).
+Errors are raised as ``BpfnetError`` (each carries its status); the server
+turns them into ``{"error": ...}``. Path parameters arrive percent-decoded.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from .. import __version__
+from ..config import DaemonConfig
+from ..endpoints import EndpointService
+from ..errors import InvalidArgument
+from ..networks import NetworkService
+from ..runtime import Runtime
+from ..snapshot import SnapshotFn, stats_document
+
+#: (path parameters, JSON body or None) -> (HTTP status, JSON document or None for no content).
+Handler = Callable[[dict[str, str], Any], tuple[int, Any]]
+
+#: The route label of requests no route matches (metrics keep a bounded label set).
+UNMATCHED = "unmatched"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # e.g. /v1/networks/{name}: also the route label of the request metrics
+    handler: Handler
+    regex: re.Pattern[str]
+
+
+class Router:
+    """(method, path template) -> handler; ``{name}`` in a template is one path segment."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
+        self.routes.append(Route(method, template, handler, regex))
+
+    def match(self, method: str, path: str) -> tuple[str, Handler | None, dict[str, str], bool]:
+        """(template or UNMATCHED, handler or None, parameters, whether the path exists at all).
+
+        ``path`` is the raw, still percent-encoded path without the query: it
+        is split into segments first and each parameter decoded after, so an
+        encoded ``/`` or ``?`` stays inside the name it belongs to.
+        """
+        path_known = False
+        for route in self.routes:
+            found = route.regex.match(path)
+            if found:
+                path_known = True
+                if route.method == method:
+                    params = {k: unquote(v) for k, v in found.groupdict().items()}
+                    return route.template, route.handler, params, True
+        return UNMATCHED, None, {}, path_known
+
+
+def install(router: Router, *, networks: NetworkService, endpoints: EndpointService,
+            info: Callable[[], dict[str, Any]], snapshot: SnapshotFn) -> None:
+    """Add every /v1 route to ``router``."""
+    ok = HTTPStatus.OK
+    r = router
+    r.add("GET", "/v1/info", lambda p, b: (ok, info()))
+    r.add("GET", "/v1/stats", lambda p, b: (ok, stats_document(snapshot())))
+    r.add("GET", "/v1/networks", lambda p, b: (ok, networks.list_all()))
+    r.add("POST", "/v1/networks", lambda p, b: (HTTPStatus.CREATED, networks.create(_body(b))))
+    r.add("GET", "/v1/networks/{name}", lambda p, b: (ok, networks.describe(networks.config(p["name"])[0])))
+    r.add("DELETE", "/v1/networks/{name}", lambda p, b: _no_content(networks.remove, p["name"]))
+    r.add("GET", "/v1/endpoints", lambda p, b: (ok, endpoints.list_all()))
+    r.add("POST", "/v1/endpoints", lambda p, b: (HTTPStatus.CREATED, endpoints.add(_body(b))))
+    r.add("GET", "/v1/endpoints/{name}", lambda p, b: (ok, endpoints.inspect(p["name"])))
+    r.add("DELETE", "/v1/endpoints/{name}", lambda p, b: _no_content(endpoints.remove, p["name"]))
+
+
+def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None) -> dict[str, Any]:
+    """``GET /v1/info``: version, host, listeners and what the datapath runs."""
+    u = platform.uname()
+    return {
+        "version": __version__,
+        "kernel": u.release,
+        "hostname": u.node,
+        "host_netns": cfg.netns,
+        "state_dir": cfg.state_dir,
+        "listeners": [str(listener) for listener in cfg.listeners()],
+        "metrics_url": metrics_url,
+        "datapath": rt.datapath.info(),
+        "networks": len(rt.store.networks()),
+        "endpoints": len(rt.store.endpoints()),
+    }
+
+
+def _no_content(action: Callable[[str], None], name: str) -> tuple[int, None]:
+    action(name)
+    return HTTPStatus.NO_CONTENT, None
+
+
+def _body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidArgument("expected a JSON object in the request body")
+    return body
