@@ -104,7 +104,7 @@ class Daemon:
         store = Store(cfg.state_dir)
         self._check_state_owner(store)
         try:
-            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns))
+            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints)
         except ImportError as exc:
             raise BpfnetError(
                 f"--datapath {cfg.datapath} needs Debian's python3-bpfcc ({exc}); "

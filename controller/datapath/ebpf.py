@@ -1,7 +1,7 @@
 """The eBPF datapath: bpfnet's programs on endpoint veths and bridges.
 
-Boundary: implements the ``Datapath`` protocol for modes "redirect-peer" and
-"redirect" inside the current network namespace (the daemon has already
+Boundary: implements the ``Datapath`` protocol for the eBPF modes
+(``abi.EBPF_MODES``: "redirect-peer" and "redirect") inside the current network namespace (the daemon has already
 entered the namespace it manages). It owns the tc filters named "bpfnet:*"
 and the maps pinned under pin_dir; the links themselves belong to the
 controller.
@@ -26,27 +26,24 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from ..model import EndpointSpec, NetworkSpec
+from . import abi, tc
 from . import maps as m
-from . import tc
 from .loader import LoadedPrograms, load
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_ENDPOINTS = 4096
 
 
 class EbpfDatapath:
     """Datapath with the eBPF fast path (see module docstring)."""
 
-    def __init__(self, mode: str = "redirect-peer", pin_dir: str = "/sys/fs/bpf/bpfnet/default",
-                 max_endpoints: int = DEFAULT_MAX_ENDPOINTS) -> None:
-        if mode not in ("redirect-peer", "redirect"):
-            raise ValueError(f"EbpfDatapath mode must be redirect-peer or redirect, not {mode!r}")
-        if not 0 < max_endpoints <= 65536:
-            raise ValueError(f"max_endpoints out of range: {max_endpoints}")
+    def __init__(self, mode: str = abi.MODE_REDIRECT_PEER,
+                 pin_dir: str = "/sys/fs/bpf/bpfnet/default",
+                 max_endpoints: int = abi.DEFAULT_MAX_ENDPOINTS) -> None:
+        if mode not in abi.EBPF_MODES:
+            raise ValueError(f"EbpfDatapath mode must be one of {abi.EBPF_MODES}, not {mode!r}")
         self.mode = mode
         self.pin_dir = pin_dir
-        self.max_endpoints = max_endpoints
+        self.max_endpoints = abi.check_max_endpoints(max_endpoints)
         self._progs: LoadedPrograms | None = None
         self._maps: m.PinnedMaps | None = None
         self._ipr: IPRoute | None = None
