@@ -119,9 +119,9 @@ static __always_inline struct endpoint *fast_target_ipv6(__u32 network_id, struc
  * or NULL (p after parse_ip(); anything else is not a fast-path candidate). */
 static __always_inline struct endpoint *fast_target(__u32 network_id, struct packet *p)
 {
-	if (p->iph)
+	if (p->proto == ETH_P_IP_BE)
 		return fast_target_ipv4(network_id, p->iph);
-	if (p->ip6h)
+	if (p->proto == ETH_P_IPV6_BE)
 		return fast_target_ipv6(network_id, p->ip6h, p->l4proto, &p->nh, p->data_end);
 	return NULL;
 }

@@ -55,8 +55,8 @@ struct packet {
 	void *data_end;
 	struct ethhdr *eth;
 	int proto;             /* ethertype (network byte order), -1: no Ethernet header */
-	struct iphdr *iph;     /* when proto is ETH_P_IP_BE and parse_ip() succeeded */
-	struct ipv6hdr *ip6h;  /* when proto is ETH_P_IPV6_BE and parse_ip() succeeded */
+	struct iphdr *iph;     /* valid if proto is ETH_P_IP_BE and parse_ip() succeeded */
+	struct ipv6hdr *ip6h;  /* valid if proto is ETH_P_IPV6_BE and parse_ip() succeeded */
 	int l4proto;           /* IPv4 protocol / IPv6 next header */
 };
 
@@ -151,8 +151,6 @@ static __always_inline void packet_start(struct packet *p, struct __sk_buff *skb
 {
 	p->nh.pos = (void *)(long)skb->data;
 	p->data_end = (void *)(long)skb->data_end;
-	p->iph = NULL;
-	p->ip6h = NULL;
 	p->proto = parse_ethhdr(&p->nh, p->data_end, &p->eth);
 }
 

@@ -70,7 +70,7 @@ static __always_inline enum source_verdict check_source(struct __sk_buff *skb,
 	}
 	if (parse_ip(p) < 0)
 		return SOURCE_KERNEL; /* not IP, or a header we cannot read */
-	if (p->iph)
+	if (p->proto == ETH_P_IP_BE)
 		return p->iph->saddr == ep->ipv4 ? SOURCE_VALID_IP : SOURCE_SPOOFED;
 	return ipv6_source_valid(ep, p->ip6h) ? SOURCE_VALID_IP : SOURCE_SPOOFED;
 }

@@ -139,10 +139,6 @@ def type_drift(btf: Btf, tid: int, want: abi.Scalar | abi.Struct) -> list[str]:
     if t.kind != _STRUCT or t.name != want.name:
         return [f"struct {want.name}: C has {t.name or 'an unnamed type'} (BTF kind {t.kind})"]
     out: list[str] = []
-    have_names = [m[0] for m in t.members]
-    want_names = [f.name for f in want.fields]
-    if have_names != want_names:
-        out.append(f"struct {want.name} fields: C {have_names}, abi.py {want_names}")
     members = {m[0]: m for m in t.members}
     for f in want.fields:
         m = members.get(f.name)
@@ -159,6 +155,10 @@ def type_drift(btf: Btf, tid: int, want: abi.Scalar | abi.Struct) -> list[str]:
             out.append(f"{ref} dimensions: C {list(dims)}, abi.py {list(f.dims)}")
         if isinstance(f.type, abi.Struct):
             out.extend(type_drift(btf, elem, f.type))
+    have_names = [m[0] for m in t.members]
+    want_names = [f.name for f in want.fields]
+    if have_names != want_names:
+        out.append(f"struct {want.name} fields: C {have_names}, abi.py {want_names}")
     if btf.size(tid) != want.size:
         out.append(f"struct {want.name} size: C says {btf.size(tid)}, abi.py says {want.size}")
     return out
