@@ -1,10 +1,12 @@
 """The eBPF datapath: bpfnet's programs on endpoint veths and bridges.
 
 Boundary: implements the ``Datapath`` protocol for the eBPF modes
-(``abi.EBPF_MODES``: "redirect-peer" and "redirect") inside the current network namespace (the daemon has already
-entered the namespace it manages). It owns the tc filters named "bpfnet:*"
-and the maps pinned under pin_dir; the links themselves belong to the
-controller.
+(``abi.EBPF_MODES``: "redirect-peer" and "redirect") inside the current
+network namespace (the daemon has already entered the namespace it manages).
+It owns the tc filters named "bpfnet:*" and the maps pinned under pin_dir; the
+links themselves belong to the controller. Struct layouts, map shapes and
+limits come from ``abi.py``; a load whose C side disagrees raises
+``layout.AbiMismatch``.
 
 Lifecycle:
 - start() compiles the programs, reusing maps already pinned in pin_dir (a
@@ -160,8 +162,8 @@ class EbpfDatapath:
 
     # -- networks ---------------------------------------------------------
     def attach_network(self, net: NetworkSpec) -> None:
-        if not 0 < net.id < m.MAX_NETWORKS:
-            raise ValueError(f"network {net.name}: id {net.id} not in [1, {m.MAX_NETWORKS})")
+        if not 0 < net.id < abi.MAX_NETWORKS:
+            raise ValueError(f"network {net.name}: id {net.id} not in [1, {abi.MAX_NETWORKS})")
         with self._lock:
             maps, ipr = self._need()
             assert self._progs is not None
@@ -183,7 +185,7 @@ class EbpfDatapath:
             maps, ipr = self._need()
             tc.detach(ipr, net.bridge_ifindex)
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
-            if 0 < net.id < m.MAX_NETWORKS:
+            if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
             self._networks.pop(net.bridge_ifindex, None)
 

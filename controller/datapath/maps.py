@@ -25,8 +25,6 @@ from .counters import EndpointCounters
 
 log = logging.getLogger(__name__)
 
-MAX_EP_IPV6 = abi.MAX_EP_IPV6
-MAX_NETWORKS = abi.MAX_NETWORKS
 U32_FMT = "=I"
 COUNTERS_SIZE = abi.ENDPOINT_COUNTERS.size
 
@@ -77,8 +75,8 @@ def endpoint_ipv6(ep: EndpointSpec) -> tuple[IPv6Address, ...]:
     ll = link_local_from_mac(ep.mac)
     if ll not in addrs:
         addrs.append(ll)
-    if len(addrs) > MAX_EP_IPV6:
-        raise ValueError(f"endpoint {ep.name}: at most {MAX_EP_IPV6 - 1} IPv6 addresses "
+    if len(addrs) > abi.MAX_EP_IPV6:
+        raise ValueError(f"endpoint {ep.name}: at most {abi.MAX_EP_IPV6 - 1} IPv6 addresses "
                          f"besides the EUI-64 link-local, got {list(map(str, ep.ipv6))}")
     return tuple(addrs)
 
@@ -104,7 +102,7 @@ def pack_endpoint(ep: EndpointSpec) -> bytes:
 
 def unpack_endpoint(raw: bytes) -> EndpointEntry:
     f = abi.ENDPOINT.unpack(raw)
-    v6, n = f["ipv6"], min(f["n_ipv6"], MAX_EP_IPV6)
+    v6, n = f["ipv6"], min(f["n_ipv6"], abi.MAX_EP_IPV6)
     addrs = tuple(IPv6Address(v6[i * 16:(i + 1) * 16]) for i in range(n))
     return EndpointEntry(f["id"], f["network_id"], f["ifindex"], f["mac"], IPv4Address(f["ipv4"]),
                          addrs)
