@@ -242,3 +242,10 @@ def test_syscall_number_is_never_guessed() -> None:
     assert bpfsys.syscall_number("aarch64") == 280
     with pytest.raises(bpfsys.UnknownMachine, match="sparc64"):
         bpfsys.syscall_number("sparc64")
+
+
+def test_unreadable_btf_counts_as_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bpfsys, "btf_data", lambda _id: b"\x00" * 32)  # wrong magic
+    info = bpfsys.MapInfo(2, 1, 4, abi.ENDPOINT.size, 128, "endpoint_by_id", 7, 1, 2)
+    drift = maps.map_drift(info, abi.MAPS[3], {})
+    assert drift and "BTF cannot be read" in drift[0]

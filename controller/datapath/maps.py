@@ -269,7 +269,10 @@ def map_drift(info: bpfsys.MapInfo, d: abi.MapDef, btfs: dict[int, layout.Btf]) 
     btf = None
     if info.btf_id:
         if info.btf_id not in btfs:
-            btfs[info.btf_id] = layout.Btf(bpfsys.btf_data(info.btf_id))
+            try:
+                btfs[info.btf_id] = layout.Btf(bpfsys.btf_data(info.btf_id))
+            except (ValueError, IndexError, struct.error) as e:
+                return [f"map {d.name}: its BTF cannot be read ({e})"]
         btf = btfs[info.btf_id]
     return layout.map_drift(btf, info.btf_key_type_id, info.btf_value_type_id, d)
 
