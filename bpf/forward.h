@@ -16,7 +16,7 @@
 #include "metrics.h"
 
 #ifndef BPFNET_REDIRECT_PEER
-#define BPFNET_REDIRECT_PEER 1
+#error "BPFNET_REDIRECT_PEER (the mode) comes from abi.cflags()"
 #endif
 
 /*
@@ -28,6 +28,17 @@
  */
 #define BPFNET_CB_MARK0 0xb9f0fa57
 #define BPFNET_CB_MARK1 0x5eedc0de
+
+/* True (and the marker cleared) for a packet one of our programs redirected
+ * here and already counted. */
+static __always_inline int take_redirect_mark(struct __sk_buff *skb)
+{
+	if (skb->cb[0] != BPFNET_CB_MARK0 || skb->cb[1] != BPFNET_CB_MARK1)
+		return 0;
+	skb->cb[0] = 0;
+	skb->cb[1] = 0;
+	return 1;
+}
 
 /* The endpoint in slot id, or NULL for an empty slot (ifindex 0) or an id
  * out of range. An array lookup: inlined by the JIT, no hashing. */
@@ -74,24 +85,23 @@ static __always_inline struct endpoint *fast_target_ipv4(__u32 network_id, struc
 }
 
 /* The endpoint of network_id that owns ip6h->daddr, or NULL. Only TCP, UDP
- * and non-ND ICMPv6 directly after the fixed header qualify: extension
- * headers are not parsed and ND must reach the kernel's neighbour code. */
+ * and non-ND ICMPv6 (icmp6_is_nd()) directly after the fixed header qualify:
+ * extension headers are not parsed. nexthdr: what parse_ip6hdr() returned. */
 static __always_inline struct endpoint *fast_target_ipv6(__u32 network_id, struct ipv6hdr *ip6h,
-							 struct hdr_cursor *nh, void *data_end)
+							 int nexthdr, struct hdr_cursor *nh,
+							 void *data_end)
 {
 	struct ep_ipv6_key key = {};
 	__u32 *id;
-	int type;
 
 	if (ip6h->daddr.in6_u.u6_addr8[0] == 0xff)
 		return NULL; /* multicast */
-	switch (ip6h->nexthdr) {
+	switch (nexthdr) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 		break;
 	case IPPROTO_ICMPV6_:
-		type = parse_icmp6_type(nh, data_end);
-		if (type < 0 || (type >= ICMPV6_ND_FIRST && type <= ICMPV6_ND_LAST))
+		if (icmp6_is_nd(nh, data_end))
 			return NULL;
 		break;
 	default:
@@ -103,6 +113,35 @@ static __always_inline struct endpoint *fast_target_ipv6(__u32 network_id, struc
 	if (!id)
 		return NULL;
 	return endpoint_at(*id);
+}
+
+/* The endpoint of network_id a parsed unicast IP packet may go to directly,
+ * or NULL (p after parse_ip(); anything else is not a fast-path candidate). */
+static __always_inline struct endpoint *fast_target(__u32 network_id, struct packet *p)
+{
+	if (p->proto == ETH_P_IP_BE)
+		return fast_target_ipv4(network_id, p->iph);
+	if (p->proto == ETH_P_IPV6_BE)
+		return fast_target_ipv6(network_id, p->ip6h, p->l4proto, &p->nh, p->data_end);
+	return NULL;
+}
+
+/* What icc=false lets through between two endpoints of one network: all but
+ * unicast IPv4/IPv6, i.e. multicast and broadcast frames, ARP and other
+ * non-IP protocols, IPv6 neighbour discovery (icmp6_is_nd()), and IPv6 too
+ * short to judge. p after packet_start(). */
+static __always_inline int icc_exempt(struct packet *p)
+{
+	if (p->proto < 0 || mac_is_multicast(p->eth->h_dest))
+		return 1;
+	if (p->proto == ETH_P_IP_BE)
+		return 0;
+	if (p->proto != ETH_P_IPV6_BE)
+		return 1;
+	p->l4proto = parse_ip6hdr(&p->nh, p->data_end, &p->ip6h);
+	if (p->l4proto < 0)
+		return 1;
+	return p->l4proto == IPPROTO_ICMPV6_ && icmp6_is_nd(&p->nh, p->data_end);
 }
 
 /*

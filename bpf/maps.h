@@ -5,13 +5,19 @@
  * Every map is pinned under BPFNET_PIN_DIR (a -D cflag set by the controller,
  * e.g. "/sys/fs/bpf/bpfnet/<hostns>"). bcc opens a map that is already pinned
  * there instead of creating a new one, so a restarted daemon keeps its
- * counters and map entries. controller/datapath/maps.py mirrors these structs
- * byte for byte; change both together. At load time the controller checks
- * the kernel's view of every map (type, key/value size, entries) against
- * maps.py, replaces pinned maps whose shape no longer matches and removes
- * pins no longer in the layout (their contents are lost; start() re-adds
- * every entry). A map whose values change meaning but not shape must
- * therefore get a new name, or a restarted daemon would misread it.
+ * counters and map entries.
+ *
+ * One definition: controller/datapath/abi.py declares every struct below
+ * (field names, types, array sizes, in this order), every map and every limit.
+ * The limits come in only as -D cflags from abi.py (no defaults here: a
+ * missing one is an #error). The structs are written out here to be read, and
+ * checked against abi.py field by field: the loader appends offsetof/sizeof
+ * checks for every field to the source it compiles (a drift does not compile,
+ * and the error names struct, field and both offsets), and before reusing a
+ * pinned map it compares the map's BTF (member names, offsets, sizes) with
+ * abi.py, replacing pins written by a build with another layout. Change a
+ * struct here and in abi.py together. A map whose values change meaning but
+ * not layout must still get a new name, or a restarted daemon would misread it.
  *
  * Lookup cost: hash lookups (hashing, bucket walk) are what the fast path
  * pays for per packet; array lookups are inlined by the JIT to a bounds check
@@ -30,14 +36,11 @@
 #ifndef BPFNET_PIN_DIR
 #error "BPFNET_PIN_DIR must be defined (-DBPFNET_PIN_DIR=\"/sys/fs/bpf/...\")"
 #endif
-#ifndef MAX_ENDPOINTS
-#define MAX_ENDPOINTS 4096
+/* The limits, from controller/datapath/abi.py via -D cflags (see above). */
+#if !defined(MAX_ENDPOINTS) || !defined(MAX_NETWORKS) || !defined(MAX_EP_IPV6) || \
+	!defined(MAX_GATEWAY6)
+#error "MAX_ENDPOINTS, MAX_NETWORKS, MAX_EP_IPV6 and MAX_GATEWAY6 come from abi.cflags()"
 #endif
-#ifndef MAX_NETWORKS
-#define MAX_NETWORKS 1024
-#endif
-
-#define MAX_EP_IPV6 4 /* global addresses + link-local per endpoint */
 
 /* The endpoint behind one host-side veth, at index id of endpoint_by_id. */
 struct endpoint {
@@ -48,7 +51,7 @@ struct endpoint {
 	__u8 n_ipv6;      /* valid entries in ipv6[] */
 	__u8 pad;
 	__be32 ipv4;                    /* network byte order */
-	__u32 ipv6[MAX_EP_IPV6][4];     /* network byte order */
+	__u32 ipv6[MAX_EP_IPV6][4];     /* network byte order; global ones + link-local */
 };
 
 /* One bridge network, at index id of network_by_id. */
@@ -59,7 +62,7 @@ struct network {
 	__u8 n_gateway6;     /* valid entries in gateway6[] */
 	__u8 bridge_mac[6];
 	__be32 gateway4;     /* network byte order */
-	__u32 gateway6[2][4]; /* network byte order */
+	__u32 gateway6[MAX_GATEWAY6][4]; /* network byte order */
 };
 
 /* Keys of the address maps. The network id is part of the key: the fast path

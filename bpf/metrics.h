@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The one place that updates endpoint counters.
+ * The one place that updates endpoint counters, and the verdicts that go with
+ * them: a program ends with drop() or to_kernel() (count and verdict in one
+ * call, in the style of Cilium's send_drop_notify), or counts its redirect.
  *
  * Counters live in the per-CPU array endpoint_counters, so plain increments
  * are safe: a tc program runs with migration disabled and nothing else on this
@@ -8,6 +10,8 @@
  */
 #ifndef BPFNET_METRICS_H
 #define BPFNET_METRICS_H
+
+#include <uapi/linux/pkt_cls.h>
 
 #include "maps.h"
 
@@ -52,6 +56,23 @@ static __always_inline void metrics_count(__u32 ep_id, enum direction dir, enum 
 	} else if ((__u32)reason < DROP_REASON_COUNT) {
 		p->drops[reason] += packets;
 	}
+}
+
+/* Count skb as dropped for reason on endpoint ep_id's direction dir; returns
+ * the verdict that drops it. Every drop goes through here. */
+static __always_inline int drop(struct __sk_buff *skb, __u32 ep_id, enum direction dir,
+				enum drop_reason reason)
+{
+	metrics_count(ep_id, dir, COUNT_DROP, reason, skb_packets(skb), 0);
+	return TC_ACT_SHOT;
+}
+
+/* Count skb as left to the kernel (bridge, routing); returns the verdict that
+ * hands it on unchanged. */
+static __always_inline int to_kernel(struct __sk_buff *skb, __u32 ep_id, enum direction dir)
+{
+	metrics_count(ep_id, dir, COUNT_KERNEL, 0, skb_packets(skb), skb->len);
+	return TC_ACT_OK;
 }
 
 #endif

@@ -3,10 +3,13 @@
  * Header parsing with a cursor, in the style of the xdp-tutorial.
  *
  * Every parse_* function checks bounds against data_end before it touches a
- * byte (the verifier rejects the program otherwise) and returns -1 when the
- * header is not all there. Callers treat -1 as "not ours to judge": the packet
- * goes on to the kernel unchanged. Multi-byte fields stay in network byte
- * order; compare them against bpf_htons()/bpf_htonl() constants.
+ * byte (the verifier rejects the program otherwise), moves the cursor past its
+ * header and returns what comes next (the ethertype, the IP protocol / next
+ * header), or -1 when the header is not all there or malformed, so callers
+ * dispatch on the return value instead of reading the field again. Callers
+ * treat -1 as "not ours to judge": the packet goes on to the kernel unchanged.
+ * Multi-byte values stay in network byte order (the ethertype too); compare
+ * them against the *_BE constants below.
  */
 #ifndef BPFNET_PARSING_H
 #define BPFNET_PARSING_H
@@ -46,6 +49,17 @@ struct hdr_cursor {
 	void *pos;
 };
 
+/* One packet as far as it has been parsed: the cursor and the headers found. */
+struct packet {
+	struct hdr_cursor nh; /* after the last parsed header */
+	void *data_end;
+	struct ethhdr *eth;
+	int proto;             /* ethertype (network byte order), -1: no Ethernet header */
+	struct iphdr *iph;     /* valid if proto is ETH_P_IP_BE and parse_ip() succeeded */
+	struct ipv6hdr *ip6h;  /* valid if proto is ETH_P_IPV6_BE and parse_ip() succeeded */
+	int l4proto;           /* IPv4 protocol / IPv6 next header */
+};
+
 /* ARP payload for Ethernet/IPv4 (RFC 826). Packed: the IPv4 fields sit at odd
  * offsets, the compiler then emits byte loads the verifier accepts. */
 struct arp_eth_ipv4 {
@@ -60,6 +74,7 @@ struct arp_eth_ipv4 {
 	__be32 tpa;
 } __attribute__((packed));
 
+/* Returns the ethertype (network byte order). */
 static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
 					struct ethhdr **ethhdr)
 {
@@ -69,7 +84,7 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
 		return -1;
 	nh->pos = eth + 1;
 	*ethhdr = eth;
-	return 0;
+	return eth->h_proto;
 }
 
 static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end,
@@ -87,7 +102,7 @@ static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end,
 		return -1;
 	nh->pos += hdrsize;
 	*iphdr = iph;
-	return 0;
+	return iph->protocol;
 }
 
 static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end,
@@ -101,9 +116,10 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end,
 		return -1;
 	nh->pos = ip6h + 1;
 	*ip6hdr = ip6h;
-	return 0;
+	return ip6h->nexthdr;
 }
 
+/* Returns 0: nothing follows an ARP payload. */
 static __always_inline int parse_arp(struct hdr_cursor *nh, void *data_end,
 				     struct arp_eth_ipv4 **arp)
 {
@@ -128,6 +144,39 @@ static __always_inline int parse_icmp6_type(struct hdr_cursor *nh, void *data_en
 	if ((void *)(type + 1) > data_end)
 		return -1;
 	return *type;
+}
+
+/* Start parsing skb: cursor at the Ethernet header. */
+static __always_inline void packet_start(struct packet *p, struct __sk_buff *skb)
+{
+	p->nh.pos = (void *)(long)skb->data;
+	p->data_end = (void *)(long)skb->data_end;
+	p->proto = parse_ethhdr(&p->nh, p->data_end, &p->eth);
+}
+
+/* Parse the IPv4 or IPv6 header after the Ethernet header (p->proto says
+ * which). Returns the L4 protocol (also in p->l4proto), or -1: not IP, or
+ * the header is truncated or malformed. */
+static __always_inline int parse_ip(struct packet *p)
+{
+	p->l4proto = -1;
+	if (p->proto == ETH_P_IP_BE)
+		p->l4proto = parse_iphdr(&p->nh, p->data_end, &p->iph);
+	else if (p->proto == ETH_P_IPV6_BE)
+		p->l4proto = parse_ip6hdr(&p->nh, p->data_end, &p->ip6h);
+	return p->l4proto;
+}
+
+/* ICMPv6 neighbour discovery (RS, RA, NS, NA, Redirect), or an ICMPv6 packet
+ * too short to tell; nh at the ICMPv6 header. Such packets belong to the
+ * kernel's neighbour code: never fast-pathed, never blocked by icc=false
+ * (icc blocks traffic, not address resolution). The one definition of that
+ * exemption, used by forward.h for both. */
+static __always_inline int icmp6_is_nd(struct hdr_cursor *nh, void *data_end)
+{
+	int type = parse_icmp6_type(nh, data_end);
+
+	return type < 0 || (type >= ICMPV6_ND_FIRST && type <= ICMPV6_ND_LAST);
 }
 
 static __always_inline int mac_is_multicast(const __u8 *mac)

@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .client import Client, ClientError, object_path
 from .config import DEFAULT_SOCKET
+from .datapath.abi import REQUESTABLE_MODES
 from .errors import BpfnetError
 from .tables import stats_table, table
 
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow traffic between endpoints of the default network (default)")
     d.add_argument("--no-icc", dest="icc", action="store_false", help="isolate endpoints from each other")
     d.add_argument("--ndp-proxy-iface", help="answer NDP for endpoint IPv6 addresses on this interface")
-    d.add_argument("--datapath", choices=["auto", "redirect-peer", "redirect", "bridge"],
+    d.add_argument("--datapath", choices=REQUESTABLE_MODES,
                    help="force a datapath mode (default auto: the best the kernel offers)")
     d.add_argument("--metrics-addr", help="Prometheus /metrics address (default 127.0.0.1:9523)")
     d.add_argument("--allow-public-metrics", action="store_true", help="allow a non-loopback metrics address")

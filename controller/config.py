@@ -23,6 +23,7 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any
 
+from .datapath.abi import REQUESTABLE_MODES
 from .errors import InvalidArgument
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would accept a trailing newline
@@ -376,8 +377,9 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
         check_name(cfg.netns, "--netns")
     check_ifname(cfg.bridge, "--bridge")
     check_mtu(cfg.mtu, cfg.ipv6)
-    if cfg.datapath not in ("auto", "redirect-peer", "redirect", "bridge"):
-        raise InvalidArgument(f"--datapath {cfg.datapath!r}: expected auto, redirect-peer, redirect or bridge")
+    if cfg.datapath not in REQUESTABLE_MODES:
+        raise InvalidArgument(f"--datapath {cfg.datapath!r}: expected {', '.join(REQUESTABLE_MODES[:-1])} "
+                              f"or {REQUESTABLE_MODES[-1]}")
     # The default network's flags, checked now rather than after the daemon has entered its namespace.
     data = default_network_config(
         bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,

@@ -24,7 +24,7 @@ from . import __version__, links, netns
 from .api import routes
 from .api.server import ApiServers
 from .config import DaemonConfig, default_network_config
-from .datapath import Datapath, make_datapath
+from .datapath import Datapath, abi, make_datapath
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import build_registry
@@ -93,7 +93,7 @@ class Daemon:
         store = Store(cfg.state_dir)
         self._check_state_owner(store)
         try:
-            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns))
+            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints)
         except ImportError as exc:
             raise BpfnetError(
                 f"--datapath {cfg.datapath} needs Debian's python3-bpfcc ({exc}); "
@@ -158,13 +158,14 @@ class Daemon:
         earlier eBPF run are found by name, nothing is compiled.
         """
         datapath = self.rt.datapath
-        if datapath.mode == "bridge":
+        if datapath.mode == abi.MODE_BRIDGE:
             try:
                 from .datapath.ebpf import EbpfDatapath
             except ImportError:
                 log.info("bcc is not importable: no bpfnet programs can exist here")
                 return
-            datapath = EbpfDatapath(mode="redirect", pin_dir=pin_dir(self.cfg.netns))
+            datapath = EbpfDatapath(mode=abi.MODE_REDIRECT, pin_dir=pin_dir(self.cfg.netns),
+                                    max_endpoints=self.rt.max_endpoints)
         datapath.cleanup()
         try:
             PIN_ROOT.rmdir()

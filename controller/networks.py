@@ -17,7 +17,7 @@ from typing import Any
 
 from .addressing import mac_from_ipv4
 from .config import DEFAULT_POOLS, IFNAME_MAX, NetworkConfig
-from .datapath.maps import MAX_NETWORKS
+from .datapath.abi import MAX_NETWORKS
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
 from .model import NetworkSpec

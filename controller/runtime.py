@@ -14,6 +14,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 from .datapath import Datapath
+from .datapath.abi import DEFAULT_MAX_ENDPOINTS
 from .kernel import Kernel, NetlinkKernel
 from .observer import NullObserver, Observer
 from .state import Store
@@ -27,7 +28,7 @@ class Runtime:
     hostns: str | None  # name of the managed namespace, None = the daemon's own
     outer_prefixes: list[IPv4Network | IPv6Network] = field(default_factory=list)
     ndp_proxy_iface: str | None = None
-    max_endpoints: int = 4096
+    max_endpoints: int = DEFAULT_MAX_ENDPOINTS  # endpoint slots; the datapath gets the same value
     # One lock for every mutation: kernel state and SQLite move together.
     lock: threading.RLock = field(default_factory=threading.RLock)
     kernel: Kernel = None  # type: ignore[assignment]  # filled in from ipr below

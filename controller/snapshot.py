@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .datapath.counters import COUNTER_FIELDS, DIRECTIONS
+from .datapath.counters import COUNTER_KEYS, DIRECTIONS
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def stats_document(snap: MetricsSnapshot) -> dict[str, Any]:
         c = snap.counters.get(ep.id)
         if c is None:
             continue
-        counters: dict[str, Any] = {k: int(c.get(k, 0)) for k in COUNTER_FIELDS}
+        counters: dict[str, Any] = {k: int(c.get(k, 0)) for k in COUNTER_KEYS}
         drops = c.get("drops") or {}
         counters["drops"] = {
             d: {str(r): int(v) for r, v in (drops.get(d) or {}).items()} for d in DIRECTIONS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .datapath.counters import key, total
+from .datapath.counters import key, total_bytes, total_packets
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -27,8 +27,8 @@ def stats_table(stats: dict[str, Any]) -> str:
         drops = k.get("drops", {})
         ndrops = sum(sum(d.values()) for d in drops.values()) if drops else 0
         rows.append([e["name"], e["network"],
-                     total(k, "rx", "packets"), total(k, "rx", "bytes"),
-                     total(k, "tx", "packets"), total(k, "tx", "bytes"),
+                     total_packets(k, "rx"), total_bytes(k, "rx"),
+                     total_packets(k, "tx"), total_bytes(k, "tx"),
                      k.get(key("tx", "fast", "packets"), 0), k.get(key("tx", "kernel", "packets"), 0), ndrops])
     head = f"datapath: {stats['mode']}\n"
     return head + table(rows, ["ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES",

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .datapath.counters import COUNTER_FIELDS, DIRECTIONS, key, total
+from .datapath.counters import COUNTER_KEYS, DIRECTIONS, key, total_bytes, total_packets
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def compute_rates(prev: StatsDoc | None, cur: StatsDoc, elapsed: float) -> list[
     per_s = 1.0 / elapsed if elapsed > 0 else 0.0
     for (network, name), c in _by_key(cur).items():
         p = before.get((network, name))
-        d = {k: _delta(p, c, k) for k in COUNTER_FIELDS}
-        rx_p, tx_p = total(d, "rx", "packets"), total(d, "tx", "packets")
-        rx_b, tx_b = total(d, "rx", "bytes"), total(d, "tx", "bytes")
+        d = {k: _delta(p, c, k) for k in COUNTER_KEYS}
+        rx_p, tx_p = total_packets(d, "rx"), total_packets(d, "tx")
+        rx_b, tx_b = total_bytes(d, "rx"), total_bytes(d, "tx")
         fast = sum(d[key(dr, "fast", "packets")] for dr in DIRECTIONS)
         pkts = rx_p + tx_p
         drops_now = _drops(c)

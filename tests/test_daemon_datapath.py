@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -451,12 +450,12 @@ def pin_old_layout(pin_dir: Path, a: dict[str, Any], b: dict[str, Any]) -> None:
     """Replace network_by_id by the old hash and pin the old address maps, with b's IPv4
     address pointing at a's ifindex (read as an endpoint id, that would misroute)."""
     from bcc import BPF
-    from bpfnet.datapath import bpfsys
+    from bpfnet.datapath import abi, bpfsys
     from bpfnet.datapath import maps as m
 
     (pin_dir / "network_by_id").unlink()
-    text = OLD_LAYOUT.format(net=struct.calcsize(m.NETWORK_FMT), k4=struct.calcsize(m.EP_IPV4_KEY_FMT),
-                             k6=struct.calcsize(m.EP_IPV6_KEY_FMT), pins=pin_dir)
+    text = OLD_LAYOUT.format(net=abi.NETWORK.size, k4=abi.EP_IPV4_KEY.size, k6=abi.EP_IPV6_KEY.size,
+                             pins=pin_dir)
     BPF(text=text.encode()).cleanup()  # the maps stay pinned
     fd = bpfsys.obj_get(str(pin_dir / "endpoint_by_ipv4"))
     try:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec
+from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
 
-MODES = ("redirect-peer", "redirect", "bridge")
+__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "make_datapath"]
 
 
 class Datapath(Protocol):
@@ -53,7 +54,7 @@ class Datapath(Protocol):
 class BridgeDatapath:
     """Bridge mode: no programs, the Linux bridge forwards everything."""
 
-    mode = "bridge"
+    mode = MODE_BRIDGE
 
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
         return None
@@ -86,22 +87,23 @@ class BridgeDatapath:
         return None
 
 
-def make_datapath(requested: str = "auto", pin_dir: str = "/sys/fs/bpf/bpfnet/default",
-                  max_endpoints: int = 4096) -> Datapath:
+def make_datapath(requested: str = MODE_AUTO, pin_dir: str = "/sys/fs/bpf/bpfnet/default",
+                  max_endpoints: int = DEFAULT_MAX_ENDPOINTS) -> Datapath:
     """The datapath for a requested mode: "auto" (best the kernel offers, see
-    ``probe.probe_mode``), "redirect-peer", "redirect" or "bridge". Logs the choice.
-    eBPF modules are imported only when needed, so bridge mode works without bcc."""
+    ``probe.probe_mode``) or one of ``abi.MODES``, with max_endpoints endpoint
+    slots (the daemon passes its Runtime's value). Logs the choice. eBPF modules
+    are imported only when needed, so bridge mode works without bcc."""
     import logging
 
     log = logging.getLogger(__name__)
-    if requested not in ("auto", *MODES):
-        raise ValueError(f"unknown datapath mode {requested!r}; choose auto or one of {MODES}")
+    if requested not in REQUESTABLE_MODES:
+        raise ValueError(f"unknown datapath mode {requested!r}; choose one of {REQUESTABLE_MODES}")
     mode = requested
-    if requested == "auto":
+    if requested == MODE_AUTO:
         from .probe import probe_mode
 
         mode = probe_mode()
-    if mode == "bridge":
+    if mode == MODE_BRIDGE:
         log.info("datapath mode bridge (requested %s): no eBPF programs", requested)
         return BridgeDatapath()
     from .ebpf import EbpfDatapath

@@ -1,11 +1,27 @@
-"""Thin ctypes wrappers around the bpf(2) syscall commands bcc 0.26 does not expose.
+"""Thin ctypes wrappers around the bpf(2) syscall commands bpfnet needs beyond bcc.
 
 Boundary: raw kernel interface only (no knowledge of bpfnet's maps or
-programs). Used for batch map reads (one syscall for a whole map, which keeps
-``counters()`` cheap at scrape time), pinned-object access without recompiling,
-program info (id, tag), BPF_PROG_TEST_RUN for tests, and the feature probe.
-The attribute structs follow ``union bpf_attr`` in include/uapi/linux/bpf.h;
-fields we do not set stay zero, as the kernel requires.
+programs). Used for pinned-object access without compiling anything (a
+fresh process cleaning up, tests, the pin check before a load), batch map
+reads, program info (id, tag), map BTF (the layout check), BPF_PROG_TEST_RUN
+for tests, and the feature probe. The attribute structs follow ``union
+bpf_attr`` in include/uapi/linux/bpf.h; fields we do not set stay zero, as the
+kernel requires.
+
+Why not bcc's ``TableBase.items_lookup_batch()`` (Debian's bcc 0.26 has it):
+it needs a bcc table object, i.e. a compiled module, while we read pinned maps
+by fd without compiling; its Key/Leaf ctypes come from bcc's own mirror of the
+C types, which gets two-dimensional arrays such as ``struct endpoint.ipv6``
+wrong; in 0.26 the batch token and the element count are one and the same
+``c_uint32`` (``ct_out_batch = ct_cnt = ...``), so a read that needs a second
+call resumes from a wrong position; and it yields one ctypes object per
+element, where ``maps.PinnedMaps.counters`` sums per-CPU u64s straight from
+one buffer.
+
+The syscall number differs per architecture and has no portable source in
+Python: ``_SYS_BPF`` lists the ones we know, and any other machine gets a
+clear error on first use (never a guessed number, which would call some
+other syscall).
 """
 
 from __future__ import annotations
@@ -16,7 +32,15 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
+# __NR_bpf per `uname -m` (include/uapi/asm-generic/unistd.h and the arch tables).
+_SYS_BPF = {
+    "x86_64": 321,
+    "i386": 357, "i686": 357,
+    "aarch64": 280, "riscv64": 280, "loongarch64": 280,
+    "armv7l": 386, "armv6l": 386,
+    "ppc64le": 361, "ppc64": 361,
+    "s390x": 351,
+}
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
@@ -25,6 +49,7 @@ BPF_PROG_LOAD = 5
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_BTF_GET_FD_BY_ID = 19
 BPF_MAP_LOOKUP_BATCH = 24
 
 BPF_PROG_TYPE_SCHED_CLS = 3
@@ -40,8 +65,23 @@ class BpfError(OSError):
     """A bpf(2) command failed; errno tells why."""
 
 
+class UnknownMachine(BpfError):
+    """No bpf(2) syscall number known for this architecture."""
+
+
+def syscall_number(machine: str | None = None) -> int:
+    """__NR_bpf for machine (default: this one); UnknownMachine if not in _SYS_BPF."""
+    machine = machine or os.uname().machine
+    try:
+        return _SYS_BPF[machine]
+    except KeyError:
+        raise UnknownMachine(errno.ENOSYS, f"bpf(2): no syscall number known for machine "
+                                           f"{machine!r}; add it to bpfnet.datapath.bpfsys"
+                                           f"._SYS_BPF") from None
+
+
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    ret = int(_libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    ret = int(_libc.syscall(syscall_number(), cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise BpfError(err, f"bpf(cmd={cmd}): {os.strerror(err)}")
@@ -108,7 +148,21 @@ class _MapInfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
                 ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
                 ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16)]
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+                ("btf_key_type_id", ctypes.c_uint32), ("btf_value_type_id", ctypes.c_uint32)]
+
+
+class _IdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
+class _BtfInfo(ctypes.Structure):
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32),
+                ("id", ctypes.c_uint32), ("name", ctypes.c_uint64),
+                ("name_len", ctypes.c_uint32), ("kernel_btf", ctypes.c_uint32)]
 
 
 @dataclass(frozen=True)
@@ -126,6 +180,9 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    btf_id: int = 0  # 0: created without BTF
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,7 +217,24 @@ def map_info(fd: int) -> MapInfo:
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
-                   info.name.decode(errors="replace"))
+                   info.name.decode(errors="replace"), info.btf_id, info.btf_key_type_id,
+                   info.btf_value_type_id)
+
+
+def btf_data(btf_id: int) -> bytes:
+    """The raw BTF blob (header, types, strings) of a loaded BTF object."""
+    fd = _bpf(BPF_BTF_GET_FD_BY_ID, _IdAttr(id=btf_id))
+    try:
+        info = _BtfInfo()
+        attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)  # first call: the size only
+        buf = ctypes.create_string_buffer(info.btf_size)
+        info = _BtfInfo(btf=ctypes.addressof(buf), btf_size=len(buf))
+        attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+        return buf.raw[: info.btf_size]
+    finally:
+        os.close(fd)
 
 
 def prog_info(fd: int) -> ProgInfo:

@@ -1,8 +1,11 @@
 """Why the datapath dropped a packet: the Python mirror of ``bpf/drop_reasons.h``.
 
-Boundary: names and numbers only. The C header is the source of truth; the
-numbers index the ``drops[]`` array of every endpoint counter, and
-``tests/test_drop_reasons.py`` fails when the two lists disagree.
+Boundary: names and numbers only. The C header's X-macro list is what the
+programs use; the numbers index the ``drops[]`` array of every endpoint
+counter (its length comes from here through ``abi.PATH_COUNTERS``). The two
+lists are checked against each other at every load (``abi.ENUMS``: each
+DROP_* value and DROP_REASON_COUNT, compiled into the programs' checks) and by
+``tests/test_drop_reasons.py``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """The eBPF datapath: bpfnet's programs on endpoint veths and bridges.
 
-Boundary: implements the ``Datapath`` protocol for modes "redirect-peer" and
-"redirect" inside the current network namespace (the daemon has already
-entered the namespace it manages). It owns the tc filters named "bpfnet:*"
-and the maps pinned under pin_dir; the links themselves belong to the
-controller.
+Boundary: implements the ``Datapath`` protocol for the eBPF modes
+(``abi.EBPF_MODES``: "redirect-peer" and "redirect") inside the current
+network namespace (the daemon has already entered the namespace it manages).
+It owns the tc filters named "bpfnet:*" and the maps pinned under pin_dir; the
+links themselves belong to the controller. Struct layouts, map shapes and
+limits come from ``abi.py``; a load whose C side disagrees raises
+``layout.AbiMismatch``.
 
 Lifecycle:
 - start() compiles the programs, reusing maps already pinned in pin_dir (a
@@ -26,27 +28,24 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from ..model import EndpointSpec, NetworkSpec
+from . import abi, tc
 from . import maps as m
-from . import tc
 from .loader import LoadedPrograms, load
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_ENDPOINTS = 4096
 
 
 class EbpfDatapath:
     """Datapath with the eBPF fast path (see module docstring)."""
 
-    def __init__(self, mode: str = "redirect-peer", pin_dir: str = "/sys/fs/bpf/bpfnet/default",
-                 max_endpoints: int = DEFAULT_MAX_ENDPOINTS) -> None:
-        if mode not in ("redirect-peer", "redirect"):
-            raise ValueError(f"EbpfDatapath mode must be redirect-peer or redirect, not {mode!r}")
-        if not 0 < max_endpoints <= 65536:
-            raise ValueError(f"max_endpoints out of range: {max_endpoints}")
+    def __init__(self, mode: str = abi.MODE_REDIRECT_PEER,
+                 pin_dir: str = "/sys/fs/bpf/bpfnet/default",
+                 max_endpoints: int = abi.DEFAULT_MAX_ENDPOINTS) -> None:
+        if mode not in abi.EBPF_MODES:
+            raise ValueError(f"EbpfDatapath mode must be one of {abi.EBPF_MODES}, not {mode!r}")
         self.mode = mode
         self.pin_dir = pin_dir
-        self.max_endpoints = max_endpoints
+        self.max_endpoints = abi.check_max_endpoints(max_endpoints)
         self._progs: LoadedPrograms | None = None
         self._maps: m.PinnedMaps | None = None
         self._ipr: IPRoute | None = None
@@ -163,8 +162,8 @@ class EbpfDatapath:
 
     # -- networks ---------------------------------------------------------
     def attach_network(self, net: NetworkSpec) -> None:
-        if not 0 < net.id < m.MAX_NETWORKS:
-            raise ValueError(f"network {net.name}: id {net.id} not in [1, {m.MAX_NETWORKS})")
+        if not 0 < net.id < abi.MAX_NETWORKS:
+            raise ValueError(f"network {net.name}: id {net.id} not in [1, {abi.MAX_NETWORKS})")
         with self._lock:
             maps, ipr = self._need()
             assert self._progs is not None
@@ -186,7 +185,7 @@ class EbpfDatapath:
             maps, ipr = self._need()
             tc.detach(ipr, net.bridge_ifindex)
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
-            if 0 < net.id < m.MAX_NETWORKS:
+            if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
             self._networks.pop(net.bridge_ifindex, None)
 

@@ -1,7 +1,11 @@
 """Compiling bpfnet's C programs with bcc.
 
 Boundary: turns ``bpf/*.c`` into loaded sched_cls program fds with maps
-pinned under a pin directory; no tc, no map contents.
+pinned under a pin directory; no tc, no map contents. Every load checks the
+binary interface (``abi.py``) against C field by field: pins first
+(``maps.check_pins``), then the compiler (checks appended to the source),
+then the BTF of the maps the module ended up with; a drift raises
+``layout.AbiMismatch`` with one line naming struct, field and both values.
 
 bcc only rewrites map accesses (``table.lookup(...)``) in its main file, so
 map-using helpers in our headers would be left as calls bcc cannot link.
@@ -18,12 +22,15 @@ import importlib.resources
 import logging
 import os
 import re
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import bpffs, bpfsys
-from .maps import check_pins, map_specs
+from . import abi, bpffs, bpfsys, layout
+from .maps import check_pins, map_drift, map_specs
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +72,45 @@ def render_source(src_dir: str | None = None) -> str:
 
 
 def cflags(mode: str, pin_dir: str, max_endpoints: int) -> list[str]:
-    if mode not in ("redirect-peer", "redirect"):
-        raise ValueError(f"no eBPF programs for mode {mode!r}")
-    return [
-        f'-DBPFNET_PIN_DIR="{pin_dir}"',
-        f"-DMAX_ENDPOINTS={max_endpoints}",
-        f"-DBPFNET_REDIRECT_PEER={1 if mode == 'redirect-peer' else 0}",
-        "-Wno-unused-function",
-    ]
+    """The pin directory, and the limits and mode from abi.py (C has no defaults)."""
+    return [f'-DBPFNET_PIN_DIR="{pin_dir}"', *abi.cflags(mode, max_endpoints),
+            "-Wno-unused-function"]
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Collect what is written to fd 2 in the block (bcc prints clang's
+    diagnostics there, not into its exception), then write it on to fd 2 as
+    before. The list gets the text once the block is done."""
+    out: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            data = tmp.read()
+            if data:
+                os.write(2, data)
+            out.append(data.decode(errors="replace"))
+
+
+def compile_checked(text: str, flags: list[str], checks: list[abi.Check]) -> Any:
+    """bcc.BPF of text with abi.py's layout checks appended. A check that fails
+    raises AbiMismatch naming it; any other compile error is re-raised as is."""
+    from bcc import BPF  # Debian's python3-bpfcc; imported late so bridge mode needs no bcc
+
+    try:
+        with _stderr_captured() as diagnostics:
+            return BPF(text=(text + abi.compile_checks(checks)).encode(), cflags=flags)
+    except Exception:
+        problems = layout.drift_from_compiler("".join(diagnostics), checks)
+        if problems:
+            raise layout.mismatch(problems, "the C structs") from None
+        raise
 
 
 @dataclass
@@ -92,15 +130,15 @@ class LoadedPrograms:
 
 def load(mode: str, pin_dir: str, max_endpoints: int) -> LoadedPrograms:
     """Compile and load all programs; maps are reused from pin_dir when pinned
-    there with the right shape, created and pinned otherwise."""
-    from bcc import BPF  # Debian's python3-bpfcc; imported late so bridge mode needs no bcc
+    there with the right shape and layout, created and pinned otherwise."""
+    from bcc import BPF
 
     if pin_dir.startswith(bpffs.BPFFS + "/"):
         bpffs.ensure_mounted()  # left mounted: the pins must outlive the daemon
     os.makedirs(pin_dir, mode=0o700, exist_ok=True)
     check_pins(pin_dir, max_endpoints)
     t0 = time.monotonic()
-    b = BPF(text=render_source().encode(), cflags=cflags(mode, pin_dir, max_endpoints))
+    b = compile_checked(render_source(), cflags(mode, pin_dir, max_endpoints), abi.checks())
     try:
         _check_layouts(b, max_endpoints)
         fds: dict[str, int] = {}
@@ -136,13 +174,20 @@ def release_free_heap() -> None:
 
 
 def _check_layouts(b: Any, max_endpoints: int) -> None:
-    """The maps as the kernel created them from the C structs must match
-    maps.py's packing. (bcc's own ctypes mirrors are not used: bcc 0.26 gets
+    """The maps the module uses (created from the C structs, or reused pins) must
+    match abi.py: shape from the kernel's map info, layout field by field from
+    the maps' BTF. (bcc's own ctypes mirrors are not used: bcc 0.26 gets
     two-dimensional arrays such as struct endpoint.ipv6 wrong.)"""
+    btfs: dict[int, layout.Btf] = {}
+    problems: list[str] = []
     for spec in map_specs(max_endpoints):
         info = bpfsys.map_info(int(b[spec.name.encode()].map_fd))
         have = (info.type, info.key_size, info.value_size, info.max_entries)
         want = (spec.type, spec.key_size, spec.value_size, spec.max_entries)
         if have != want:
-            raise RuntimeError(f"map {spec.name}: C layout (type, key, value, entries) {have}, "
-                               f"maps.py expects {want}")
+            problems.append(f"map {spec.name} (type, key, value, entries): C {have}, "
+                            f"abi.py {want}")
+        else:
+            problems.extend(map_drift(info, spec.abi, btfs))
+    if problems:
+        raise layout.mismatch(problems, "the loaded maps")

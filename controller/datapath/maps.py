@@ -1,9 +1,11 @@
-"""Byte layouts of bpfnet's BPF maps and access to the pinned maps.
+"""Packing of bpfnet's map entries and access to the pinned maps.
 
-Boundary: this module knows ``bpf/maps.h`` (it mirrors every struct byte for
-byte) and talks to pinned maps through raw fds; it knows nothing about tc or
-program loading. Addresses are packed in network byte order, as the programs
-compare them with packet fields directly; everything else is host order.
+Boundary: the layouts come from ``abi.py`` (the one definition C and Python
+share; the C side is checked against it, see ``layout.py``); this module packs
+and unpacks entries with them and talks to pinned maps through raw fds; it
+knows nothing about tc or program loading. Addresses are packed in network
+byte order, as the programs compare them with packet fields directly;
+everything else is host order.
 """
 
 from __future__ import annotations
@@ -17,25 +19,17 @@ from ipaddress import IPv4Address, IPv6Address
 
 from ..addressing import link_local_from_mac
 from ..model import EndpointSpec, NetworkSpec
-from . import bpfsys
+from . import abi, bpfsys, layout
 from . import counters as counters_mod
 from .counters import EndpointCounters
-from .drop_reasons import DropReason
 
 log = logging.getLogger(__name__)
 
-MAX_EP_IPV6 = 4  # struct endpoint.ipv6[] length (MAX_EP_IPV6 in maps.h)
-MAX_NETWORKS = 1024
-
-# "=": no padding; the C structs are laid out so that none is needed.
-ENDPOINT_FMT = "=III6sBx4s64s"  # struct endpoint
-NETWORK_FMT = "=IIBB6s4s32s"  # struct network
-EP_IPV4_KEY_FMT = "=I4s"  # struct ep_ipv4_key
-EP_IPV6_KEY_FMT = "=I16s"  # struct ep_ipv6_key
 U32_FMT = "=I"
+COUNTERS_SIZE = abi.ENDPOINT_COUNTERS.size
 
-N_REASONS = len(DropReason)
-COUNTERS_SIZE = counters_mod.COUNTERS_SIZE
+_MAP_TYPES = {"hash": bpfsys.BPF_MAP_TYPE_HASH, "array": bpfsys.BPF_MAP_TYPE_ARRAY,
+              "percpu_array": bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY}
 
 
 @dataclass(frozen=True)
@@ -47,27 +41,19 @@ class MapSpec:
     key_size: int
     value_size: int
     max_entries: int
+    abi: abi.MapDef
 
 
-def map_specs(max_endpoints: int) -> tuple[MapSpec, ...]:
-    """The pinned maps of this version. A map whose values change meaning keeps
-    its shape, so it must get a new name here and in maps.h: check_pins()
-    removes pins whose name is not listed (e.g. endpoint_by_ipv4, whose values
-    were ifindexes before they were endpoint ids). endpoint_by_ifindex and
-    endpoint_by_id hold the same records: the sender's is found by ifindex, the
-    destination's by the id an address map yields."""
-    h, a, pa = (bpfsys.BPF_MAP_TYPE_HASH, bpfsys.BPF_MAP_TYPE_ARRAY,
-                bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
-    return (
-        MapSpec("endpoint_by_ifindex", h, 4, struct.calcsize(ENDPOINT_FMT), max_endpoints),
-        MapSpec("endpoint_id_by_ipv4", h, struct.calcsize(EP_IPV4_KEY_FMT), 4, max_endpoints),
-        MapSpec("endpoint_id_by_ipv6", h, struct.calcsize(EP_IPV6_KEY_FMT), 4,
-                max_endpoints * MAX_EP_IPV6),
-        MapSpec("endpoint_by_id", a, 4, struct.calcsize(ENDPOINT_FMT), max_endpoints),
-        MapSpec("network_by_id", a, 4, struct.calcsize(NETWORK_FMT), MAX_NETWORKS),
-        MapSpec("network_by_bridge_ifindex", h, 4, 4, MAX_NETWORKS),
-        MapSpec("endpoint_counters", pa, 4, COUNTERS_SIZE, max_endpoints),
-    )
+def map_specs(max_endpoints: int, maps: tuple[abi.MapDef, ...] = abi.MAPS) -> tuple[MapSpec, ...]:
+    """The pinned maps of this version (abi.MAPS) at this max_endpoints. A map
+    whose values change meaning keeps its layout, so it must get a new name in
+    abi.py and maps.h: check_pins() removes pins whose name is not listed (e.g.
+    endpoint_by_ipv4, whose values were ifindexes before they were endpoint
+    ids). endpoint_by_ifindex and endpoint_by_id hold the same records: the
+    sender's is found by ifindex, the destination's by the id an address map
+    yields."""
+    return tuple(MapSpec(d.name, _MAP_TYPES[d.kind], d.key.size, d.value.size,
+                         d.entries(max_endpoints), d) for d in maps)
 
 
 def is_array(spec: MapSpec) -> bool:
@@ -89,8 +75,8 @@ def endpoint_ipv6(ep: EndpointSpec) -> tuple[IPv6Address, ...]:
     ll = link_local_from_mac(ep.mac)
     if ll not in addrs:
         addrs.append(ll)
-    if len(addrs) > MAX_EP_IPV6:
-        raise ValueError(f"endpoint {ep.name}: at most {MAX_EP_IPV6 - 1} IPv6 addresses "
+    if len(addrs) > abi.MAX_EP_IPV6:
+        raise ValueError(f"endpoint {ep.name}: at most {abi.MAX_EP_IPV6 - 1} IPv6 addresses "
                          f"besides the EUI-64 link-local, got {list(map(str, ep.ipv6))}")
     return tuple(addrs)
 
@@ -109,29 +95,33 @@ class EndpointEntry:
 
 def pack_endpoint(ep: EndpointSpec) -> bytes:
     v6 = endpoint_ipv6(ep)
-    return struct.pack(ENDPOINT_FMT, ep.id, ep.network_id, ep.host_ifindex, mac_bytes(ep.mac),
-                       len(v6), ep.ipv4.packed, b"".join(a.packed for a in v6))
+    return abi.ENDPOINT.pack(id=ep.id, network_id=ep.network_id, ifindex=ep.host_ifindex,
+                             mac=mac_bytes(ep.mac), n_ipv6=len(v6), ipv4=ep.ipv4.packed,
+                             ipv6=b"".join(a.packed for a in v6))
 
 
 def unpack_endpoint(raw: bytes) -> EndpointEntry:
-    eid, nid, ifindex, mac, n, v4, v6 = struct.unpack(ENDPOINT_FMT, raw)
-    addrs = tuple(IPv6Address(v6[i * 16:(i + 1) * 16]) for i in range(min(n, MAX_EP_IPV6)))
-    return EndpointEntry(eid, nid, ifindex, mac, IPv4Address(v4), addrs)
+    f = abi.ENDPOINT.unpack(raw)
+    v6, n = f["ipv6"], min(f["n_ipv6"], abi.MAX_EP_IPV6)
+    addrs = tuple(IPv6Address(v6[i * 16:(i + 1) * 16]) for i in range(n))
+    return EndpointEntry(f["id"], f["network_id"], f["ifindex"], f["mac"], IPv4Address(f["ipv4"]),
+                         addrs)
 
 
 def pack_network(net: NetworkSpec) -> bytes:
-    gw6 = net.gateway6[:2]
-    return struct.pack(NETWORK_FMT, net.id, net.bridge_ifindex, 1 if net.icc else 0, len(gw6),
-                       mac_bytes(net.bridge_mac), net.gateway4.packed,
-                       b"".join(a.packed for a in gw6))
+    gw6 = net.gateway6[:abi.MAX_GATEWAY6]
+    return abi.NETWORK.pack(id=net.id, bridge_ifindex=net.bridge_ifindex,
+                            icc=1 if net.icc else 0, n_gateway6=len(gw6),
+                            bridge_mac=mac_bytes(net.bridge_mac), gateway4=net.gateway4.packed,
+                            gateway6=b"".join(a.packed for a in gw6))
 
 
 def ipv4_key(network_id: int, addr: IPv4Address) -> bytes:
-    return struct.pack(EP_IPV4_KEY_FMT, network_id, addr.packed)
+    return abi.EP_IPV4_KEY.pack(network_id=network_id, addr=addr.packed)
 
 
 def ipv6_key(network_id: int, addr: IPv6Address) -> bytes:
-    return struct.pack(EP_IPV6_KEY_FMT, network_id, addr.packed)
+    return abi.EP_IPV6_KEY.pack(network_id=network_id, addr=addr.packed)
 
 
 def u32(v: int) -> bytes:
@@ -185,8 +175,9 @@ class PinnedMaps:
 
     # -- endpoints --------------------------------------------------------
     def endpoint_ids(self) -> dict[int, int]:
-        """host ifindex -> endpoint id, one batch lookup (id is the record's first field)."""
-        return {struct.unpack(U32_FMT, k)[0]: struct.unpack_from(U32_FMT, v)[0]
+        """host ifindex -> endpoint id, one batch lookup (only the id field is decoded)."""
+        at = abi.ENDPOINT.offsets["id"]
+        return {struct.unpack(U32_FMT, k)[0]: struct.unpack_from(U32_FMT, v, at)[0]
                 for k, v in self.items("endpoint_by_ifindex")}
 
     def endpoint(self, ifindex: int) -> EndpointEntry | None:
@@ -212,7 +203,7 @@ class PinnedMaps:
         mv = memoryview(values)
         zero = self._zero_counters
         q = mv.cast("Q")
-        nq = COUNTERS_SIZE // 8
+        nq = counters_mod.U64_COUNT
         out: dict[int, EndpointCounters] = {}
         for i in range(n):
             slot = struct.unpack_from(U32_FMT, keys, i * s.key_size)[0]
@@ -232,18 +223,22 @@ class PinnedMaps:
         return out
 
 
-def check_pins(pin_dir: str, max_endpoints: int) -> None:
-    """Unlink pins in pin_dir that are not part of this version's layout (maps
-    renamed or dropped by an upgrade) and pinned maps whose shape no longer
-    matches (e.g. max_endpoints or the drop-reason list changed): bcc would
-    otherwise fail to reuse them. Their contents are lost; the controller
-    re-adds every entry in start()."""
-    specs = map_specs(max_endpoints)
+def check_pins(pin_dir: str, max_endpoints: int,
+               maps: tuple[abi.MapDef, ...] = abi.MAPS) -> None:
+    """Make pin_dir safe for bcc to reuse: unlink pins that are not part of this
+    version's layout (maps renamed or dropped by an upgrade), pinned maps whose
+    shape no longer matches (e.g. max_endpoints or the drop-reason list
+    changed: bcc would fail to reuse them) and pinned maps whose BTF says their
+    key or value layout differs from abi.py field by field (same size, other
+    field order: bcc would reuse them and every reader would misread them).
+    Their contents are lost; the controller re-adds every entry in start()."""
+    specs = map_specs(max_endpoints, maps)
     for name in stale_pins(pin_dir, specs):
         path = os.path.join(pin_dir, name)
         log.warning("pinned object %s is not part of this version's map layout: removing it",
                     path)
         os.unlink(path)
+    btfs: dict[int, layout.Btf] = {}
     for spec in specs:
         path = os.path.join(pin_dir, spec.name)
         if not os.path.exists(path):
@@ -259,6 +254,27 @@ def check_pins(pin_dir: str, max_endpoints: int) -> None:
             log.warning("pinned map %s has (type, key, value, entries) %s, want %s: "
                         "replacing it, its contents are lost", path, have, want)
             os.unlink(path)
+            continue
+        drift = map_drift(info, spec.abi, btfs)
+        if drift:
+            log.warning("pinned map %s was written with another layout (%s%s): replacing it, "
+                        "its contents are lost", path, drift[0],
+                        f"; {len(drift) - 1} more" if len(drift) > 1 else "")
+            os.unlink(path)
+
+
+def map_drift(info: bpfsys.MapInfo, d: abi.MapDef, btfs: dict[int, layout.Btf]) -> list[str]:
+    """Differences between a map's BTF and its abi.py declaration (btfs caches
+    the parsed BTF objects by id: all maps of one build share one)."""
+    btf = None
+    if info.btf_id:
+        if info.btf_id not in btfs:
+            try:
+                btfs[info.btf_id] = layout.Btf(bpfsys.btf_data(info.btf_id))
+            except (ValueError, IndexError, struct.error) as e:
+                return [f"map {d.name}: its BTF cannot be read ({e})"]
+        btf = btfs[info.btf_id]
+    return layout.map_drift(btf, info.btf_key_type_id, info.btf_value_type_id, d)
 
 
 def stale_pins(pin_dir: str, specs: tuple[MapSpec, ...]) -> list[str]:

@@ -12,6 +12,7 @@ import os
 import struct
 
 from . import bpfsys
+from .abi import MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,14 @@ def probe_mode() -> str:
     """Best mode the kernel offers: "redirect-peer", "redirect" or "bridge"."""
     if not bcc_available():
         log.warning("bcc (Debian's python3-bpfcc) is not importable: bridge mode only")
-        return "bridge"
+        return MODE_BRIDGE
+    try:
+        bpfsys.syscall_number()
+    except bpfsys.UnknownMachine as e:
+        log.warning("%s: bridge mode only", e.strerror)
+        return MODE_BRIDGE
     if helper_available(BPF_FUNC_REDIRECT_PEER):
-        return "redirect-peer"
+        return MODE_REDIRECT_PEER
     if helper_available(BPF_FUNC_REDIRECT):
-        return "redirect"
-    return "bridge"
+        return MODE_REDIRECT
+    return MODE_BRIDGE

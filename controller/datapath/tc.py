@@ -22,7 +22,6 @@ FILTER_PREFIX = "bpfnet:"
 PRIO = 1
 HANDLE = 1
 PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
-_PARENT_IDS = {0xFFFFFFF2: "ingress", 0xFFFFFFF3: "egress"}
 
 # "device is gone" answers: a removed veth takes its filters with it.
 _GONE = (errno.ENODEV, errno.ENOENT, errno.EINVAL)
