@@ -4,11 +4,21 @@ Boundary: rows for networks, endpoints and IP leases, nothing about the
 kernel. Endpoint rows carry a ``state`` ('creating', 'ready', 'removing') that
 is written *before* kernel work starts, so a daemon killed mid-operation knows
 what to reconcile at its next start. Every method is one transaction.
+
+Damaged state never becomes a traceback: a state dir that is not a directory
+or cannot be written, a file that is not a database or fails SQLite's
+``integrity_check`` all raise ``StateError`` with one line naming the file and
+what to do; a write that finds the disk full raises ``StorageFull`` (HTTP 507)
+and changes nothing (the transaction is rolled back). ``Store.fresh`` tells
+the daemon that the file held no bpfnet state when it was opened (new, or
+empty: SQLite treats a 0-byte file as an empty database), so that it never
+mistakes a lost state file for "nothing exists" (see bpfnet.statecheck).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -16,6 +26,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .errors import BpfnetError, Exhausted
+
+DB_NAME = "bpfnet.db"
+# sqlite3.Error.sqlite_errorcode & 0xff (the primary result code)
+SQLITE_READONLY = 8
+SQLITE_IOERR = 10
+SQLITE_CORRUPT = 11
+SQLITE_FULL = 13
+SQLITE_CANTOPEN = 14
+SQLITE_NOTADB = 26
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -76,21 +97,94 @@ class LeaseRow:
     endpoint: str
 
 
+class StateError(BpfnetError):
+    """The state dir or file is unusable; the daemon refuses to start (one line, no traceback)."""
+
+    status = 500
+
+
+class StorageFull(Exhausted):
+    """A write found the disk (or the database's page limit) full; nothing was changed."""
+
+
+def _code(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return _code(exc) == SQLITE_FULL or "database or disk is full" in str(exc)
+
+
+def prepare_state_dir(state_dir: str) -> Path:
+    """The state directory, created if missing; StateError when it cannot be one."""
+    path = Path(state_dir)
+    if path.exists() and not path.is_dir():
+        raise StateError(f"--state-dir {state_dir} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StateError(f"--state-dir {state_dir}: cannot create it: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StateError(f"--state-dir {state_dir} is not writable by the daemon")
+    return path
+
+
 class Store:
     """SQLite-backed state; safe to share between the API's threads."""
 
     def __init__(self, state_dir: str) -> None:
-        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = str(Path(state_dir) / "bpfnet.db")
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self.path = str(prepare_state_dir(state_dir) / DB_NAME)
         self._lock = threading.RLock()
         # Bumped whenever leases are deleted, so that whoever remembers "all
         # addresses below X are leased" (bpfnet.endpoints) knows when that lapsed.
         self.lease_generation = 0
-        with self._lock:
-            self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StateError(f"state file {self.path}: cannot open it: {exc}") from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        advice = ("restore it from a backup, or move it away and start with --reconcile=adopt "
+                  "(rebuild the state from the kernel) or --reconcile=wipe")
+        try:
+            # Reading the schema is the first access to the file: a file that is
+            # not a database fails here, before anything is written to it.
+            tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            check = self._db.execute("PRAGMA integrity_check(5)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if _code(exc) == SQLITE_NOTADB or "not a database" in str(exc):
+                raise StateError(f"state file {self.path} is not a SQLite database: {advice}") from None
+            if _code(exc) == SQLITE_CORRUPT or "malformed" in str(exc):
+                raise StateError(f"state file {self.path} is damaged ({exc}): {advice}") from None
+            raise StateError(f"state file {self.path}: cannot read it: {exc}") from None
+        problems = [line.strip() for r in check for line in str(r[0]).splitlines() if line.strip()]
+        if problems != ["ok"]:
+            raise StateError(f"state file {self.path} fails SQLite's integrity check "
+                             f"({problems[-1]}{'; …' if len(problems) > 1 else ''}): {advice}")
+        self.fresh = tables == 0 or not self._has_meta()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._lock:
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            if _code(exc) == SQLITE_READONLY or "readonly" in str(exc):
+                raise StateError(f"state file {self.path} is read-only for the daemon") from None
+            if _is_full(exc):
+                raise StateError(f"state file {self.path}: the disk is full") from None
+            raise StateError(f"state file {self.path}: cannot write it: {exc}") from None
+
+    def _has_meta(self) -> bool:
+        try:
+            row = self._db.execute("SELECT count(*) FROM meta").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(row and row[0])
 
     def close(self) -> None:
         self._db.close()
@@ -98,13 +192,35 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:  # SQLITE_FULL has already rolled it back
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if _is_full(exc):
+                    raise StorageFull(f"cannot write the state database {self.path}: the disk is full; "
+                                      "nothing was changed") from None
+                if _code(exc) == SQLITE_READONLY:
+                    raise StateError(f"cannot write the state database {self.path}: it became read-only; "
+                                     "nothing was changed") from None
                 raise
-            self._db.execute("COMMIT")
+
+    # meta
+    def claim_owner(self, hostns: str) -> str | None:
+        """Record which namespace this state belongs to; return the recorded owner if it is another."""
+        with self.tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'hostns'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('hostns', ?)", (hostns,))
+                return None
+            return None if row[0] == hostns else str(row[0])
 
     # meta
     def claim_meta(self, key: str, value: str) -> str:
