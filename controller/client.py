@@ -114,9 +114,13 @@ class Client:
             raise ClientError(f"TLS with the daemon at {self.host} failed: {exc.reason or exc}{hint}") from None
         except (OSError, http.client.HTTPException) as exc:
             hint = ""
-            if self.listener.kind == "tcp" and self.ssl is None and isinstance(
+            if self.listener.kind == "tcp" and isinstance(
                     exc, (ConnectionResetError, http.client.RemoteDisconnected)):
-                hint = " (if the daemon uses TLS, pass --tls or --tlsverify)"
+                # Both show up only as a closed connection (TLS 1.3 refuses a client
+                # certificate after the client has sent its request).
+                hint = (" (if the daemon uses TLS, pass --tls or --tlsverify)" if self.ssl is None else
+                        " (the daemon may have refused the client certificate: its --tlsverify needs "
+                        "--tlscert and --tlskey signed by its --tlscacert)")
             raise ClientError(f"talking to the daemon at {self.host} failed: {exc}{hint}") from None
         finally:
             conn.close()
