@@ -371,7 +371,8 @@ class ApiServer:
         loop = asyncio.get_running_loop()
         self._proto_server = _Server(
             self, loop=loop, keepalive_timeout=self.idle_timeout, lingering_time=self.linger_timeout,
-            access_log=None, logger=log, tcp_keepalive=True, handler_cancellation=False)
+            access_log=None, logger=log, tcp_keepalive=True, handler_cancellation=False,
+            auto_decompress=False)
         for sock, listener in self._socks:
             ssl_ctx = self.ssl if listener.kind == "tcp" else None
             extra: dict[str, Any] = {}
@@ -457,6 +458,9 @@ class ApiServer:
             raise _Reject(413, f"request body too large ({length} bytes; the limit is {self.max_body})")
         if not request.body_exists:
             return None
+        encoding = request.headers.get("Content-Encoding", "identity")
+        if encoding.lower() != "identity":  # the parser does not inflate (no zip bombs): refuse
+            raise _Reject(415, f"Content-Encoding {encoding[:_MAX_MESSAGE]} is not supported")
         expect = request.headers.get("Expect")
         if expect is not None:
             if expect.lower() != "100-continue":

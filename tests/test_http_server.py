@@ -124,6 +124,7 @@ MALFORMED = {
     "bad chunk size": (b"POST /v1/echo HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     "target not a path": (b"GET v1/info HTTP/1.1\r\n" + HOST + b"\r\n", 400),
     "Expect other than 100-continue": (post("/v1/echo", b"{}", b"Expect: magic\r\n"), 417),
+    "compressed body": (post("/v1/echo", b"\x1f\x8b\x08\x00", b"Content-Encoding: gzip\r\n"), 415),
 }
 
 

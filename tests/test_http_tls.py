@@ -18,7 +18,15 @@ from bpfnet.config import Listener
 from bpfnet.errors import BpfnetError
 from bpfnet.http_server import ApiServer
 from bpfnet.tls import TlsConfig, daemon_tls
-from httptest import Certs, Recorder, make_certs, parse_responses, read_until_closed, running, tcp_port
+from httptest import (
+    Certs,
+    Recorder,
+    make_certs,
+    parse_responses,
+    read_until_closed,
+    running,
+    tcp_port,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 FAST = {"idle_timeout": 2.0, "body_timeout": 1.0, "linger_timeout": 0.3}
@@ -53,10 +61,10 @@ def test_tlsverify_accepts_a_client_signed_by_the_ca_only(tmp_path: Path, certs:
 
 
 def test_client_verifies_the_daemon(tmp_path: Path, certs: Certs) -> None:
-    with running(tmp_path, Recorder(), tls=verify_cfg(certs), **FAST) as server:
-        with pytest.raises(ClientError, match="certificate .* is not trusted"):
-            Client(url(server), tlsverify=True, cacert=str(certs.other_client_cert.parent / "other-ca.pem"),
-                   cert=str(certs.client_cert), key=str(certs.client_key)).get("/v1/info")
+    with running(tmp_path, Recorder(), tls=verify_cfg(certs), **FAST) as server, \
+            pytest.raises(ClientError, match="certificate .* is not trusted"):
+        Client(url(server), tlsverify=True, cacert=str(certs.other_client_cert.parent / "other-ca.pem"),
+               cert=str(certs.client_cert), key=str(certs.client_key)).get("/v1/info")
 
 
 def test_tls_without_verify_encrypts_but_warns(tmp_path: Path, certs: Certs) -> None:
@@ -85,15 +93,15 @@ def test_plain_http_to_a_tls_listener_fails_cleanly(tmp_path: Path, certs: Certs
 
 
 def test_tls_client_to_a_plain_listener_says_so(tmp_path: Path) -> None:
-    with running(tmp_path, Recorder(), **FAST) as server:
-        with pytest.raises(ClientError, match="TLS .* failed.*without TLS"):
-            Client(url(server), tls=True).get("/v1/info")
+    with running(tmp_path, Recorder(), **FAST) as server, \
+            pytest.raises(ClientError, match="TLS .* failed.*without TLS"):
+        Client(url(server), tls=True).get("/v1/info")
 
 
 def test_tls_handshake_that_never_comes_is_dropped(tmp_path: Path, certs: Certs) -> None:
-    with running(tmp_path, Recorder(), tls=verify_cfg(certs), **FAST) as server:
-        with socket.create_connection(("127.0.0.1", tcp_port(server))) as sock:
-            out, closed = read_until_closed(sock, FAST["idle_timeout"] + 3)
+    with running(tmp_path, Recorder(), tls=verify_cfg(certs), **FAST) as server, \
+            socket.create_connection(("127.0.0.1", tcp_port(server))) as sock:
+        out, closed = read_until_closed(sock, FAST["idle_timeout"] + 3)
     assert closed and out == b""
 
 
@@ -148,10 +156,10 @@ def test_daemon_flags_follow_dockerd() -> None:
 def test_raw_http_over_tls_gets_the_same_json(tmp_path: Path, certs: Certs) -> None:
     ctx = ssl.create_default_context(cafile=str(certs.ca))
     ctx.load_cert_chain(str(certs.client_cert), str(certs.client_key))
-    with running(tmp_path, Recorder(), tls=verify_cfg(certs), **FAST) as server:
-        with socket.create_connection(("127.0.0.1", tcp_port(server))) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            sock.sendall(b"PUT /v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            out, _ = read_until_closed(sock, 5)
+    with running(tmp_path, Recorder(), tls=verify_cfg(certs), **FAST) as server, \
+            socket.create_connection(("127.0.0.1", tcp_port(server))) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"PUT /v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out, _ = read_until_closed(sock, 5)
     (resp,) = parse_responses(out)
     assert resp.status == 405 and resp.json() == {"error": "PUT /v1/info: method not allowed"}
