@@ -220,10 +220,15 @@ class _Protocol(web_protocol.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.owner.connections += 1
-        if self.owner.connections > self.owner.max_connections:
-            log.warning("API: %d connections open, closing a new one", self.owner.connections - 1)
+        owner = self.owner
+        owner.connections += 1
+        if owner.connections > owner.max_connections:
+            if not owner.over_cap:  # once per episode: a flood must not flood the log too
+                log.warning("API: %d connections open, closing new ones until some end", owner.max_connections)
+                owner.over_cap = True
             self.force_close()
+        elif owner.connections < owner.max_connections:
+            owner.over_cap = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._manager is not None:  # aiohttp calls this once per connection with a manager
@@ -292,6 +297,7 @@ class ApiServer:
         self.write_timeout = write_timeout
         self.linger_timeout = linger_timeout
         self.connections = 0
+        self.over_cap = False
         self.warnings: list[str] = []
         self.addresses: list[str] = []  # as bound: tcp://127.0.0.1:0 shows its real port
         self._socks: list[tuple[socket.socket, Listener]] = []
