@@ -217,10 +217,15 @@ class _Protocol(web_protocol.RequestHandler):
     """aiohttp's connection handler with JSON errors, quiet disconnects and a connection cap."""
 
     owner: ApiServer
+    head_seen = False  # a first request head has arrived (or failed to parse)
+    head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         owner = self.owner
+        # aiohttp arms its keep-alive timer at connect only since late 3.x releases:
+        # our own deadline for the first request head, whatever the version.
+        self.head_timer = self._loop.call_later(owner.idle_timeout, self._head_deadline)
         owner.connections += 1
         if owner.connections > owner.max_connections:
             if not owner.over_cap:  # once per episode: a flood must not flood the log too
@@ -230,7 +235,15 @@ class _Protocol(web_protocol.RequestHandler):
         elif owner.connections < owner.max_connections:
             owner.over_cap = False
 
+    def _head_deadline(self) -> None:
+        self.head_timer = None
+        if not self.head_seen and self.transport is not None:
+            log.debug("API: no request within %g s of connecting, closing", self.owner.idle_timeout)
+            self.force_close()
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
         if self._manager is not None:  # aiohttp calls this once per connection with a manager
             self.owner.connections -= 1
         super().connection_lost(exc)
@@ -240,6 +253,7 @@ class _Protocol(web_protocol.RequestHandler):
         """Errors aiohttp meets itself (a request it could not parse, a handler that
         raised): a JSON line instead of aiohttp's text or HTML, and a disconnect is
         not an error of ours."""
+        self.head_seen = True
         if isinstance(exc, ConnectionError):
             log.debug("API client went away: %s", exc)
             raise ConnectionResetError("client disconnected")
@@ -424,6 +438,8 @@ class ApiServer:
 
     # one request ----------------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if isinstance(request.protocol, _Protocol):
+            request.protocol.head_seen = True  # from now on aiohttp's keep-alive timer applies
         method = request.method
         route, label = SERVER_ROUTE, method_label(method)
         try:
