@@ -264,7 +264,7 @@ class NetworkConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
-            raise InvalidArgument(f"network: unknown field(s) {', '.join(sorted(unknown))}")
+            raise InvalidArgument(f"network: unknown field(s) {', '.join(repr(k) for k in sorted(unknown))}")
         given = {k: v for k, v in data.items() if v is not None}
         for req in ("name", "subnet4"):
             if req not in given:

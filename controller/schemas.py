@@ -229,7 +229,7 @@ def describe_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and e["loc"]]
     if unknown:
-        return f"unknown field(s) {', '.join(sorted(unknown))}"
+        return f"unknown field(s) {', '.join(repr(k) for k in sorted(unknown))}"
     err = errors[0]
     loc = ".".join(str(part) for part in err["loc"])
     field = str(err["loc"][0]) if err["loc"] else ""
