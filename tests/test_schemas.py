@@ -19,7 +19,6 @@ from bpfnet.config import (
     V6_SPECIAL,
     NetworkConfig,
     check_name,
-    default_network_config,
     load_daemon_config,
     parse_bip,
 )
@@ -54,13 +53,6 @@ def from_json_refused(**fields: Any) -> str:
     with pytest.raises(InvalidArgument) as info:
         NetworkConfig.from_json({**NET, **fields})
     return info.value.message
-
-
-def dflt(**kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"bip": None, "fixed_cidr": None, "ipv6": False, "fixed_cidr_v6": None,
-                            "default_gateway": None, "default_gateway_v6": None, "mtu": 1500, "icc": True}
-    args.update(kw)
-    return default_network_config(**args)
 
 
 # --- accepted bodies -----------------------------------------------------------------------
@@ -253,7 +245,7 @@ def test_d6_scoped_default_gateway6_never_stored_without_its_scope() -> None:
     cfg = parse_body(NetworkCreate, net_body(ipv6=True, default_gateway6="fe80::1")).config()
     assert cfg.to_json()["default_gateway6"] == "fe80::1"
     with pytest.raises(InvalidArgument, match="scopes"):
-        NetworkConfig.from_json(dflt(bip="172.30.0.1/16", ipv6=True, default_gateway_v6="fe80::1%eth0"))
+        load_daemon_config(None, {"bip": "172.30.0.1/16", "ipv6": True, "default_gateway_v6": "fe80::1%eth0"})
 
 
 @pytest.mark.parametrize(("field", "value"), [("gateway4", "10.20.0.0"), ("default_gateway4", "127.0.0.1"),
