@@ -75,7 +75,7 @@ def check_ifname(value: str, what: str = "bridge name") -> str:
 def check_mtu(value: Any, ipv6: bool = False) -> int:
     # An int, or a string of digits from a flag; never a float (1500.5 was silently truncated),
     # a bool (an int subclass) or Infinity.
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidArgument(f"invalid MTU {value!r}: not an integer")

@@ -51,6 +51,8 @@ from .config import (
     V4_CIDR_HINT,
     V6_CIDR_HINT,
     NetworkConfig,
+    check_ifname,
+    check_name,
     json_type,
     parse_v4,
     parse_v4_network,
@@ -224,8 +226,34 @@ def _shown(value: Any) -> str:
     return kind
 
 
-def describe_error(exc: ValidationError) -> str:
-    """One line for the first problem of a validation error, naming the field."""
+# A string that fails a field's pattern or length gets the message of the bpfnet.config check
+# for that field (the same words as the daemon's flags and the stored-config path use).
+_EXPLAIN: dict[str, Callable[[str, str], object]] = {
+    "name": check_name, "network": lambda v, w: check_name(v, "network name"),
+    "netns": lambda v, w: check_name(v, "netns name"), "bridge": lambda v, w: check_ifname(v, "bridge name"),
+    "subnet4": parse_v4_network, "ip_range4": parse_v4_network, "subnet6": parse_v6_network,
+    "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
+    "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
+}
+_STRING_SHAPE = ("string_pattern_mismatch", "string_too_long", "string_too_short")
+
+
+def _explained(model: type[BaseModel], field: str, value: Any) -> str | None:
+    """The config check's own message for VALUE, if it refuses it too."""
+    check = _EXPLAIN.get(field)
+    if check is None or not isinstance(value, str) or len(value) > 100:
+        return None  # a long value is shown cut short by the generic message
+    what = {"NetworkCreate": "network name", "EndpointCreate": "endpoint name"}.get(model.__name__, field)
+    what = what if field == "name" else field
+    try:
+        check(value, what)
+    except InvalidArgument as exc:
+        return exc.message if field in exc.message else f"{field}: {exc.message}"
+    return None
+
+
+def describe_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line for the first problem of a validation error of MODEL, naming the field."""
     errors = exc.errors(include_url=False)
     unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden" and e["loc"]]
     if unknown:
@@ -241,8 +269,9 @@ def describe_error(exc: ValidationError) -> str:
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
         message = f"expected a JSON object in the request body, got {json_type(err['input'])}"
     else:
+        explained = _explained(model, field, err["input"]) if kind in _STRING_SHAPE else None
         expected = _EXPECT.get(field, err["msg"].lower())
-        message = f"{loc}: expected {expected}, got {_shown(err['input'])}"
+        message = explained or f"{loc}: expected {expected}, got {_shown(err['input'])}"
     more = len(errors) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -272,7 +301,7 @@ def parse_body(model: type[M], raw: bytes | None) -> M:
     try:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
-        raise InvalidArgument(describe_error(exc)) from None
+        raise InvalidArgument(describe_error(exc, model)) from None
 
 
 # --- documents the API returns (loose: the top level typed, nested parts open) --------------
