@@ -8,6 +8,7 @@ service, which can see them.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +27,13 @@ from typing import Any
 from .datapath.abi import REQUESTABLE_MODES
 from .errors import InvalidArgument
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" would accept a trailing newline
+# Names of networks, endpoints and namespaces. Always used with fullmatch(): a "$" also matches
+# before a trailing newline, which let "x\n" in as a name that could then never be removed.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+NAME_RE = re.compile(NAME_PATTERN)
+NAME_MAX = 63
+NAME_RULE = "1-63 letters, digits, '_', '.', '-', starting with a letter or digit"
+IFNAME_PATTERN = r"[A-Za-z0-9_.-]{1,15}"
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 MTU_MIN, MTU_MAX = 68, 65535
 IPV6_MTU_MIN = 1280
@@ -43,10 +50,16 @@ DEFAULT_POOLS = tuple(
 
 def check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise InvalidArgument(
-            f"invalid {what} {value!r}: use 1-63 letters, digits, '_', '.', '-', starting with a letter or digit"
-        )
+        raise InvalidArgument(f"invalid {what} {value!r}: use {NAME_RULE}")
     return value
+
+
+def bridge_name_for(network: str) -> str:
+    """Docker names bridges br-<id>; we use br-<name> when it fits, else a hash."""
+    name = f"br-{network}"
+    if len(name) <= IFNAME_MAX:
+        return name
+    return "br-" + hashlib.sha256(network.encode()).hexdigest()[:12]
 
 
 def check_ifname(value: str, what: str = "bridge name") -> str:
@@ -54,63 +67,148 @@ def check_ifname(value: str, what: str = "bridge name") -> str:
         raise InvalidArgument(f"invalid {what}: empty")
     if len(value) > IFNAME_MAX:
         raise InvalidArgument(f"{what} {value!r} is {len(value)} characters; Linux allows at most {IFNAME_MAX}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", ".."):
+    if not re.fullmatch(IFNAME_PATTERN, value) or value in (".", ".."):
         raise InvalidArgument(f"invalid {what} {value!r}: use letters, digits, '_', '.', '-'")
     return value
 
 
 def check_mtu(value: Any, ipv6: bool = False) -> int:
-    try:
-        mtu = int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"invalid MTU {value!r}: not an integer") from None
+    # An int, or a string of digits from a flag; never a float (1500.5 was silently truncated),
+    # a bool (an int subclass) or Infinity.
+    if isinstance(value, str) and value.isascii() and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"invalid MTU {value!r}: not an integer")
+    mtu = value
     low = IPV6_MTU_MIN if ipv6 else MTU_MIN
     if not low <= mtu <= MTU_MAX:
         raise InvalidArgument(f"MTU {mtu} out of range {low}-{MTU_MAX}" + (" (IPv6 needs 1280)" if ipv6 else ""))
     return mtu
 
 
-def parse_v4_network(text: str, what: str) -> IPv4Network:
+# Address space a bridge network, its gateways and its endpoints may never use: these blocks are
+# not unicast for hosts on a link (RFC 6890's special-purpose registries). Every subnet, range,
+# gateway and endpoint address, from the API and from the daemon's flags, is checked against them
+# here and nowhere else. Private (RFC 1918, fc00::/7) and global space is what the rest is for.
+V4_SPECIAL: tuple[tuple[IPv4Network, str], ...] = (
+    (IPv4Network("0.0.0.0/8"), "'this network' space (0.0.0.0/8)"),
+    (IPv4Network("127.0.0.0/8"), "loopback space (127.0.0.0/8)"),
+    (IPv4Network("169.254.0.0/16"), "link-local space (169.254.0.0/16)"),
+    (IPv4Network("224.0.0.0/4"), "multicast space (224.0.0.0/4)"),
+    (IPv4Network("240.0.0.0/4"), "reserved space (240.0.0.0/4, broadcast included)"),
+)
+V6_SPECIAL: tuple[tuple[IPv6Network, str], ...] = (
+    # ::/8 holds the unspecified and loopback addresses, IPv4-mapped ::ffff:0:0/96 and the
+    # deprecated IPv4-compatible addresses: none is a host address on a link.
+    (IPv6Network("::/8"), "reserved space (::/8: unspecified, loopback, IPv4-mapped ::ffff:0:0/96)"),
+    (IPv6Network("fe80::/10"), "link-local space (fe80::/10)"),
+    (IPv6Network("fec0::/10"), "deprecated site-local space (fec0::/10)"),
+    (IPv6Network("ff00::/8"), "multicast space (ff00::/8)"),
+)
+V4_CIDR_HINT = "an IPv4 CIDR string like 172.17.0.0/16"
+V6_CIDR_HINT = "an IPv6 CIDR string like 1553:ba3:2::/64"
+UNICAST_HINT = "give a private or global unicast range"
+
+
+def json_type(value: Any) -> str:
+    """What a JSON value is, for messages: 'a number', 'a boolean', 'null'..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return "an object"
+
+
+def _text(value: Any, what: str, expected: str) -> str:
+    """VALUE as an address string, refusing other JSON types and IPv6 scopes (one message each)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what}: expected {expected}, got {json_type(value)}")
+    if "%" in value:
+        # A scope (fe80::1%eth0) names an interface of whoever wrote it; bpfnet would store the
+        # address without it (defect: a scoped default_gateway6 lost its scope). An endpoint's
+        # gateway device is always its eth0, so no scope is ever needed: refuse it everywhere.
+        raise InvalidArgument(f"{what} {value!r}: IPv6 scopes ('%...') are not accepted; "
+                              "give the address alone (the endpoint's gateway device is always eth0)")
+    return value
+
+
+def check_unicast(net: IPv4Network | IPv6Network, what: str) -> None:
+    """Refuse a subnet (or a single address as /32, /128) touching special-purpose space."""
+    special = V4_SPECIAL if net.version == 4 else V6_SPECIAL
+    for block, label in special:
+        if net.overlaps(block):
+            raise InvalidArgument(f"{what} {net} is in {label}; {UNICAST_HINT}")
+
+
+def check_unicast_address(address: IPv4Address | IPv6Address, what: str, link_local: bool = False) -> None:
+    """Refuse an address in special-purpose space; LINK_LOCAL admits fe80::/10 (IPv6 gateways)."""
+    if link_local and address.version == 6 and address.is_link_local:
+        if address == IPv6Address("fe80::"):
+            raise InvalidArgument(f"{what} {address} is the link-local subnet-router anycast address")
+        return
+    special = V4_SPECIAL if address.version == 4 else V6_SPECIAL
+    for block, label in special:
+        if address in block:
+            raise InvalidArgument(f"{what} {address} is in {label}; give a unicast address")
+
+
+def parse_v4_network(text: Any, what: str) -> IPv4Network:
+    text = _text(text, what, V4_CIDR_HINT)
     try:
         net = ip_network(text, strict=False)
     except ValueError:
-        raise InvalidArgument(f"malformed {what} {text!r}: expected an IPv4 CIDR like 172.17.0.0/16") from None
+        raise InvalidArgument(f"malformed {what} {text!r}: expected {V4_CIDR_HINT}") from None
     if not isinstance(net, IPv4Network) or "/" not in text:
-        raise InvalidArgument(f"malformed {what} {text!r}: expected an IPv4 CIDR like 172.17.0.0/16")
+        raise InvalidArgument(f"malformed {what} {text!r}: expected {V4_CIDR_HINT}")
     if net.prefixlen > 30:
         raise InvalidArgument(f"{what} {net} is too small: at most /30")
+    check_unicast(net, what)
     return net
 
 
-def parse_v6_network(text: str, what: str) -> IPv6Network:
+def parse_v6_network(text: Any, what: str) -> IPv6Network:
+    text = _text(text, what, V6_CIDR_HINT)
     try:
         net = ip_network(text, strict=False)
     except ValueError:
-        raise InvalidArgument(f"malformed {what} {text!r}: expected an IPv6 CIDR like 1553:ba3:2::/64") from None
+        raise InvalidArgument(f"malformed {what} {text!r}: expected {V6_CIDR_HINT}") from None
     if not isinstance(net, IPv6Network) or "/" not in text:
-        raise InvalidArgument(f"malformed {what} {text!r}: expected an IPv6 CIDR like 1553:ba3:2::/64")
+        raise InvalidArgument(f"malformed {what} {text!r}: expected {V6_CIDR_HINT}")
     if net.prefixlen > MAX_V6_PREFIX:
         raise InvalidArgument(f"{what} {net} has a prefix longer than /{MAX_V6_PREFIX}")
-    if net.is_link_local or net.is_multicast:
-        raise InvalidArgument(f"{what} {net} is link-local or multicast; give a global or unique-local prefix")
+    check_unicast(net, what)
     return net
 
 
-def parse_v4(text: str, what: str) -> IPv4Address:
+def parse_v4(text: Any, what: str) -> IPv4Address:
+    text = _text(text, what, "an IPv4 address string like 172.17.0.2")
     try:
-        return IPv4Address(text)
+        address = IPv4Address(text)
     except ValueError:
         raise InvalidArgument(f"malformed {what} {text!r}: not an IPv4 address") from None
+    check_unicast_address(address, what)
+    return address
 
 
-def parse_v6(text: str, what: str) -> IPv6Address:
+def parse_v6(text: Any, what: str, link_local: bool = False) -> IPv6Address:
+    """An IPv6 host address; LINK_LOCAL admits fe80::/10 (a default gateway may be one)."""
+    text = _text(text, what, "an IPv6 address string like 1553:ba3:2::2")
     try:
-        return IPv6Address(text)
+        address = IPv6Address(text)
     except ValueError:
         raise InvalidArgument(f"malformed {what} {text!r}: not an IPv6 address") from None
+    check_unicast_address(address, what, link_local)
+    return address
 
 
-def parse_bip(text: str) -> IPv4Interface:
+def parse_bip(text: Any) -> IPv4Interface:
+    text = _text(text, "--bip", "the gateway address and prefix, like 172.17.0.1/16")
     try:
         iface = ip_interface(text)
     except ValueError:
@@ -119,6 +217,7 @@ def parse_bip(text: str) -> IPv4Interface:
         raise InvalidArgument(f"malformed --bip {text!r}: expected the gateway address and prefix, like 172.17.0.1/16")
     if iface.network.prefixlen > 30:
         raise InvalidArgument(f"--bip {text}: subnet too small, at most /30")
+    check_unicast(iface.network, "--bip")
     if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
         raise InvalidArgument(f"--bip {text}: the gateway cannot be the network or broadcast address")
     return iface
@@ -155,36 +254,50 @@ class NetworkConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NetworkConfig:
-        """Build and validate from API/stored JSON (all fields as strings or plain values)."""
+        """Build and validate from API/stored JSON (addresses as strings, plain JSON values).
+
+        Types are strict: a CIDR must be a string, ipv6/icc booleans, mtu an integer; null or a
+        missing key means "not given". Without a bridge the network's is br-<name>.
+        """
         if not isinstance(data, dict):
             raise InvalidArgument("network: expected a JSON object")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
-            raise InvalidArgument(f"network: unknown field(s) {', '.join(sorted(unknown))}")
-        for req in ("name", "bridge", "subnet4"):
-            if not data.get(req):
+            raise InvalidArgument(f"network: unknown field(s) {', '.join(repr(k) for k in sorted(unknown))}")
+        given = {k: v for k, v in data.items() if v is not None}
+        for req in ("name", "subnet4"):
+            if req not in given:
                 raise InvalidArgument(f"network: missing field {req!r}")
-        name = check_name(data["name"], "network name")
-        bridge = check_ifname(data["bridge"])
-        if re.match(r"^bnv[0-9]+$", bridge):
+        name = check_name(given["name"], "network name")
+        bridge = check_ifname(given["bridge"]) if "bridge" in given else bridge_name_for(name)
+        if re.fullmatch(r"bnv[0-9]+", bridge):
             raise InvalidArgument(f"bridge name {bridge!r} is reserved: bnvN names endpoints' host veths")
-        subnet4 = parse_v4_network(data["subnet4"], "subnet")
-        gw = data.get("gateway4")
-        gateway4 = parse_v4(gw, "gateway") if gw else IPv4Address(int(subnet4.network_address) + 1)
-        ip_range4 = parse_v4_network(data["ip_range4"], "ip-range") if data.get("ip_range4") else None
-        ipv6 = bool(data.get("ipv6")) or bool(data.get("subnet6"))
-        subnet6 = parse_v6_network(data["subnet6"], "IPv6 subnet") if data.get("subnet6") else None
-        gateway6 = parse_v6(data["gateway6"], "IPv6 gateway") if data.get("gateway6") else None
+        subnet4 = parse_v4_network(given["subnet4"], "subnet")
+        gw = given.get("gateway4")
+        gateway4 = parse_v4(gw, "gateway") if gw is not None else IPv4Address(int(subnet4.network_address) + 1)
+        ip_range4 = parse_v4_network(given["ip_range4"], "ip-range") if "ip_range4" in given else None
+        ipv6 = _flag(given, "ipv6", False)
+        subnet6 = parse_v6_network(given["subnet6"], "IPv6 subnet") if "subnet6" in given else None
+        ipv6 = ipv6 or subnet6 is not None
+        if "gateway6" in given and subnet6 is None:
+            # It used to be dropped without a word: the gateway is an address of the IPv6 subnet.
+            raise InvalidArgument("gateway6 needs subnet6: the IPv6 gateway is an address of the IPv6 subnet")
+        gateway6 = parse_v6(given["gateway6"], "IPv6 gateway") if "gateway6" in given else None
         if subnet6 is not None and gateway6 is None:
             gateway6 = IPv6Address(int(subnet6.network_address) + 1)
-        ip_range6 = parse_v6_network(data["ip_range6"], "IPv6 ip-range") if data.get("ip_range6") else None
-        dg4 = parse_v4(data["default_gateway4"], "default gateway") if data.get("default_gateway4") else None
-        dg6 = parse_v6(data["default_gateway6"], "IPv6 default gateway") if data.get("default_gateway6") else None
-        mtu = check_mtu(data.get("mtu", 1500), ipv6)
-        icc = data.get("icc", True)
-        if not isinstance(icc, bool):
-            raise InvalidArgument("network: icc must be true or false")
+        ip_range6 = parse_v6_network(given["ip_range6"], "IPv6 ip-range") if "ip_range6" in given else None
+        dg4 = parse_v4(given["default_gateway4"], "default gateway") if "default_gateway4" in given else None
+        dg6 = None
+        if "default_gateway6" in given:
+            if not ipv6:
+                raise InvalidArgument("default_gateway6 needs IPv6 on the network (ipv6 or subnet6)")
+            dg6 = parse_v6(given["default_gateway6"], "IPv6 default gateway", link_local=True)
+        mtu = given.get("mtu", 1500)
+        if not isinstance(mtu, int) or isinstance(mtu, bool):
+            raise InvalidArgument(f"mtu: expected an integer, got {json_type(mtu)}")
+        mtu = check_mtu(mtu, ipv6)
+        icc = _flag(given, "icc", True)
         cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc)
         cfg.validate()
         return cfg
@@ -210,6 +323,14 @@ class NetworkConfig:
             self.default_gateway6 in s6 or self.default_gateway6.is_link_local
         ):
             raise InvalidArgument(f"IPv6 default gateway {self.default_gateway6} is neither in {s6} nor link-local")
+
+
+def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
+    """A JSON boolean: "false" used to read as true."""
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"network: {key} must be true or false, got {json_type(value)}")
+    return value
 
 
 def default_network_config(
@@ -397,6 +518,12 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
             parse_v4_network(cfg.fixed_cidr, "--fixed-cidr")
         if cfg.fixed_cidr_v6:
             parse_v6_network(cfg.fixed_cidr_v6, "--fixed-cidr-v6")
+        if cfg.default_gateway:
+            parse_v4(cfg.default_gateway, "--default-gateway")
+        if cfg.default_gateway_v6:
+            if not cfg.ipv6:
+                raise InvalidArgument("--default-gateway-v6 needs --ipv6")
+            parse_v6(cfg.default_gateway_v6, "--default-gateway-v6", link_local=True)
     if cfg.ndp_proxy_iface:
         check_ifname(cfg.ndp_proxy_iface, "--ndp-proxy-iface")
         if not cfg.ipv6:

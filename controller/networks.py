@@ -9,14 +9,13 @@ work through ``Runtime.kernel`` (``bpfnet.kernel``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from .addressing import mac_from_ipv4
-from .config import DEFAULT_POOLS, IFNAME_MAX, NetworkConfig
+from .config import DEFAULT_POOLS, NetworkConfig
 from .datapath.abi import MAX_NETWORKS
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
@@ -29,15 +28,6 @@ log = logging.getLogger(__name__)
 LINK_LOCAL_GATEWAY = IPv6Address("fe80::1")
 # Network ids are 1..MAX_NETWORKS-1 in the datapath's maps (0 means "no network").
 NETWORK_LIMIT = MAX_NETWORKS - 1
-
-
-def bridge_name_for(network: str) -> str:
-    """The bridge of a network created without one: br-NAME when it fits, else
-    br- and a hash of the name (Docker names its bridges br-<id>)."""
-    name = f"br-{network}"
-    if len(name) <= IFNAME_MAX:
-        return name
-    return "br-" + hashlib.sha256(network.encode()).hexdigest()[:12]
 
 
 def pools(cfg: NetworkConfig) -> tuple[Pool, Pool | None]:
@@ -163,8 +153,6 @@ class NetworkService:
 
     # mutations
     def create(self, data: dict[str, Any], is_default: bool = False) -> dict[str, Any]:
-        if isinstance(data, dict) and not data.get("bridge") and isinstance(data.get("name"), str):
-            data = {**data, "bridge": bridge_name_for(data["name"])}
         with self.rt.lock:
             cfg = NetworkConfig.from_json(data)
             if self.rt.store.network(cfg.name) is not None:
