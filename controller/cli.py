@@ -10,21 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .client import Client, ClientError, object_path
-from .config import DEFAULT_SOCKET
+from .client import Client, ClientError, client_from_env_and_args, object_path
+from .config import DEFAULT_SOCKET, RECONCILE_MODES
 from .datapath.abi import REQUESTABLE_MODES
 from .errors import BpfnetError
 from .tables import stats_table, table
-
-DEFAULT_HOST = os.environ.get("BPFNET_HOST", DEFAULT_SOCKET)
-
-
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -46,6 +41,8 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         f"Networks:     {info['networks']}",
         f"Endpoints:    {info['endpoints']}",
     ]
+    for warning in info.get("warnings", []):
+        lines.append(f"WARNING:      {warning}")
     for prog in dp.get("programs", []):
         lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}")
     emit(args, info, "\n".join(lines))
@@ -149,27 +146,43 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "default_gateway_v6": args.default_gateway_v6, "mtu": args.mtu, "icc": args.icc,
         "ndp_proxy_iface": args.ndp_proxy_iface, "datapath": args.datapath, "metrics_addr": args.metrics_addr,
         "allow_public_metrics": args.allow_public_metrics or None, "log_level": args.log_level,
+        "group": args.group, "tls": args.tls or None, "tlsverify": args.tlsverify or None,
+        "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
+        "reconcile": args.reconcile,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for h in cfg.listeners():
-        if h.kind == "tcp" and h.host not in ("127.0.0.1", "::1", "localhost"):
-            logging.getLogger("bpfnet").warning("API on %s has no authentication: anyone who reaches it "
-                                                "controls this host's networking", h)
     return run(cfg, cleanup=args.cleanup)
 
 
 # parser ------------------------------------------------------------------
+def _tls_client_options(p: argparse.ArgumentParser, after_command: bool) -> None:
+    """docker's client TLS options, accepted before the command (dest global_*) and after it."""
+    prefix = "" if after_command else "global_"
+    p.add_argument("--tls", dest=prefix + "tls", action="store_true",
+                   help="use TLS; implied by --tlsverify")
+    p.add_argument("--tlsverify", dest=prefix + "tlsverify", action="store_true",
+                   help="use TLS and verify the daemon ($BPFNET_TLS_VERIFY)")
+    p.add_argument("--tlscacert", dest=prefix + "tlscacert", metavar="FILE",
+                   help="trust daemons signed by this CA (default $BPFNET_CERT_PATH/ca.pem)")
+    p.add_argument("--tlscert", dest=prefix + "tlscert", metavar="FILE",
+                   help="client certificate (default $BPFNET_CERT_PATH/cert.pem)")
+    p.add_argument("--tlskey", dest=prefix + "tlskey", metavar="FILE",
+                   help="client key (default $BPFNET_CERT_PATH/key.pem)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     client_opts = argparse.ArgumentParser(add_help=False)
     client_opts.add_argument("-H", "--host", default=None,
                              help=f"daemon to talk to (default {DEFAULT_SOCKET}, or $BPFNET_HOST)")
     client_opts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _tls_client_options(client_opts, after_command=True)
 
     p = argparse.ArgumentParser(prog="bpfnet", description="Docker-style bridge networking with an eBPF fast path")
     p.add_argument("--version", action="version", version=f"bpfnet {__version__}")
     p.add_argument("-H", "--host", dest="global_host", default=None, metavar="HOST",
                    help="daemon to talk to, as with docker -H (also accepted after the command)")
+    _tls_client_options(p, after_command=False)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("daemon", help="run the controller daemon")
@@ -197,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--log-level", help="debug, info (default), warning, error")
     d.add_argument("--cleanup", action="store_true",
                    help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
+    d.add_argument("--reconcile", choices=RECONCILE_MODES,
+                   help="kernel objects the state does not know: check (default: refuse to start when the "
+                        "state is new or empty but bpfnet's links and pins exist), adopt (rebuild the state "
+                        "from them) or wipe (delete them)")
+    d.add_argument("-G", "--group", help="group owning the Unix API sockets (mode 0660; default root)")
+    d.add_argument("--tls", action="store_true", help="serve tcp:// listeners over TLS (clients not verified)")
+    d.add_argument("--tlsverify", action="store_true",
+                   help="TLS, and require client certificates signed by --tlscacert")
+    d.add_argument("--tlscacert", metavar="FILE", help="CA for client certificates (default /etc/bpfnet/ca.pem)")
+    d.add_argument("--tlscert", metavar="FILE", help="the daemon's certificate (default /etc/bpfnet/cert.pem)")
+    d.add_argument("--tlskey", metavar="FILE", help="the daemon's key (default /etc/bpfnet/key.pem)")
 
     i = sub.add_parser("info", parents=[client_opts], help="daemon version, kernel, datapath mode")
     i.set_defaults(func=cmd_info)
@@ -264,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return int(run_demo())
-        args.func(args, Client(args.host or args.global_host or DEFAULT_HOST))
+        client = client_from_env_and_args(
+            args.host or args.global_host, tls=args.tls or args.global_tls,
+            tlsverify=args.tlsverify or args.global_tlsverify,
+            tlscacert=args.tlscacert or args.global_tlscacert, tlscert=args.tlscert or args.global_tlscert,
+            tlskey=args.tlskey or args.global_tlskey)
+        args.func(args, client)
         return 0
     except (ClientError, BpfnetError) as exc:
         print(f"bpfnet: {exc}", file=sys.stderr)

@@ -453,6 +453,13 @@ class DaemonConfig:
     metrics_addr: str = "127.0.0.1:9523"
     allow_public_metrics: bool = False
     log_level: str = "info"
+    group: str | None = None  # group owning the unix sockets (dockerd -G); None: root
+    tls: bool = False
+    tlsverify: bool = False
+    tlscacert: str | None = None
+    tlscert: str | None = None
+    tlskey: str | None = None
+    reconcile: str = "check"  # what to do with kernel objects the state does not know (RECONCILE_MODES)
 
     def listeners(self) -> list[Listener]:
         return [parse_host(h, self.allow_public_api) for h in self.hosts]
@@ -492,8 +499,16 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
     return cfg
 
 
+#: --reconcile: "check" refuses to start when the state is new or empty but bpfnet's
+#: kernel objects exist (a lost state file must not destroy live endpoints);
+#: "adopt" rebuilds the missing state from them; "wipe" deletes them.
+RECONCILE_MODES = ("check", "adopt", "wipe")
+
+
 def _validate_daemon(cfg: DaemonConfig) -> None:
     cfg.listeners()
+    if cfg.reconcile not in RECONCILE_MODES:
+        raise InvalidArgument(f"--reconcile {cfg.reconcile!r}: expected check, adopt or wipe")
     if cfg.netns is not None:
         check_name(cfg.netns, "--netns")
     check_ifname(cfg.bridge, "--bridge")

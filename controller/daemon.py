@@ -1,10 +1,13 @@
 """The bpfnet daemon: start-up, wiring and shutdown.
 
-Boundary: builds the runtime (store, datapath, services), binds listeners in
-the namespace the daemon was started in, then enters the namespace it manages
-(--netns), hands the services to the API routes (``api.routes``) and the
-snapshot to the metrics, and serves until SIGTERM/SIGINT. Stopping leaves
-programs, pins, bridges and endpoints in place, so traffic keeps flowing.
+Boundary: takes the locks (one daemon per state dir and per managed
+namespace), binds listeners in the namespace the daemon was started in, then
+enters the namespace it manages (--netns), builds the runtime (store,
+datapath, services), hands the services to the API routes (``api.routes``)
+and the snapshot to the metrics, and serves until SIGTERM/SIGINT. Stopping
+leaves programs, pins, bridges and endpoints in place, so traffic keeps
+flowing. A start that fails removes what it made: the namespace it created,
+the pins it created, its sockets and its locks.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from pyroute2 import IPRoute
 
 from . import __version__, links, netns
 from .api import routes
-from .api.server import ApiServers
+from .api.server import ApiServer, Request
 from .config import DaemonConfig, default_network_config
+from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
 from .datapath import Datapath, abi, make_datapath
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
@@ -31,10 +35,12 @@ from .metrics import build_registry
 from .metrics.server import MetricsServer, bind_metrics_socket, serve_metrics
 from .networks import NetworkService
 from .reconcile import reconcile_all
+from .recovery import check_fresh_state
 from .runtime import Runtime
 from .snapshot import MetricsSnapshot
-from .state import Store
+from .state import Store, prepare_state_dir
 from .stats import take_snapshot
+from .tls import daemon_tls
 
 log = logging.getLogger(__name__)
 PIN_ROOT = Path("/sys/fs/bpf/bpfnet")
@@ -49,8 +55,21 @@ class Daemon:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.on_request: Callable[[str, str, int], None] = lambda route, method, status: None
+        self.locks: list[DaemonLock | NetnsLock] = []
+        self.created_netns = False
+        self.pins_existed = True
 
     # start-up ---------------------------------------------------------
+    def lock(self) -> None:
+        """One daemon per state dir, before anything is made (the namespace's lock
+        is taken once the daemon is in it: see _enter_and_build)."""
+        prepare_state_dir(self.cfg.state_dir)
+        self.locks.append(state_dir_lock(self.cfg.state_dir).acquire())
+
+    def unlock(self) -> None:
+        while self.locks:
+            self.locks.pop().release()
+
     def setup(self) -> None:
         cfg = self.cfg
         if os.geteuid() != 0:
@@ -59,9 +78,11 @@ class Daemon:
             outer_prefixes = links.host_prefixes(outer) if cfg.netns else []
         self.router = routes.Router()
         self.metrics_sock: socket.socket | None = None
-        self.created_netns = False
         self.metrics_server: MetricsServer | None = None
-        self.servers = ApiServers(cfg.listeners(), self.router, lambda r, m, s: self.on_request(r, m, s))
+        tls = daemon_tls(tls=cfg.tls, tlsverify=cfg.tlsverify, cacert=cfg.tlscacert, cert=cfg.tlscert,
+                         key=cfg.tlskey)
+        self.servers = ApiServer(cfg.listeners(), self._app, lambda r, m, s: self.on_request(r, m, s),
+                                 tls=tls, group=cfg.group, allow=self.router.allowed)
         try:
             if cfg.metrics_addr:
                 try:
@@ -85,13 +106,22 @@ class Daemon:
         routes.install(self.router, networks=self.networks, endpoints=self.endpoints,
                        info=self.info, snapshot=self.snapshot)
 
+    def _app(self, req: Request) -> tuple[int, Any, str]:
+        return self.router.dispatch(req.method, req.path, req.body)
+
     def _enter_and_build(self) -> None:
         cfg = self.cfg
         if cfg.netns:
             # Before any thread exists: threads inherit the namespace.
             self.created_netns = netns.enter(cfg.netns)
+        self.locks.append(netns_lock(cfg.netns).acquire())
         store = Store(cfg.state_dir)
-        self._check_state_owner(store)
+        try:
+            self._check_state_owner(store)
+        except BaseException:
+            store.close()
+            raise
+        self.pins_existed = os.path.isdir(pin_dir(cfg.netns))
         try:
             datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints)
         except ImportError as exc:
@@ -114,17 +144,31 @@ class Daemon:
             )
 
     def reconcile(self) -> dict[str, int]:
-        """Bring kernel and state in step after a restart (or a crash): see bpfnet.reconcile."""
+        """Bring kernel and state in step after a restart (or a crash): see bpfnet.recovery
+        (kernel objects a lost state does not know) and bpfnet.reconcile (the CHECK)."""
         cfg = self.cfg
+        check_fresh_state(self.rt, cfg.reconcile, pin_dir(cfg.netns), cfg.bridge)
         return reconcile_all(self.rt, self.networks, self.endpoints, default_network_config(
             bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
             fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
             default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
-        ))
+        ), delete_leaks=cfg.reconcile != "adopt")
+
+    def undo_failed_start(self) -> None:
+        """A start that failed after building: remove the pins and namespace it created."""
+        if not self.pins_existed:
+            log.info("start failed: removing the pins this start created in %s", pin_dir(self.cfg.netns))
+            try:
+                self.rt.datapath.cleanup()
+            except Exception:
+                log.exception("could not remove the pins this start created")
+        if self.created_netns and self.cfg.netns:
+            netns.remove(self.cfg.netns)
 
     # what the API and the metrics read ----------------------------------
     def info(self) -> dict[str, Any]:
-        return routes.info_document(self.cfg, self.rt, self.metrics_server.url if self.metrics_server else None)
+        return routes.info_document(self.cfg, self.rt, self.metrics_server.url if self.metrics_server else None,
+                                    self.servers.warnings)
 
     def snapshot(self) -> MetricsSnapshot:
         return take_snapshot(self.rt, self.cfg.datapath)
@@ -138,6 +182,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         log.info("bpfnet %s ready (datapath %s)", __version__, self.rt.datapath.mode)
+        for warning in self.servers.warnings:
+            log.warning("%s", warning)
         self.stop_event.wait()
         log.info("stopping; programs, pins and endpoints stay in place")
 
@@ -150,6 +196,7 @@ class Daemon:
         self.rt.datapath.close()
         self.rt.ipr.close()
         self.rt.store.close()
+        self.unlock()
 
     def cleanup(self) -> None:
         """--cleanup: remove every program, filter, map entry and pin bpfnet made.
@@ -176,7 +223,21 @@ class Daemon:
 
 def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
     daemon = Daemon(cfg)
-    daemon.setup()
+    if cleanup and cfg.netns and not netns.exists(cfg.netns):
+        # Nothing can be attached in a namespace that does not exist; --cleanup never creates one.
+        daemon.lock()
+        try:
+            remove_pins(pin_dir(cfg.netns))
+        finally:
+            daemon.unlock()
+        log.info("network namespace %s does not exist: nothing else to clean up", cfg.netns)
+        return 0
+    daemon.lock()
+    try:
+        daemon.setup()
+    except BaseException:
+        daemon.unlock()
+        raise
     try:
         if cleanup:
             daemon.cleanup()
@@ -184,10 +245,25 @@ def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
         try:
             daemon.reconcile()
         except BaseException:
-            if daemon.created_netns and cfg.netns:
-                netns.remove(cfg.netns)  # this start made it: leave nothing behind
+            daemon.undo_failed_start()  # this start's pins and namespace: leave nothing behind
             raise
         daemon.serve()
     finally:
         daemon.close()
     return 0
+
+
+def remove_pins(path: str) -> None:
+    """Unlink the pins under PATH (only files: bpfnet pins maps, nothing else) and PATH itself."""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            os.unlink(full)
+    try:
+        os.rmdir(path)
+        PIN_ROOT.rmdir()
+    except OSError:
+        pass  # not empty: other managed namespaces still have pins
+    log.info("removed the pins in %s", path)

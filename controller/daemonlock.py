@@ -1,16 +1,19 @@
-"""One daemon per state dir and per managed namespace: exclusive lock files.
+"""One daemon per state dir and per managed namespace: exclusive locks.
 
-Boundary: lock files only (flock(2) on a file holding the owner's PID). Two
-daemons on the same ``--state-dir`` would both rewrite it, and two daemons
-managing the same namespace would each reconcile away the other's endpoints
-mid-add; both are refused at start with the other daemon's PID.
+Boundary: locks only. Two daemons on the same ``--state-dir`` would both
+rewrite it, and two daemons managing the same namespace would each reconcile
+away the other's endpoints mid-add; both are refused at start with the other
+daemon's PID. Both locks are released by the kernel when the holder dies
+(SIGKILL included), so a crashed daemon never blocks the next start.
 
-flock is released by the kernel when the holder dies (SIGKILL included), so a
-crashed daemon never leaves a lock that blocks the next start. The file is
-removed on release (it lives outside the repo, under /run/bpfnet, for the
-namespace lock). Removing a lock file races with a newcomer that opened it
-just before: the newcomer checks after locking that the path still names the
-file it locked, and starts over if not.
+- The state dir: flock(2) on ``<state-dir>/bpfnet.lock``, which holds the
+  owner's PID and is removed on release. Removing a lock file races with a
+  newcomer that opened it just before: the newcomer checks after locking that
+  the path still names the file it locked, and starts over if not.
+- The managed namespace: an abstract Unix socket (``@bpfnet-daemon``) bound
+  inside it. Abstract socket names belong to a network namespace, so the lock
+  is exactly "this namespace", whatever it is called, leaves no file behind
+  anywhere, and SO_PEERCRED of a connection to it names the holder's PID.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import errno
 import fcntl
 import logging
 import os
+import socket
+import struct
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -27,7 +32,7 @@ from .errors import Conflict
 from .state import StateError
 
 log = logging.getLogger(__name__)
-RUN_DIR = Path("/run/bpfnet")
+NETNS_LOCK_NAME = b"\0bpfnet-daemon"  # abstract: per network namespace, no file
 
 
 class DaemonLock:
@@ -95,13 +100,51 @@ class DaemonLock:
         self.release()
 
 
+class NetnsLock:
+    """The lock on the network namespace the calling thread is in (see the module docstring)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._sock: socket.socket | None = None
+
+    def acquire(self) -> Self:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(NETNS_LOCK_NAME)
+            sock.listen(8)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise StateError(f"cannot lock {self.what}: {exc.strerror or exc}") from None
+            raise Conflict(f"another bpfnet daemon{_holder_pid()} manages {self.what}; stop it first") from None
+        self._sock = sock
+        return self
+
+    def release(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _holder_pid() -> str:
+    """ (pid N) of whoever holds the namespace lock, via SO_PEERCRED, or "" if unknown."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(NETNS_LOCK_NAME)
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        return f" (pid {pid})" if pid > 0 else ""
+    except OSError:
+        return ""
+    finally:
+        probe.close()
+
+
 def state_dir_lock(state_dir: str) -> DaemonLock:
     return DaemonLock(Path(state_dir) / "bpfnet.lock", f"--state-dir {state_dir}")
 
 
-def netns_lock(netns_name: str | None) -> DaemonLock:
-    """The lock on the namespace a daemon manages: by name, or by inode for its own namespace."""
-    if netns_name:
-        return DaemonLock(RUN_DIR / f"netns-{netns_name}.lock", f"network namespace {netns_name}")
-    ino = os.stat("/proc/self/ns/net").st_ino
-    return DaemonLock(RUN_DIR / f"netns-ino{ino}.lock", "the daemon's own network namespace")
+def netns_lock(netns_name: str | None) -> NetnsLock:
+    """The lock on the namespace the caller has entered (call after entering it)."""
+    return NetnsLock(f"network namespace {netns_name}" if netns_name else "the daemon's own network namespace")

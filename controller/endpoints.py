@@ -24,7 +24,7 @@ from typing import Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_name
-from .errors import BpfnetError, Conflict, Exhausted, InvalidArgument, NotFound
+from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
 from .links import ENDPOINT_IFNAME
 from .model import AddressConfig, EndpointSpec, InterfaceConfig, RouteConfig
@@ -56,13 +56,6 @@ ENDPOINT_NETNS_SYSCTLS_V6 = {
 # address and none of the MLD reports and router solicitations the bridge
 # would flood to every other endpoint.
 ETH0_SYSCTLS_V4_ONLY = ((f"net/ipv6/conf/{ENDPOINT_IFNAME}/disable_ipv6", "1"),)
-
-
-class Incomplete(BpfnetError):
-    """A removal could not remove every kernel object; the row stays in state
-    'removing' and the next start (or removal) retries."""
-
-    status = 500
 
 
 def debug_pause(stage: str) -> None:

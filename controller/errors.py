@@ -12,12 +12,18 @@ One meaning per status code:
 403  Forbidden            never allowed on this object (removing the default network,
                           as Docker answers for its predefined networks)
 404  NotFound             a named object does not exist (network, endpoint, --netns,
-                          --ndp-proxy-iface)
+                          --ndp-proxy-iface), or no route has this path
+405  MethodNotAllowed     a route has this path, but not this method
+408, 413, 415             the HTTP server's own answers: body too slow, too large, compressed
 409  Conflict             conflicts with existing state: name, address, MAC, bridge or
                           namespace taken, subnet overlap, network still has endpoints
 507  Exhausted            a capacity is used up: a pool's addresses, endpoint slots
                           (the datapath's MAX_ENDPOINTS), networks (its MAX_NETWORKS),
-                          ports of a bridge (BR_MAX_PORTS)
+                          ports of a bridge (BR_MAX_PORTS), the disk holding the state
+                          (StorageFull: nothing was changed)
+500  (any other)          a bug (logged with its traceback), a removal that could not
+                          finish (Incomplete: the endpoint stays 'removing'), or a
+                          state database that became unusable (StateError)
 ===  ===================  ==========================================================
 """
 
@@ -46,9 +52,20 @@ class NotFound(BpfnetError):
     status = 404
 
 
+class MethodNotAllowed(BpfnetError):
+    status = 405
+
+
 class Conflict(BpfnetError):
     status = 409
 
 
 class Exhausted(BpfnetError):
     status = 507
+
+
+class Incomplete(BpfnetError):
+    """A removal could not remove every kernel object; the row stays in state
+    'removing' and the next start (or removal) retries."""
+
+    status = 500

@@ -27,6 +27,8 @@ class Kernel(Protocol):
         """Remove namespace NAME; missing is success."""
     def write_netns_sysctls(self, name: str, sysctls: Mapping[str, str]) -> None: ...
     def netns_has_link(self, name: str, ifname: str) -> bool: ...
+    def list_netns(self) -> list[str]:
+        """Every named namespace (ip netns list)."""
 
     # the managed namespace
     def write_sysctls(self, sysctls: Mapping[str, str]) -> None: ...
@@ -39,6 +41,8 @@ class Kernel(Protocol):
     def set_up(self, index: int) -> None: ...
     def set_master(self, index: int, master: int) -> None: ...
     def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None: ...
+    def link_addresses(self, index: int) -> list[tuple[str, int]]:
+        """(address, prefixlen) of every address on link INDEX."""
     def ensure_route_via(self, dst: str, oif: int) -> None: ...
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]: ...
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
@@ -79,6 +83,9 @@ class NetlinkKernel:
     def netns_has_link(self, name: str, ifname: str) -> bool:
         return netns.run_in(name, lambda: links.link_index_here(ifname) is not None)
 
+    def list_netns(self) -> list[str]:
+        return netns.names()
+
     def write_sysctls(self, sysctls: Mapping[str, str]) -> None:
         netns.write_sysctls(dict(sysctls))
 
@@ -106,6 +113,9 @@ class NetlinkKernel:
 
     def ensure_route_via(self, dst: str, oif: int) -> None:
         links.ensure_route_via(self.ipr, dst, oif)
+
+    def link_addresses(self, index: int) -> list[tuple[str, int]]:
+        return links.link_addresses(self.ipr, index)
 
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]:
         return list(links.host_prefixes(self.ipr, skip_ifindexes=skip_ifindexes))

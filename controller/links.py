@@ -93,6 +93,8 @@ def dump_links(ipr: Any) -> list[LinkState]:
             kind=link_kind(link),
             master=int(master) if master else None,
             up=bool(link["flags"] & IFF_UP),
+            peer=int(link.get("IFLA_LINK") or 0) or None,
+            mtu=int(link.get("IFLA_MTU") or 0),
         ))
     return out
 
@@ -263,7 +265,8 @@ def _interface_state_here(ifname: str) -> InterfaceState | None:
             and route.get("RTA_OIF") == index and route.get("RTA_GATEWAY")
         )
         return InterfaceState(index=index, mac=str(link.get("IFLA_ADDRESS")), up=bool(link["flags"] & IFF_UP),
-                              addresses=addrs, gateways=gateways)
+                              addresses=addrs, gateways=gateways,
+                              peer=int(link.get("IFLA_LINK") or 0) or None)
 
 
 def _ensure_route(ipr: Any, **kwargs: Any) -> None:
@@ -278,3 +281,8 @@ def ensure_route_via(ipr: Any, dst: str, oif: int) -> None:
     """A connected route for DST via device OIF (the v6 subnet routed via the bridge)."""
     family = 10 if ":" in dst else 2
     _ensure_route(ipr, dst=dst, oif=oif, family=family)
+
+
+def link_addresses(ipr: Any, index: int) -> list[tuple[str, int]]:
+    """(address, prefixlen) of every address on link INDEX of IPR's namespace."""
+    return [(str(m.get("IFA_ADDRESS")), int(m["prefixlen"])) for m in ipr.addr("dump", index=index)]

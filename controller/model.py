@@ -78,6 +78,8 @@ class LinkState:
     kind: str | None  # "veth", "bridge", ... (IFLA_INFO_KIND); None for a plain device
     master: int | None  # ifindex of its bridge, if a port of one
     up: bool  # administratively up (IFF_UP)
+    peer: int | None = None  # IFLA_LINK: a veth's peer ifindex (in the peer's namespace)
+    mtu: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,4 @@ class InterfaceState:
     up: bool
     addresses: frozenset[tuple[str, int]]  # (address, prefixlen)
     gateways: frozenset[str]  # gateways of its default routes (main table), both families
+    peer: int | None = None  # IFLA_LINK: a veth's peer ifindex (in the managed namespace)

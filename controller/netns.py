@@ -68,6 +68,14 @@ def create(name: str, setup: Callable[[], None] | None = None) -> bool:
     return True
 
 
+def names() -> list[str]:
+    """Every named namespace (what ``ip netns list`` shows)."""
+    try:
+        return sorted(p.name for p in RUN_DIR.iterdir())
+    except FileNotFoundError:
+        return []
+
+
 def remove(name: str) -> None:
     """Remove the named namespace; missing is success."""
     if not exists(name):

@@ -115,9 +115,14 @@ class NetworkService:
                 out.add(index)
         return out
 
-    def host_prefixes(self) -> list[IPv4Network | IPv6Network]:
-        """Routes/addresses of the managed namespace that are not ours, plus the outer namespace's."""
-        return self.rt.kernel.host_prefixes(self._our_bridges()) + list(self.rt.outer_prefixes)
+    def host_prefixes(self, bridge: str | None = None) -> list[IPv4Network | IPv6Network]:
+        """Routes/addresses of the managed namespace that are not ours, plus the outer namespace's.
+        BRIDGE: the bridge a network is about to adopt (ensure_bridge takes an existing one
+        over): what is already on it is what the network will have, not a clash."""
+        skip = self._our_bridges()
+        if bridge is not None and (index := self.rt.kernel.link_index(bridge)) is not None:
+            skip.add(index)
+        return self.rt.kernel.host_prefixes(skip) + list(self.rt.outer_prefixes)
 
     def check_overlaps(self, cfg: NetworkConfig, exclude: str | None = None) -> None:
         mine: list[IPv4Network | IPv6Network] = [cfg.subnet4]
@@ -137,7 +142,7 @@ class NetworkService:
                     if a.version == b.version and a.overlaps(b):
                         raise Conflict(f"subnet {a} overlaps network {row.name}'s subnet {b}")
         for a in mine:
-            for b in self.host_prefixes():
+            for b in self.host_prefixes(cfg.bridge):
                 if a.version == b.version and a.overlaps(b):
                     raise Conflict(f"subnet {a} overlaps the host's route or address {b}")
 

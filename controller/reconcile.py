@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 
 def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointService,
-                  default_network: dict[str, Any]) -> dict[str, int]:
-    """Everything a starting daemon does before it serves (see the module docstring)."""
+                  default_network: dict[str, Any], delete_leaks: bool = True) -> dict[str, int]:
+    """Everything a starting daemon does before it serves (see the module docstring).
+    DELETE_LEAKS False (``--reconcile=adopt``): veths the state does not know stay."""
     for row in rt.store.networks():
         networks.ensure_present(row)
     nets = [networks.spec(r) for r in rt.store.networks()]
@@ -51,7 +52,7 @@ def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointServ
             f"findable in /lib/modules/{platform.release()}/build; run scripts/setup, "
             "or pass --datapath bridge"
         ) from None
-    stats = Reconciler(rt, networks, endpoints).endpoints()
+    stats = Reconciler(rt, networks, endpoints).endpoints(delete_leaks)
     networks.update_default(default_network)
     if rt.ndp_proxy_iface:
         stats["proxy_neighbours"] = sync_proxy_neighbours(rt)
@@ -67,7 +68,7 @@ class Reconciler:
         self.networks = networks
         self.eps = endpoints
 
-    def endpoints(self) -> dict[str, int]:
+    def endpoints(self, delete_leaks: bool = True) -> dict[str, int]:
         """Finish or undo what a previous daemon left, CHECK the rest; returns counts per outcome."""
         rt = self.rt
         started = time.monotonic()
@@ -100,6 +101,10 @@ class Reconciler:
             known = {r.host_ifname for r in rt.store.endpoints()}
             for link in rt.kernel.dump_links():
                 if is_host_veth_name(link.name) and link.name not in known and link.kind == "veth":
+                    if not delete_leaks:
+                        log.warning("veth %s is not in the state; left in place (--reconcile=adopt)",
+                                    link.name)
+                        continue
                     log.warning("deleting leaked veth %s", link.name)
                     rt.kernel.delete_link(link.name)
                     stats["leaked_links"] += 1

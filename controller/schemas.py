@@ -385,10 +385,12 @@ _STATUS_TEXT = {
     201: "Created",
     204: "No Content: removed",
     400: "Bad Request: the body or a name is invalid",
+    403: "Forbidden: the default network cannot be removed",
     404: "Not Found: no such network, endpoint or namespace",
     409: "Conflict: already exists, overlaps, in use, or has endpoints",
     413: "Payload Too Large: the body is over the limit",
-    507: "Insufficient Storage: a limit is reached (addresses, endpoint slots, networks)",
+    507: "Insufficient Storage: a limit is reached (addresses, endpoint slots, networks, bridge ports, "
+         "the disk holding the state)",
 }
 _MODELS: tuple[type[BaseModel], ...] = (NetworkCreate, EndpointCreate, ErrorDoc, InfoDoc, StatsDoc,
                                         NetworkDoc, EndpointDoc)
@@ -450,7 +452,7 @@ def openapi() -> dict[str, Any]:
             "get": _operation("inspectNetwork", "One network", 200, _ref(NetworkDoc), (400, 404),
                               named="network"),
             "delete": _operation("removeNetwork", "Remove a network without endpoints", 204, None,
-                                 (400, 404, 409), named="network"),
+                                 (400, 403, 404, 409), named="network"),
         },
         "/v1/endpoints": {
             "get": _operation("listEndpoints", "Every endpoint", 200, _list_of(EndpointDoc)),

@@ -213,16 +213,6 @@ class Store:
                 raise
 
     # meta
-    def claim_owner(self, hostns: str) -> str | None:
-        """Record which namespace this state belongs to; return the recorded owner if it is another."""
-        with self.tx() as c:
-            row = c.execute("SELECT value FROM meta WHERE key = 'hostns'").fetchone()
-            if row is None:
-                c.execute("INSERT INTO meta (key, value) VALUES ('hostns', ?)", (hostns,))
-                return None
-            return None if row[0] == hostns else str(row[0])
-
-    # meta
     def claim_meta(self, key: str, value: str) -> str:
         """Set meta KEY to VALUE unless it is set; return the value it has now (one transaction)."""
         with self.tx() as c:
@@ -328,6 +318,21 @@ class Store:
                     (network, address, family, name),
                 )
         return EndpointRow(name, ep_id, network, netns, adopted, host_ifname, mac, "creating", created)
+
+    def adopt_endpoint(self, row: EndpointRow, leases: list[tuple[str, int]]) -> None:
+        """Insert an endpoint found in the kernel (``--reconcile=adopt``) as it is:
+        its id is its host veth's number. sqlite3.IntegrityError if the name, id or
+        a lease is taken."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO endpoints (name, id, network, netns, adopted, host_ifname, mac, state, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.name, row.id, row.network, row.netns, int(row.adopted), row.host_ifname, row.mac,
+                 row.state, row.created),
+            )
+            for address, family in leases:
+                c.execute("INSERT INTO leases (network, address, family, endpoint) VALUES (?, ?, ?, ?)",
+                          (row.network, address, family, row.name))
 
     def set_endpoint_state(self, name: str, state: str) -> None:
         with self.tx() as c:

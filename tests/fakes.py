@@ -108,7 +108,15 @@ class FakeKernel:
         return None if link is None else link.index
 
     def dump_links(self) -> list[LinkState]:
-        return [LinkState(link.name, link.index, link.kind, link.master, link.up) for link in self.links.values()]
+        return [LinkState(link.name, link.index, link.kind, link.master, link.up,
+                          peer=link.peer[1] if link.peer else None, mtu=1500)
+                for link in self.links.values()]
+
+    def list_netns(self) -> list[str]:
+        return sorted(self.namespaces)
+
+    def link_addresses(self, index: int) -> list[tuple[str, int]]:
+        return sorted(self._by_index(index).addresses)
 
     def ensure_bridge(self, name: str, mac: str, mtu: int) -> tuple[int, bool]:
         self._mutate("ensure_bridge")
@@ -178,8 +186,9 @@ class FakeKernel:
     def interface_state(self, ns: str, ifname: str) -> InterfaceState | None:
         for link in self.namespaces[ns].links.values():
             if link.name == ifname:
+                host = next((h.index for h in self.links.values() if h.peer == (ns, link.index)), None)
                 return InterfaceState(link.index, link.mac, link.up, frozenset(link.addresses),
-                                      frozenset(link.gateways))
+                                      frozenset(link.gateways), peer=host)
         return None
 
     def eth0(self, ns: str) -> FakeLink:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpfnet.api.server import ApiServer, App, Request
 from bpfnet.config import Listener
-from bpfnet.http_server import ApiServer, App, Request
 
 
 @dataclass

@@ -207,8 +207,6 @@ def remove_everything(d: DaemonProcess) -> list[str]:
     return problems
 
 
-# lead: remove xfail when schemas are wired
-@pytest.mark.xfail(strict=False, reason="the daemon does not validate request bodies with bpfnet.schemas yet")
 def test_schemathesis_live_daemon(daemons: DaemonFactory) -> None:
     outside_before = netns_list()
     d = daemons.start("--bip", "172.29.0.1/16", "--ipv6", "--fixed-cidr-v6", "fd00:29::/64", tcp=True)
@@ -256,8 +254,6 @@ HOSTILE_BODIES = [
 ]
 
 
-# lead: remove xfail when schemas are wired
-@pytest.mark.xfail(strict=False, reason="the daemon does not parse request bodies with bpfnet.schemas yet")
 def test_hostile_bodies_live(daemons: DaemonFactory) -> None:
     """Each body gets a 400 with one line of JSON, and nothing is made."""
     d = daemons.start("--bip", "172.29.0.1/16", "--ipv6", "--fixed-cidr-v6", "fd00:29::/64", tcp=True)

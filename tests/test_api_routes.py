@@ -3,6 +3,7 @@ the client's encoding of names; the tables the CLI and demo print."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from http import HTTPStatus
@@ -13,6 +14,7 @@ from bpfnet.api.routes import UNMATCHED, Router, install
 from bpfnet.client import ClientError, object_path
 from bpfnet.datapath import counters
 from bpfnet.errors import InvalidArgument
+from bpfnet.schemas import openapi
 from bpfnet.snapshot import EndpointRef, MetricsSnapshot
 from bpfnet.tables import stats_table, table
 
@@ -45,32 +47,35 @@ def routed() -> tuple[Router, FakeService, FakeService]:
 def call(router: Router, method: str, path: str, body: Any = None) -> tuple[str, int, Any]:
     template, handler, params, _ = router.match(method, path)
     assert handler is not None, (method, path)
-    status, doc = handler(params, body)
+    raw = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    status, doc = handler(params, raw)
     return template, status, doc
 
 
 def test_route_templates_are_the_metrics_route_labels(routed: tuple[Router, FakeService, FakeService]) -> None:
     router = routed[0]
-    assert {(r.method, r.template) for r in router.routes} == {
-        ("GET", "/v1/info"), ("GET", "/v1/stats"),
-        ("GET", "/v1/networks"), ("POST", "/v1/networks"),
-        ("GET", "/v1/networks/{name}"), ("DELETE", "/v1/networks/{name}"),
-        ("GET", "/v1/endpoints"), ("POST", "/v1/endpoints"),
-        ("GET", "/v1/endpoints/{name}"), ("DELETE", "/v1/endpoints/{name}"),
-    }
+    served = {(r.method, r.template) for r in router.routes}
+    assert ("DELETE", "/v1/endpoints/{name}") in served and ("GET", "/v1/openapi.json") in served
+    # every route served is documented in the OpenAPI document, and nothing else is
+    documented = {(method.upper(), path) for path, ops in openapi()["paths"].items() for method in ops}
+    assert served == documented
 
 
 def test_path_segments_are_decoded_after_matching(routed: tuple[Router, FakeService, FakeService]) -> None:
     router, nets, eps = routed
-    # issue 10 #2: an encoded "?" is part of the name, never a query that drops the rest
-    template, status, doc = call(router, "DELETE", "/v1/endpoints/a%3Fforce")
-    assert (template, status, doc) == ("/v1/endpoints/{name}", HTTPStatus.NO_CONTENT, None)
-    assert eps.calls == [("remove", "a?force")]
+    # issue 10 #2: an encoded "?" is part of the name, never a query that drops the rest;
+    # the decoded name is then checked like a created one, so it never reaches the service
+    with pytest.raises(InvalidArgument, match=r"invalid endpoint name 'a\?force'"):
+        call(router, "DELETE", "/v1/endpoints/a%3Fforce")
     # an encoded "/" stays inside its segment; a space arrives as a space
-    assert call(router, "GET", "/v1/networks/a%2Fb")[0] == "/v1/networks/{name}"
-    call(router, "GET", "/v1/endpoints/a%20b")
-    assert nets.calls[0] == ("config", "a/b")
-    assert eps.calls[-1] == ("inspect", "a b")
+    assert router.match("GET", "/v1/networks/a%2Fb")[:1] == ("/v1/networks/{name}",)
+    with pytest.raises(InvalidArgument, match="invalid network name 'a/b'"):
+        call(router, "GET", "/v1/networks/a%2Fb")
+    with pytest.raises(InvalidArgument, match="invalid endpoint name 'a b'"):
+        call(router, "GET", "/v1/endpoints/a%20b")
+    assert nets.calls == [] and eps.calls == []
+    assert call(router, "DELETE", "/v1/endpoints/web%2D1")[1:] == (HTTPStatus.NO_CONTENT, None)
+    assert eps.calls == [("remove", "web-1")]
 
 
 def test_unknown_paths_and_methods(routed: tuple[Router, FakeService, FakeService]) -> None:
@@ -86,12 +91,17 @@ def test_documents(routed: tuple[Router, FakeService, FakeService]) -> None:
     _, status, stats = call(router, "GET", "/v1/stats")
     assert status == HTTPStatus.OK and stats["mode"] == "redirect"
     assert [e["name"] for e in stats["endpoints"]] == ["web"]
-    assert call(router, "POST", "/v1/networks", {"name": "n"})[1] == HTTPStatus.CREATED
-    assert nets.calls == [("create", {"name": "n"})]
-    for body in (None, [1], "x"):
+    assert call(router, "POST", "/v1/networks", {"name": "n", "subnet4": "10.9.0.0/24"})[1] == HTTPStatus.CREATED
+    (verb, cfg), = nets.calls
+    assert verb == "create" and cfg["name"] == "n" and cfg["bridge"] == "br-n" and cfg["subnet4"] == "10.9.0.0/24"
+    for body in ([1], "x", 3):
         with pytest.raises(InvalidArgument, match="JSON object"):
             call(router, "POST", "/v1/endpoints", body)
-    assert eps.calls == []
+    with pytest.raises(InvalidArgument):
+        call(router, "POST", "/v1/endpoints", None)
+    with pytest.raises(InvalidArgument, match="subnet4"):
+        call(router, "POST", "/v1/networks", {"name": "n", "subnet4": 17})
+    assert eps.calls == [] and len(nets.calls) == 1
 
 
 def test_object_path_checks_then_encodes() -> None:

@@ -1,4 +1,4 @@
-"""The API's HTTP server (controller/http_server.py) against hostile and careless clients.
+"""The API's HTTP server (controller/api/server.py) against hostile and careless clients.
 
 Each test runs a real ApiServer in this process on a tmp Unix socket and
 127.0.0.1:0 and talks raw bytes to it (issue 10: defects #4, #5, #8, #9, #15, #18).
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpfnet import http_server
+from bpfnet.api import server as http_server
+from bpfnet.api.server import ApiServer, Request
 from bpfnet.client import Client, ClientError, connect_unix
 from bpfnet.config import Listener
 from bpfnet.errors import BpfnetError, NotFound
-from bpfnet.http_server import ApiServer, Request
 from httptest import (
     Recorder,
     assert_json_error,
@@ -84,7 +84,7 @@ def test_app_errors_map_to_status_and_one_line_json(tmp_path: Path, caplog: pyte
                        lambda r, m, s: hooks.append((r, m, s)), **FAST)
     server.serve()
     try:
-        with caplog.at_level(logging.ERROR, logger="bpfnet.http_server"):
+        with caplog.at_level(logging.ERROR, logger="bpfnet.api.server"):
             missing, _ = exchange(server, get("/v1/missing") + get("/v1/crash"), timeout=2)
     finally:
         server.close()

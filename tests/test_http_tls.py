@@ -13,10 +13,10 @@ import ssl
 from pathlib import Path
 
 import pytest
+from bpfnet.api.server import ApiServer
 from bpfnet.client import Client, ClientError, client_from_env_and_args
 from bpfnet.config import Listener
 from bpfnet.errors import BpfnetError
-from bpfnet.http_server import ApiServer
 from bpfnet.tls import TlsConfig, daemon_tls
 from httptest import (
     Certs,

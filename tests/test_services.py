@@ -15,8 +15,16 @@ from typing import Any
 
 import pytest
 from bpfnet.addressing import mac_from_ipv4
-from bpfnet.endpoints import ENDPOINT_NETNS_SYSCTLS_V6, EndpointService, Incomplete
-from bpfnet.errors import BpfnetError, Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
+from bpfnet.endpoints import ENDPOINT_NETNS_SYSCTLS_V6, EndpointService
+from bpfnet.errors import (
+    BpfnetError,
+    Conflict,
+    Exhausted,
+    Forbidden,
+    Incomplete,
+    InvalidArgument,
+    NotFound,
+)
 from bpfnet.ndp import sync_proxy_neighbours
 from bpfnet.networks import NETWORK_LIMIT, NetworkService
 from bpfnet.reconcile import Reconciler

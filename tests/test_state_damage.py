@@ -27,7 +27,7 @@ def filled(tmp_path: Path, n: int = 300) -> Path:
     """A state dir whose database holds one network and N endpoints with leases."""
     state = tmp_path / "state"
     s = Store(str(state))
-    s.claim_owner("ns")
+    s.claim_meta("hostns", "ns")
     s.add_network("bridge", CFG, is_default=True)
     for i in range(n):
         s.reserve_endpoint(f"e{i}", "bridge", f"e{i}", False, "02:42:ac:1e:00:02",
@@ -39,7 +39,7 @@ def filled(tmp_path: Path, n: int = 300) -> Path:
 def test_new_and_empty_files_are_fresh(tmp_path: Path) -> None:
     s = Store(str(tmp_path / "new"))
     assert s.fresh
-    s.claim_owner("ns")
+    s.claim_meta("hostns", "ns")
     s.close()
     assert not Store(str(tmp_path / "new")).fresh
     empty = tmp_path / "empty"

@@ -1,10 +1,13 @@
 """The API's route table and the documents it answers with.
 
-Boundary: a route is a pure function of (path parameters, decoded JSON body)
+Boundary: a route is a pure function of (path parameters, raw request body)
 returning (HTTP status, JSON-able document); it calls the services and never
-sees sockets, headers or the HTTP library serving it (``api.server`` today).
-Errors are raised as ``BpfnetError`` (each carries its status); the server
-turns them into ``{"error": ...}``. Path parameters arrive percent-decoded.
+sees sockets, headers or the HTTP library serving it (``api.server``). Bodies
+are parsed by the route with the declared schema of its body
+(``bpfnet.schemas``), straight from the raw bytes (depth-limited, strict);
+path parameters arrive percent-decoded and are checked with the same name
+rule. Errors are raised as ``BpfnetError`` (each carries its status); the
+server turns them into ``{"error": ...}``.
 """
 
 from __future__ import annotations
@@ -17,16 +20,16 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-from .. import __version__
-from ..config import DaemonConfig
+from .. import __version__, schemas
+from ..config import DaemonConfig, check_name
 from ..endpoints import EndpointService
-from ..errors import InvalidArgument
+from ..errors import MethodNotAllowed, NotFound
 from ..networks import NetworkService
 from ..runtime import Runtime
 from ..snapshot import SnapshotFn, stats_document
 
-#: (path parameters, JSON body or None) -> (HTTP status, JSON document or None for no content).
-Handler = Callable[[dict[str, str], Any], tuple[int, Any]]
+#: (path parameters, raw body or None) -> (HTTP status, JSON document or None for no content).
+Handler = Callable[[dict[str, str], bytes | None], tuple[int, Any]]
 
 #: The route label of requests no route matches (metrics keep a bounded label set).
 UNMATCHED = "unmatched"
@@ -67,26 +70,47 @@ class Router:
                     return route.template, route.handler, params, True
         return UNMATCHED, None, {}, path_known
 
+    def allowed(self, path: str) -> list[str]:
+        """The methods some route serves on PATH (the Allow header of a 405)."""
+        return sorted({r.method for r in self.routes if r.regex.match(path.rstrip("/") or "/")})
+
+    def dispatch(self, method: str, path: str, body: bytes | None) -> tuple[int, Any, str]:
+        """One request -> (status, document, route label); errors are raised as BpfnetError."""
+        path = path.rstrip("/") or "/"
+        route, handler, params, known = self.match(method, path)
+        if handler is None:
+            if known:
+                raise MethodNotAllowed(f"{method} {path}: method not allowed")
+            raise NotFound(f"{method} {path}: no such route")
+        status, doc = handler(params, body)
+        return status, doc, route
+
 
 def install(router: Router, *, networks: NetworkService, endpoints: EndpointService,
             info: Callable[[], dict[str, Any]], snapshot: SnapshotFn) -> None:
     """Add every /v1 route to ``router``."""
-    ok = HTTPStatus.OK
+    ok, created = HTTPStatus.OK, HTTPStatus.CREATED
+    document = schemas.openapi()
     r = router
     r.add("GET", "/v1/info", lambda p, b: (ok, info()))
     r.add("GET", "/v1/stats", lambda p, b: (ok, stats_document(snapshot())))
+    r.add("GET", "/v1/openapi.json", lambda p, b: (ok, document))
     r.add("GET", "/v1/networks", lambda p, b: (ok, networks.list_all()))
-    r.add("POST", "/v1/networks", lambda p, b: (HTTPStatus.CREATED, networks.create(_body(b))))
-    r.add("GET", "/v1/networks/{name}", lambda p, b: (ok, networks.describe(networks.config(p["name"])[0])))
-    r.add("DELETE", "/v1/networks/{name}", lambda p, b: _no_content(networks.remove, p["name"]))
+    r.add("POST", "/v1/networks", lambda p, b: (
+        created, networks.create(schemas.parse_body(schemas.NetworkCreate, b).config().to_json())))
+    r.add("GET", "/v1/networks/{name}", lambda p, b: (
+        ok, networks.describe(networks.config(_name(p, "network"))[0])))
+    r.add("DELETE", "/v1/networks/{name}", lambda p, b: _no_content(networks.remove, _name(p, "network")))
     r.add("GET", "/v1/endpoints", lambda p, b: (ok, endpoints.list_all()))
-    r.add("POST", "/v1/endpoints", lambda p, b: (HTTPStatus.CREATED, endpoints.add(_body(b))))
-    r.add("GET", "/v1/endpoints/{name}", lambda p, b: (ok, endpoints.inspect(p["name"])))
-    r.add("DELETE", "/v1/endpoints/{name}", lambda p, b: _no_content(endpoints.remove, p["name"]))
+    r.add("POST", "/v1/endpoints", lambda p, b: (
+        created, endpoints.add(schemas.parse_body(schemas.EndpointCreate, b).to_json())))
+    r.add("GET", "/v1/endpoints/{name}", lambda p, b: (ok, endpoints.inspect(_name(p, "endpoint"))))
+    r.add("DELETE", "/v1/endpoints/{name}", lambda p, b: _no_content(endpoints.remove, _name(p, "endpoint")))
 
 
-def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None) -> dict[str, Any]:
-    """``GET /v1/info``: version, host, listeners and what the datapath runs."""
+def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None,
+                  warnings: list[str] | None = None) -> dict[str, Any]:
+    """``GET /v1/info``: version, host, listeners, what the datapath runs, and security warnings."""
     u = platform.uname()
     return {
         "version": __version__,
@@ -99,6 +123,7 @@ def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None) -> di
         "datapath": rt.datapath.info(),
         "networks": len(rt.store.networks()),
         "endpoints": len(rt.store.endpoints()),
+        "warnings": list(warnings or []),
     }
 
 
@@ -107,7 +132,6 @@ def _no_content(action: Callable[[str], None], name: str) -> tuple[int, None]:
     return HTTPStatus.NO_CONTENT, None
 
 
-def _body(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidArgument("expected a JSON object in the request body")
-    return body
+def _name(params: dict[str, str], what: str) -> str:
+    """The {name} of a path, checked with the rule names are created with (400 otherwise)."""
+    return check_name(params["name"], f"{what} name")
