@@ -182,3 +182,59 @@ def test_cli_names_are_checked_before_sending(daemons: DaemonFactory) -> None:
     assert d.client.get(f"/v1/endpoints/{a['name']}")["state"] == "ready"
     r = run("ip", "netns", "list")
     assert a["netns"] in r.stdout
+
+
+# concurrency and leaks -------------------------------------------------------------
+def test_200_parallel_adds_all_answer_cleanly(daemons: DaemonFactory) -> None:
+    """#8: 200 clients at once (one connection each): every add succeeds or gets a clear 4xx/507,
+    none sees a socket error; then 200 parallel removals."""
+    d = daemons.start("--bip", "10.245.0.1/24")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bpfnet.client import Client, ClientError
+
+    def add(i: int) -> tuple[str, int]:
+        try:
+            Client(d.host, timeout=120).post("/v1/endpoints", {"name": d.name(f"p{i}")})
+            return "ok", 201
+        except ClientError as exc:
+            return str(exc), exc.status
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        results = list(pool.map(add, range(200)))
+    failed = [r for r in results if r[1] != 201]
+    assert not failed, failed[:5]
+    names = [e["name"] for e in d.client.get("/v1/endpoints")]
+    assert len(names) == 200 and len(d.host_veths()) == 200
+
+    def rm(name: str) -> int:
+        try:
+            Client(d.host, timeout=120).delete(f"/v1/endpoints/{name}")
+            return 204
+        except ClientError as exc:
+            return exc.status
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        assert set(pool.map(rm, names)) == {204}
+    assert d.client.get("/v1/endpoints") == [] and not d.host_veths()
+    assert d.owned_netns() == {d.tag}
+
+
+def _figures(pid: int) -> tuple[int, int]:
+    fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    threads = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("Threads:")))
+    return fds, threads
+
+
+def test_add_remove_cycles_leak_no_fds_or_threads(daemons: DaemonFactory) -> None:
+    """A short soak (bench/hardening.py runs 5,000 cycles): fds and threads do not grow."""
+    d = daemons.start(*BIP)
+    assert d.proc is not None
+    for i in range(30):
+        d.remove_endpoint(d.add_endpoint(f"s{i % 3}")["name"])
+    fds0, threads0 = _figures(d.proc.pid)
+    for i in range(150):
+        d.remove_endpoint(d.add_endpoint(f"s{i % 3}")["name"])
+    fds1, threads1 = _figures(d.proc.pid)
+    assert fds1 <= fds0 + 2 and threads1 <= threads0 + 2, ((fds0, threads0), (fds1, threads1))
