@@ -144,7 +144,7 @@ def test_second_daemon_on_same_socket_refused(d: DaemonProcess, tmp_path: Path) 
         r = bpfnet("daemon", "--netns", tag, "--state-dir", str(tmp_path / "state"), "-H", d.host,
                    "--datapath", "bridge", "--metrics-addr", "127.0.0.1:0", timeout=30)
         assert r.returncode != 0
-        assert "another daemon is listening" in r.stderr
+        assert "another process is listening" in r.stderr
         assert d.client.get("/v1/info")["host_netns"] == d.netns  # the first one is unharmed
     finally:
         subprocess.run(["ip", "netns", "del", tag], capture_output=True, check=False)

@@ -9,11 +9,12 @@ defects are in test_state_damage.py and test_http_server.py.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import DaemonFactory, DaemonProcess, netns_list, ping, run
+from helpers import DaemonFactory, DaemonProcess, bpfnet_cmd, netns_list, ping, run
 
 pytestmark = pytest.mark.kernel
 
@@ -238,3 +239,30 @@ def test_add_remove_cycles_leak_no_fds_or_threads(daemons: DaemonFactory) -> Non
         d.remove_endpoint(d.add_endpoint(f"s{i % 3}")["name"])
     fds1, threads1 = _figures(d.proc.pid)
     assert fds1 <= fds0 + 2 and threads1 <= threads0 + 2, ((fds0, threads0), (fds1, threads1))
+
+
+def test_tlsverify_end_to_end_with_the_cli(daemons: DaemonFactory, tmp_path: Path) -> None:
+    """dockerd's TLS flags on the daemon, docker's on the CLI (flags and $BPFNET_CERT_PATH)."""
+    from httptest import make_certs
+
+    (tmp_path / "certs").mkdir()
+    certs = make_certs(tmp_path / "certs")
+    d = daemons.start(*BIP, "--tlsverify", "--tlscacert", str(certs.ca), "--tlscert", str(certs.server_cert),
+                      "--tlskey", str(certs.server_key), tcp=True)
+    assert d.tcp_host is not None
+    flags = ["--tlsverify", "--tlscacert", str(certs.ca), "--tlscert", str(certs.client_cert),
+             "--tlskey", str(certs.client_key)]
+    r = subprocess.run([*bpfnet_cmd(), "-H", d.tcp_host, *flags, "info", "--json"], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert '"warnings": []' in r.stdout  # authenticated: nothing to warn about
+    env = dict(os.environ, BPFNET_CERT_PATH=str(certs.dir), BPFNET_TLS_VERIFY="1", BPFNET_HOST=d.tcp_host)
+    r = subprocess.run([*bpfnet_cmd(), "endpoint", "add", d.name("t")], capture_output=True, text=True,
+                       timeout=60, check=False, env=env)
+    assert r.returncode == 0, r.stderr
+    # no client certificate, or plain HTTP: refused in one line, nothing done
+    for extra in (["--tlsverify", "--tlscacert", str(certs.ca)], []):
+        r = subprocess.run([*bpfnet_cmd(), "-H", d.tcp_host, *extra, "endpoint", "add", d.name("u")],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert [e["name"] for e in d.client.get("/v1/endpoints")] == [d.name("t")]
