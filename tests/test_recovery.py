@@ -1,0 +1,107 @@
+"""A lost state (--reconcile check/adopt/wipe) and a full disk, on the services with a fake kernel.
+
+No root: the fake kernel keeps what a previous daemon made while the state file is replaced by
+an empty one. The real-kernel versions are in test_daemon_hardening.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bpfnet.recovery import check_fresh_state, survey
+from bpfnet.state import StateError, StorageFull, Store
+from test_services import Env, make_env
+
+
+def populated(tmp_path: Path) -> Env:
+    env = make_env(tmp_path / "first")
+    env.nets.create({"name": "n4", "subnet4": "10.1.0.0/24"}, is_default=True)
+    env.nets.create({"name": "n6", "subnet4": "10.2.0.0/24", "subnet6": "fd00:2::/64"})
+    env.eps.add({"name": "e1"})
+    env.eps.add({"name": "e2", "network": "n6"})
+    env.eps.add({"name": "e3", "mac": "02:00:00:00:00:33"})
+    env.eps.remove("e1")  # e3 keeps id 2: ids are not dense after removals
+    return env
+
+
+def with_lost_state(tmp_path: Path, first: Env) -> Env:
+    """A second daemon's services over the same kernel, with a new (empty) state file."""
+    second = make_env(tmp_path / "second")
+    second.rt.kernel = first.kernel
+    second.kernel = first.kernel
+    return second
+
+
+def test_empty_state_with_live_endpoints_refuses(tmp_path: Path) -> None:
+    first = populated(tmp_path)
+    second = with_lost_state(tmp_path, first)
+    assert second.store.fresh
+    before = second.kernel.objects()
+    with pytest.raises(StateError, match=r"is new or empty, but 2 endpoint veth\(s\) \(bnv1, bnv2\)"):
+        check_fresh_state(second.rt, "check", str(tmp_path / "no-pins"), "bpfnet0")
+    assert second.kernel.objects() == before  # nothing destroyed
+
+
+def test_known_state_passes_the_check(tmp_path: Path) -> None:
+    env = populated(tmp_path)
+    env.store.claim_meta("hostns", "managed")
+    env.store.close()
+    env.rt.store = env.store = Store(str(tmp_path / "first" / "state"))  # reopened: not fresh
+    assert not env.store.fresh
+    assert not survey(env.rt, str(tmp_path / "no-pins"))
+    check_fresh_state(env.rt, "check", str(tmp_path / "no-pins"), "bpfnet0")
+
+
+def test_adopt_rebuilds_networks_endpoints_and_leases(tmp_path: Path) -> None:
+    first = populated(tmp_path)
+    second = with_lost_state(tmp_path, first)
+    check_fresh_state(second.rt, "adopt", str(tmp_path / "no-pins"), "bpfnet0")
+    was = {e.name: e for e in first.store.endpoints()}
+    now = {e.name: e for e in second.store.endpoints()}
+    assert set(now) == {"e2", "e3"}
+    for name, row in now.items():
+        old = was[name]
+        assert (row.id, row.network, row.mac, row.host_ifname, row.state) == \
+            (old.id, old.network, old.mac, old.host_ifname, "ready")
+        assert row.adopted  # endpoint rm will never delete a namespace it cannot prove it made
+        assert sorted((x.address, x.family) for x in second.store.endpoint_leases(name)) == \
+            sorted((x.address, x.family) for x in first.store.endpoint_leases(name))
+    nets = {n.name: n.config for n in second.store.networks()}
+    assert nets["n4"]["subnet4"] == "10.1.0.0/24" and nets["n4"]["gateway4"] == "10.1.0.1"
+    assert nets["n6"]["subnet6"] == "fd00:2::/64" and nets["n6"]["ipv6"]
+    # the rebuilt state is usable: the next address skips the adopted ones
+    assert second.eps.add({"name": "e4", "network": "n4"})["ipv4"] == "10.1.0.2/24"
+    assert second.eps.add({"name": "e5", "network": "n4"})["ipv4"] == "10.1.0.4/24"
+
+
+def test_adopt_leaves_a_veth_it_cannot_explain(tmp_path: Path) -> None:
+    first = populated(tmp_path)
+    del first.kernel.namespaces["e3"]  # its peer is in no named namespace any more
+    second = with_lost_state(tmp_path, first)
+    check_fresh_state(second.rt, "adopt", str(tmp_path / "no-pins"), "bpfnet0")
+    assert [e.name for e in second.store.endpoints()] == ["e2"]
+    assert "bnv2" in second.kernel.links  # left alone, not deleted
+
+
+def test_wipe_lets_the_start_go_on(tmp_path: Path) -> None:
+    first = populated(tmp_path)
+    second = with_lost_state(tmp_path, first)
+    found = check_fresh_state(second.rt, "wipe", str(tmp_path / "no-pins"), "bpfnet0")
+    assert [v.name for v in found.veths] == ["bnv1", "bnv2"]
+    stats = second.reconciler().endpoints()
+    assert stats["leaked_links"] == 2 and not [n for n in second.kernel.links if n.startswith("bnv")]
+
+
+def test_disk_full_during_add_changes_nothing(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    env.nets.create({"name": "n4", "subnet4": "10.1.0.0/24"}, is_default=True)
+    before = env.state()
+    pages = env.store._db.execute("PRAGMA page_count").fetchone()[0]
+    env.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StorageFull) as err:
+        for i in range(200):  # until a page is needed
+            env.eps.add({"name": f"e{i}"})
+            before = env.state()
+    assert err.value.status == 507 and "disk is full" in err.value.message
+    assert env.state() == before  # the failed add left no link, namespace, row, lease or entry
