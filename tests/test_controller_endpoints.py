@@ -105,7 +105,7 @@ def test_static_ip6(d: DaemonProcess) -> None:
         ({"ip": "10.231.0.1"}, 409, "gateway"),
         ({"ip": "10.231.0.255"}, 400, "reserved"),
         ({"ip": "fd00:bf::5"}, 400, "not an IPv4 address"),
-        ({"ip": "10.231.0.999"}, 400, "malformed --ip"),
+        ({"ip": "10.231.0.999"}, 400, "malformed ip"),
         ({"ip6": "fd00:bf::1"}, 409, "gateway"),
         ({"ip6": "fd00:be::5"}, 400, "outside"),
         ({"mac": "01:00:5e:00:00:01"}, 400, "multicast"),
