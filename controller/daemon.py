@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from . import __version__, links, netns
 from .api import routes
 from .api.server import ApiServer, Request
@@ -33,6 +31,7 @@ from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import build_registry
 from .metrics.server import MetricsServer, bind_metrics_socket, serve_metrics
+from .netlink import IPRoute
 from .networks import NetworkService
 from .reconcile import reconcile_all
 from .recovery import check_fresh_state

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from ipaddress import IPv6Address, ip_network
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK
@@ -25,6 +24,7 @@ from pyroute2.netlink.rtnl import RTM_NEWLINK
 from . import netns
 from .errors import Conflict
 from .model import InterfaceConfig, InterfaceState, LinkState
+from .netlink import IPRoute
 
 log = logging.getLogger(__name__)
 

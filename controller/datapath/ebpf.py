@@ -25,9 +25,8 @@ import os
 import threading
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from ..model import EndpointSpec, NetworkSpec
+from ..netlink import IPRoute
 from . import abi, tc
 from . import maps as m
 from .loader import LoadedPrograms, load

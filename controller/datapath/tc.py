@@ -13,8 +13,9 @@ import errno
 import logging
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from ..netlink import IPRoute
 
 log = logging.getLogger(__name__)
 
