@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -229,6 +230,7 @@ def test_schemathesis_live_daemon(daemons: DaemonFactory) -> None:
     made_outside = (findings.sent_names & netns_list()) - outside_before - d.owned_netns()
     assert not made_outside, f"namespaces made outside the test's tag: {made_outside}"
     summary = f"{findings.requests} requests in {elapsed:.0f} s; {sum(findings.count.values())} failures"
+    logging.getLogger(__name__).info("schemathesis: %s; statuses %s", summary, dict(findings.statuses))
     assert not findings.count and not problems, f"{summary}\n{findings.report()}\n" + "\n".join(problems)
 
 
