@@ -38,9 +38,14 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         f"Listeners:    {', '.join(info['listeners'])}",
         f"Metrics:      {info.get('metrics_url') or '-'}",
         f"Datapath:     {dp['mode']}",
+        f"Default bridge: {info.get('default_bridge') or 'none'}",
+        f"Address pools: {', '.join(info.get('address_pools', []))}",
         f"Networks:     {info['networks']}",
         f"Endpoints:    {info['endpoints']}",
     ]
+    for s in info.get("subnets", []):
+        lines.append(f"  network {s['network']}: {s['subnet4']} ({s['subnet_source'] or 'source not recorded'})"
+                     + (f", {s['subnet6']} ({s['subnet6_source'] or 'source not recorded'})" if s.get("subnet6") else ""))
     for warning in info.get("warnings", []):
         lines.append(f"WARNING:      {warning}")
     for prog in dp.get("programs", []):
@@ -49,8 +54,8 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
-    body: dict[str, Any] = {"name": args.name, "subnet4": args.subnet, "icc": args.icc}
-    for key, value in (("bridge", args.bridge), ("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
+    body: dict[str, Any] = {"name": args.name, "icc": args.icc}
+    for key, value in (("subnet4", args.subnet), ("bridge", args.bridge), ("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
                        ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu)):
         if value is not None:
             body[key] = value
@@ -148,7 +153,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "allow_public_metrics": args.allow_public_metrics or None, "log_level": args.log_level,
         "group": args.group, "tls": args.tls or None, "tlsverify": args.tlsverify or None,
         "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
-        "reconcile": args.reconcile,
+        "reconcile": args.reconcile, "default_address_pool": args.default_address_pool,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -191,14 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="TOML file with the same settings (flags win)")
     d.add_argument("--netns", help="manage this named network namespace (created if missing) as the host side")
     d.add_argument("--state-dir", help="where state lives (default /var/lib/bpfnet)")
-    d.add_argument("--bridge", help="bridge of the default network (default bpfnet0)")
+    d.add_argument("-b", "--bridge", help="bridge of the default network (default bpfnet0); an existing bridge is "
+                                          "adopted (its address defines the network); 'none': no default network")
     d.add_argument("--bip", help="bridge IPv4 address and prefix, e.g. 172.17.0.1/16")
     d.add_argument("--fixed-cidr", help="limit the default network's IPv4 range, e.g. 172.17.1.0/25")
     d.add_argument("--ipv6", action="store_true", default=None, help="dual-stack default network")
     d.add_argument("--fixed-cidr-v6", help="IPv6 subnet of the default network, e.g. 1553:ba3:2::/64")
     d.add_argument("--default-gateway", help="endpoints' IPv4 default gateway (default: the bridge)")
     d.add_argument("--default-gateway-v6", help="endpoints' IPv6 default gateway (default: fe80::1)")
-    d.add_argument("--mtu", type=int, help="MTU of the default network (default 1500)")
+    d.add_argument("--mtu", type=int, help="MTU of the default network (default: an existing bridge's, else 1500)")
+    d.add_argument("--default-address-pool", action="append", metavar="base=CIDR,size=N",
+                   help="where networks without a subnet get one (repeatable; default 172.17.0.0/16 ... "
+                        "172.31.0.0/16 as /16s, then 192.168.0.0/16 in /20s)")
     d.add_argument("--icc", dest="icc", action="store_true", default=None,
                    help="allow traffic between endpoints of the default network (default)")
     d.add_argument("--no-icc", dest="icc", action="store_false", help="isolate endpoints from each other")
@@ -228,10 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     net = sub.add_parser("network", help="manage networks").add_subparsers(dest="sub", required=True)
     nc = net.add_parser("create", parents=[client_opts], help="create a bridge network")
     nc.add_argument("name")
-    nc.add_argument("--subnet", required=True, help="IPv4 subnet, e.g. 10.10.0.0/24")
+    nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "
+                                     "daemon's address pools)")
     nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")
     nc.add_argument("--ip-range", help="allocate IPv4 addresses only from this sub-range")
-    nc.add_argument("--ipv6", action="store_true", help="dual stack")
+    nc.add_argument("--ipv6", action="store_true",
+                    help="dual stack (without --subnet6: the next free /64 of this host's ULA prefix)")
     nc.add_argument("--subnet6", help="IPv6 subnet, e.g. 1553:ba3:3::/64")
     nc.add_argument("--gateway6", help="global IPv6 gateway on the bridge (default: first address)")
     nc.add_argument("--ip-range6", help="allocate IPv6 addresses only from this sub-range")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -42,10 +43,67 @@ DEFAULT_SOCKET = "unix:///run/bpfnet/bpfnet.sock"
 DEFAULT_STATE_DIR = "/var/lib/bpfnet"
 DEFAULT_BRIDGE = "bpfnet0"
 DEFAULT_NETWORK = "bridge"  # like Docker's default network name
-DEFAULT_POOLS = tuple(
-    [IPv4Network(f"172.{i}.0.0/16") for i in range(17, 32)]
-    + [IPv4Network(f"192.168.{i}.0/20") for i in range(0, 256, 16)]
+NO_BRIDGE = "none"  # --bridge none: no default network (dockerd's -b none)
+POOL_MAX_SIZE = 30  # a pool's subnets hold at least two endpoints and a gateway
+ULA_PREFIXLEN = 48  # RFC 4193: fd + a 40-bit global ID
+ULA_SUBNET_PREFIXLEN = 64
+
+
+@dataclass(frozen=True)
+class AddressPool:
+    """dockerd's --default-address-pool base=CIDR,size=N: BASE cut into /SIZE subnets."""
+
+    base: IPv4Network
+    size: int
+
+    def __str__(self) -> str:
+        return f"base={self.base},size={self.size}"
+
+    @property
+    def count(self) -> int:
+        """How many subnets (networks) the pool holds."""
+        return int(2 ** (self.size - self.base.prefixlen))
+
+    def subnets(self) -> Iterator[IPv4Network]:
+        return self.base.subnets(new_prefix=self.size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": str(self.base), "size": self.size}
+
+
+def parse_address_pool(value: Any) -> AddressPool:
+    """One pool from the flag's text ``base=CIDR,size=N`` or a TOML table ``{base = "CIDR", size = N}``."""
+    what = "--default-address-pool"
+    if isinstance(value, str):
+        fields: dict[str, Any] = {}
+        for part in value.split(","):
+            key, sep, text = part.strip().partition("=")
+            if not sep or key not in ("base", "size") or key in fields:
+                raise InvalidArgument(f"{what} {value!r}: expected base=CIDR,size=N, e.g. base=10.10.0.0/16,size=24")
+            fields[key] = text.strip()
+        value = fields
+        if isinstance(fields.get("size"), str) and fields["size"].isascii() and fields["size"].isdigit():
+            fields["size"] = int(fields["size"])
+    if not isinstance(value, dict) or set(value) != {"base", "size"}:
+        raise InvalidArgument(f"{what} {value!r}: expected base=CIDR,size=N, e.g. base=10.10.0.0/16,size=24")
+    base = parse_v4_network(value["base"], f"{what} base")
+    if str(value["base"]).split("/")[0] != str(base.network_address):
+        raise InvalidArgument(f"{what} base {value['base']}: host bits set; did you mean {base}?")
+    size = value["size"]
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidArgument(f"{what} size {size!r}: expected a prefix length like 24")
+    if not base.prefixlen <= size <= POOL_MAX_SIZE:
+        raise InvalidArgument(f"{what} size {size}: must be between the base's prefix length "
+                              f"({base.prefixlen}) and {POOL_MAX_SIZE}")
+    return AddressPool(base, size)
+
+
+# dockerd's defaults: 172.17.0.0/16 ... 172.31.0.0/16 as /16s, then 192.168.0.0/16 in /20s.
+DEFAULT_ADDRESS_POOLS = tuple(
+    [AddressPool(IPv4Network(f"172.{i}.0.0/16"), 16) for i in range(17, 32)]
+    + [AddressPool(IPv4Network("192.168.0.0/16"), 20)]
 )
+DEFAULT_POOLS = tuple(subnet for pool in DEFAULT_ADDRESS_POOLS for subnet in pool.subnets())
 
 
 def check_name(value: str, what: str) -> str:
@@ -240,6 +298,17 @@ class NetworkConfig:
     default_gateway6: IPv6Address | None = None
     mtu: int = 1500
     icc: bool = True
+    # Where the subnets came from ("given", "bridge", "pool 172.17.0.0/16", "ula fd../48") and what
+    # bpfnet added to the kernel ({"bridge": made it?, "addresses": ["a/len", ...], "mac": the
+    # bridge's MAC when adopted}). Bookkeeping, not settings: equal configs may differ here.
+    # None (networks stored before these existed): "given", and bpfnet made the bridge.
+    subnet_source: str | None = field(default=None, compare=False)
+    subnet6_source: str | None = field(default=None, compare=False)
+    owned: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def owns_bridge(self) -> bool:
+        return self.owned is None or bool(self.owned.get("bridge"))
 
     @property
     def range4(self) -> IPv4Network:
@@ -250,7 +319,12 @@ class NetworkConfig:
         return self.ip_range6 or self.subnet6
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if v is not None and not isinstance(v, (bool, int)) else v) for k, v in asdict(self).items()}
+        out = {k: (str(v) if v is not None and not isinstance(v, (bool, int, dict)) else v)
+               for k, v in asdict(self).items()}
+        for key in ("subnet_source", "subnet6_source", "owned"):
+            if out[key] is None:
+                del out[key]  # stored and answered only when known
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NetworkConfig:
@@ -298,7 +372,12 @@ class NetworkConfig:
             raise InvalidArgument(f"mtu: expected an integer, got {json_type(mtu)}")
         mtu = check_mtu(mtu, ipv6)
         icc = _flag(given, "icc", True)
-        cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc)
+        sources = [given.get(k) for k in ("subnet_source", "subnet6_source")]
+        owned = given.get("owned")
+        if any(not isinstance(v, (str, type(None))) for v in sources) or not isinstance(owned, (dict, type(None))):
+            raise InvalidArgument("network: subnet_source/subnet6_source must be strings, owned an object")
+        cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc,
+                  sources[0], sources[1], owned)
         cfg.validate()
         return cfg
 
@@ -342,21 +421,26 @@ def default_network_config(
     fixed_cidr_v6: str | None,
     default_gateway: str | None,
     default_gateway_v6: str | None,
-    mtu: int,
+    mtu: int | None,
     icc: bool,
 ) -> dict[str, Any]:
-    """The default network from dockerd-style flags, as network JSON (bip decides subnet and gateway)."""
-    data: dict[str, Any] = {"name": DEFAULT_NETWORK, "bridge": bridge, "mtu": mtu, "icc": icc, "ipv6": ipv6}
+    """The default network from dockerd-style flags, as network JSON (bip decides subnet and gateway).
+    Without MTU the network takes an existing bridge's MTU, else 1500."""
+    data: dict[str, Any] = {"name": DEFAULT_NETWORK, "bridge": bridge, "icc": icc, "ipv6": ipv6}
+    if mtu is not None:
+        data["mtu"] = mtu
     if bip:
         iface = parse_bip(bip)
         data["subnet4"] = str(iface.network)
         data["gateway4"] = str(iface.ip)
+        data["subnet_source"] = "given"
     if fixed_cidr:
         data["ip_range4"] = fixed_cidr
     if fixed_cidr_v6:
         if not ipv6:
             raise InvalidArgument("--fixed-cidr-v6 needs --ipv6")
         data["subnet6"] = fixed_cidr_v6
+        data["subnet6_source"] = "given"
     if default_gateway:
         data["default_gateway4"] = default_gateway
     if default_gateway_v6:
@@ -446,8 +530,10 @@ class DaemonConfig:
     fixed_cidr_v6: str | None = None
     default_gateway: str | None = None
     default_gateway_v6: str | None = None
-    mtu: int = 1500
+    mtu: int | None = None  # None: an existing bridge's MTU, else 1500
     icc: bool = True
+    # --default-address-pool: where networks without a subnet get one; empty: DEFAULT_ADDRESS_POOLS
+    default_address_pool: tuple[AddressPool, ...] = ()
     ndp_proxy_iface: str | None = None
     datapath: str = "auto"
     metrics_addr: str = "127.0.0.1:9523"
@@ -463,6 +549,24 @@ class DaemonConfig:
 
     def listeners(self) -> list[Listener]:
         return [parse_host(h, self.allow_public_api) for h in self.hosts]
+
+    @property
+    def address_pools(self) -> tuple[AddressPool, ...]:
+        return self.default_address_pool or DEFAULT_ADDRESS_POOLS
+
+    @property
+    def has_default_network(self) -> bool:
+        return self.bridge != NO_BRIDGE
+
+    def default_network(self) -> dict[str, Any] | None:
+        """The default network's JSON from the flags; None with --bridge none."""
+        if not self.has_default_network:
+            return None
+        return default_network_config(
+            bridge=self.bridge, bip=self.bip, fixed_cidr=self.fixed_cidr, ipv6=self.ipv6,
+            fixed_cidr_v6=self.fixed_cidr_v6, default_gateway=self.default_gateway,
+            default_gateway_v6=self.default_gateway_v6, mtu=self.mtu, icc=self.icc,
+        )
 
 
 def _toml_key(key: str) -> str:
@@ -494,6 +598,15 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
         values["hosts"] = [values["hosts"]]
     if "hosts" in values:
         values["hosts"] = tuple(values["hosts"]) or (DEFAULT_SOCKET,)
+    if "default_address_pool" in values:
+        pools = values["default_address_pool"]
+        if isinstance(pools, (str, dict)):
+            pools = [pools]
+        if not isinstance(pools, (list, tuple)):
+            raise InvalidArgument("default-address-pool: expected a list of base=CIDR,size=N or {base, size}")
+        values["default_address_pool"] = tuple(p if isinstance(p, AddressPool) else parse_address_pool(p)
+                                               for p in pools)
+        _check_pools_apart(values["default_address_pool"])
     cfg = replace(DaemonConfig(), **values)
     _validate_daemon(cfg)
     return cfg
@@ -505,6 +618,13 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
 RECONCILE_MODES = ("check", "adopt", "wipe")
 
 
+def _check_pools_apart(pools: tuple[AddressPool, ...]) -> None:
+    for i, a in enumerate(pools):
+        for b in pools[i + 1:]:
+            if a.base.overlaps(b.base):
+                raise InvalidArgument(f"--default-address-pool {a} overlaps {b}")
+
+
 def _validate_daemon(cfg: DaemonConfig) -> None:
     cfg.listeners()
     if cfg.reconcile not in RECONCILE_MODES:
@@ -512,17 +632,20 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
     if cfg.netns is not None:
         check_name(cfg.netns, "--netns")
     check_ifname(cfg.bridge, "--bridge")
-    check_mtu(cfg.mtu, cfg.ipv6)
+    if cfg.mtu is not None:
+        check_mtu(cfg.mtu, cfg.ipv6)
     if cfg.datapath not in REQUESTABLE_MODES:
         raise InvalidArgument(f"--datapath {cfg.datapath!r}: expected {', '.join(REQUESTABLE_MODES[:-1])} "
                               f"or {REQUESTABLE_MODES[-1]}")
     # The default network's flags, checked now rather than after the daemon has entered its namespace.
-    data = default_network_config(
-        bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
-        fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
-        default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
-    )
-    if "subnet4" in data:
+    data = cfg.default_network()
+    if data is None:
+        for flag, value in (("--bip", cfg.bip), ("--fixed-cidr", cfg.fixed_cidr), ("--fixed-cidr-v6", cfg.fixed_cidr_v6),
+                            ("--default-gateway", cfg.default_gateway),
+                            ("--default-gateway-v6", cfg.default_gateway_v6)):
+            if value:
+                raise InvalidArgument(f"{flag} configures the default network, and --bridge none means there is none")
+    elif "subnet4" in data:
         try:
             NetworkConfig.from_json(data)  # fixed-cidr inside bip, IPv6 prefix, gateways
         except InvalidArgument as exc:

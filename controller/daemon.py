@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__, links, netns
 from .api import routes
 from .api.server import ApiServer, Request
-from .config import DaemonConfig, default_network_config
+from .config import DaemonConfig
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
 from .datapath import Datapath, abi, make_datapath
 from .endpoints import EndpointService
@@ -129,7 +129,7 @@ class Daemon:
                 "run scripts/setup or pass --datapath bridge"
             ) from None
         self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
-                          ndp_proxy_iface=cfg.ndp_proxy_iface)
+                          ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools)
         self.networks = NetworkService(self.rt)
         self.endpoints = EndpointService(self.rt, self.networks)
 
@@ -147,11 +147,8 @@ class Daemon:
         (kernel objects a lost state does not know) and bpfnet.reconcile (the CHECK)."""
         cfg = self.cfg
         check_fresh_state(self.rt, cfg.reconcile, pin_dir(cfg.netns), cfg.bridge)
-        return reconcile_all(self.rt, self.networks, self.endpoints, default_network_config(
-            bridge=cfg.bridge, bip=cfg.bip, fixed_cidr=cfg.fixed_cidr, ipv6=cfg.ipv6,
-            fixed_cidr_v6=cfg.fixed_cidr_v6, default_gateway=cfg.default_gateway,
-            default_gateway_v6=cfg.default_gateway_v6, mtu=cfg.mtu, icc=cfg.icc,
-        ), delete_leaks=cfg.reconcile != "adopt")
+        return reconcile_all(self.rt, self.networks, self.endpoints, cfg.default_network(),
+                             delete_leaks=cfg.reconcile != "adopt")
 
     def undo_failed_start(self) -> None:
         """A start that failed after building: remove the pins and namespace it created."""

@@ -233,7 +233,7 @@ class EndpointService:
         for row in self.rt.store.networks():
             if row.is_default:
                 return row.name
-        raise NotFound("no default network; pass --network")
+        raise NotFound("there is no default network (the daemon runs with --bridge none): pass --network NAME")
 
     def _namespace(self, name: str, existing: Any) -> tuple[str, bool]:
         if existing:

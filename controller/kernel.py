@@ -41,6 +41,8 @@ class Kernel(Protocol):
     def set_up(self, index: int) -> None: ...
     def set_master(self, index: int, master: int) -> None: ...
     def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None: ...
+    def delete_address(self, index: int, address: str, prefixlen: int) -> None:
+        """Missing is success."""
     def link_addresses(self, index: int) -> list[tuple[str, int]]:
         """(address, prefixlen) of every address on link INDEX."""
     def ensure_route_via(self, dst: str, oif: int) -> None: ...
@@ -110,6 +112,9 @@ class NetlinkKernel:
 
     def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None:
         links.ensure_address(self.ipr, index, address, prefixlen, nodad=nodad)
+
+    def delete_address(self, index: int, address: str, prefixlen: int) -> None:
+        links.delete_address(self.ipr, index, address, prefixlen)
 
     def ensure_route_via(self, dst: str, oif: int) -> None:
         links.ensure_route_via(self.ipr, dst, oif)

@@ -95,6 +95,7 @@ def dump_links(ipr: Any) -> list[LinkState]:
             up=bool(link["flags"] & IFF_UP),
             peer=int(link.get("IFLA_LINK") or 0) or None,
             mtu=int(link.get("IFLA_MTU") or 0),
+            mac=str(link.get("IFLA_ADDRESS") or ""),
         ))
     return out
 
@@ -123,6 +124,14 @@ def ensure_address(ipr: Any, index: int, address: str, prefixlen: int, nodad: bo
         ipr.addr("add", **kwargs)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
+            raise
+
+
+def delete_address(ipr: Any, index: int, address: str, prefixlen: int) -> None:
+    try:
+        ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
             raise
 
 

@@ -80,6 +80,7 @@ class LinkState:
     up: bool  # administratively up (IFF_UP)
     peer: int | None = None  # IFLA_LINK: a veth's peer ifindex (in the peer's namespace)
     mtu: int = 0
+    mac: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,33 @@ work through ``Runtime.kernel`` (``bpfnet.kernel``).
 from __future__ import annotations
 
 import logging
+import secrets
+from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import (
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+)
 from typing import Any
 
 from .addressing import mac_from_ipv4
-from .config import DEFAULT_POOLS, NetworkConfig
+from .config import (
+    ULA_PREFIXLEN,
+    ULA_SUBNET_PREFIXLEN,
+    AddressPool,
+    NetworkConfig,
+    bridge_name_for,
+    check_name,
+)
 from .datapath.abi import MAX_NETWORKS
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
-from .model import NetworkSpec
+from .kernel import Kernel
+from .model import LinkState, NetworkSpec
 from .rollback import Rollback
 from .runtime import Runtime
 from .state import NetworkRow
@@ -36,6 +53,10 @@ def pools(cfg: NetworkConfig) -> tuple[Pool, Pool | None]:
     if cfg.subnet6 is not None and cfg.range6 is not None:
         p6 = Pool(cfg.name, cfg.subnet6, cfg.range6, cfg.gateway6)
     return p4, p6
+
+
+def _deleter(kernel: Kernel, index: int, address: str, prefixlen: int) -> Callable[[], None]:
+    return lambda: kernel.delete_address(index, address, prefixlen)
 
 
 class NetworkService:
@@ -60,7 +81,7 @@ class NetworkService:
             id=row.id,
             bridge=cfg.bridge,
             bridge_ifindex=index or 0,
-            bridge_mac=mac_from_ipv4(cfg.gateway4),
+            bridge_mac=str((cfg.owned or {}).get("mac") or mac_from_ipv4(cfg.gateway4)),
             gateway4=cfg.gateway4,
             gateway6=gw6,
             icc=cfg.icc,
@@ -100,6 +121,10 @@ class NetworkService:
             "ipv6": cfg.ipv6,
             "ipam": ipam,
             "endpoints": [e.name for e in eps],
+            # where the subnets came from; None (networks stored before this was recorded): not known
+            "subnet_source": cfg.subnet_source,
+            "subnet6_source": cfg.subnet6_source if cfg.subnet6 is not None else None,
+            "overlaps": self.overlaps(cfg),
             "config": cfg.to_json(),
         }
 
@@ -146,20 +171,144 @@ class NetworkService:
                 if a.version == b.version and a.overlaps(b):
                     raise Conflict(f"subnet {a} overlaps the host's route or address {b}")
 
-    def pick_default_subnet(self) -> IPv4Network:
-        """The first default pool that overlaps nothing (Docker's behaviour without --bip)."""
-        taken: list[IPv4Network | IPv6Network] = list(self.host_prefixes())
+    def overlaps(self, cfg: NetworkConfig) -> list[str]:
+        """Routes and addresses of the host (not bpfnet's bridges) that overlap CFG's subnets now:
+        what appeared after the network was made (create refuses overlaps). Reported, never changed."""
+        mine: list[IPv4Network | IPv6Network] = [cfg.subnet4] + ([cfg.subnet6] if cfg.subnet6 else [])
+        return sorted({str(b) for b in self.host_prefixes() for a in mine if a.version == b.version and a.overlaps(b)})
+
+    def report_overlaps(self) -> dict[str, list[str]]:
+        """The start-up CHECK of every network against the host's routes and addresses: logged and
+        reported to the observer (the bpfnet_network_overlaps gauge)."""
+        found = {}
         for row in self.rt.store.networks():
-            taken.append(IPv4Network(row.config["subnet4"]))
-        for pool in DEFAULT_POOLS:
-            if not any(pool.version == t.version and pool.overlaps(t) for t in taken):
-                return pool
-        raise Conflict("every default address pool overlaps a host route or a network; pass --bip")
+            cfg = NetworkConfig.from_json(row.config)
+            found[row.name] = self.overlaps(cfg)
+            if found[row.name]:
+                log.warning("network %s (%s%s) overlaps the host's route or address %s, which appeared after it "
+                            "was made: traffic to those addresses may go the wrong way", row.name, cfg.subnet4,
+                            f", {cfg.subnet6}" if cfg.subnet6 else "", ", ".join(found[row.name]))
+            self.rt.observer.network_overlaps(row.name, len(found[row.name]))
+        return found
+
+    def _taken(self, bridge: str | None, version: int) -> list[IPv4Network | IPv6Network]:
+        taken: list[IPv4Network | IPv6Network] = [p for p in self.host_prefixes(bridge) if p.version == version]
+        for row in self.rt.store.networks():
+            key = "subnet4" if version == 4 else "subnet6"
+            if row.config.get(key):
+                taken.append(IPv4Network(row.config[key]) if version == 4 else IPv6Network(row.config[key]))
+        return taken
+
+    def pick_subnet(self, bridge: str | None = None, hint: str = "pass --subnet") -> tuple[IPv4Network, AddressPool]:
+        """The first subnet of the address pools that overlaps no network, no route or address of the
+        managed namespace and none of the outer one (dockerd's --default-address-pool)."""
+        taken = self._taken(bridge, 4)
+        pools_ = self.rt.address_pools
+        for pool in pools_:
+            near = [t for t in taken if t.overlaps(pool.base)]
+            for subnet in pool.subnets():
+                if not any(subnet.overlaps(t) for t in near):
+                    return subnet, pool
+        total = sum(p.count for p in pools_)
+        raise Exhausted(f"the address pools ({'; '.join(str(p) for p in pools_)}) hold {total} network(s), and "
+                        f"every one overlaps a network or a host route or address; {hint}")
+
+    def ula_prefix(self) -> IPv6Network:
+        """This host's ULA /48 (RFC 4193: fd + a random 40-bit global ID), chosen once and kept in the state."""
+        mine = IPv6Network(((0xFD << 40 | secrets.randbits(40)) << (128 - ULA_PREFIXLEN), ULA_PREFIXLEN))
+        return IPv6Network(self.rt.store.claim_meta("ula_prefix", str(mine)))
+
+    def pick_subnet6(self, bridge: str | None = None) -> tuple[IPv6Network, IPv6Network]:
+        """(the next free /64 of the host's ULA prefix, that prefix)."""
+        prefix = self.ula_prefix()
+        near = [t for t in self._taken(bridge, 6) if t.overlaps(prefix)]
+        for subnet in prefix.subnets(new_prefix=ULA_SUBNET_PREFIXLEN):
+            if not any(subnet.overlaps(t) for t in near):
+                return subnet, prefix
+        raise Exhausted(f"every /64 of this host's IPv6 prefix {prefix} is taken; pass --subnet6")
+
+    # bridges bpfnet did not make
+    def _user_bridge(self, bridge: str) -> LinkState | None:
+        """BRIDGE when it exists and bpfnet did not make it (no stored network says it did), else None."""
+        link = next((li for li in self.rt.kernel.dump_links() if li.name == bridge), None)
+        if link is None or link.kind != "bridge":
+            return None
+        for row in self.rt.store.networks():
+            if row.config.get("bridge") == bridge and NetworkConfig.from_json(row.config).owns_bridge:
+                return None
+        return link
+
+    def _user_addresses(self, link: LinkState) -> list[IPv4Interface | IPv6Interface]:
+        """The addresses on a user's bridge that bpfnet did not add (link-local ones aside)."""
+        ours: set[str] = set()
+        for row in self.rt.store.networks():
+            if row.config.get("bridge") == link.name:
+                ours.update((row.config.get("owned") or {}).get("addresses", []))
+        out: list[IPv4Interface | IPv6Interface] = []
+        for address, prefixlen in self.rt.kernel.link_addresses(link.index):
+            iface = ip_interface(f"{address}/{prefixlen}")
+            if f"{address}/{prefixlen}" not in ours and not iface.is_link_local:
+                out.append(iface)
+        return out
+
+    def _from_user_bridge(self, data: dict[str, Any], is_default: bool) -> dict[str, Any]:
+        """DATA completed from an existing bridge bpfnet did not make (dockerd -b): its IPv4 address is
+        the subnet and gateway, its global IPv6 address too (with IPv6), its MTU the default network's
+        unless given. The default network's --bip must be one of its addresses."""
+        link = self._user_bridge(data["bridge"])
+        if link is None:
+            return data
+        data = dict(data)
+        addrs = self._user_addresses(link)
+        v4 = [a for a in addrs if isinstance(a, IPv4Interface)]
+        v6 = [a for a in addrs if isinstance(a, IPv6Interface)]
+        if "subnet4" in data:
+            want = IPv4Interface(f"{data.get('gateway4') or IPv4Network(data['subnet4'], strict=False)[1]}/"
+                                 f"{IPv4Network(data['subnet4'], strict=False).prefixlen}")
+            if is_default and v4 and want not in v4:
+                raise Conflict(f"--bip {want} differs from the address of bridge {link.name} "
+                               f"({', '.join(map(str, v4))}): start without --bip to use the bridge's address, "
+                               f"or give --bip {v4[0]}")
+        elif v4:
+            data.update(subnet4=str(v4[0].network), gateway4=str(v4[0].ip), subnet_source="bridge")
+        if data.get("ipv6") and "subnet6" not in data and v6:
+            data.update(subnet6=str(v6[0].network), gateway6=str(v6[0].ip), subnet6_source="bridge")
+        if is_default and "mtu" not in data and link.mtu:
+            data["mtu"] = link.mtu
+        return data
+
+    def _complete(self, data: dict[str, Any], is_default: bool) -> dict[str, Any]:
+        """DATA with every subnet decided: given, from a user's bridge, or picked from the pools."""
+        data = {k: v for k, v in data.items() if v is not None}
+        name = check_name(data.get("name"), "network name")  # type: ignore[arg-type]  # checked there
+        data.setdefault("bridge", bridge_name_for(name))
+        data = self._from_user_bridge(data, is_default)
+        if "subnet4" in data:
+            data.setdefault("subnet_source", "given")
+        elif is_default and data.get("ip_range4"):
+            # --fixed-cidr without --bip: the range's network is the subnet (as before)
+            data.update(subnet4=str(IPv4Network(data["ip_range4"], strict=False)), subnet_source="given")
+        else:
+            if data.get("gateway4") or data.get("ip_range4"):
+                raise InvalidArgument("gateway4 and ip_range4 need subnet4")
+            subnet, pool = self.pick_subnet(data["bridge"], "pass --bip" if is_default else "pass --subnet")
+            data.update(subnet4=str(subnet), gateway4=str(subnet[1]), subnet_source=f"pool {pool.base}")
+            log.info("network %s: picked %s from the address pool %s", name, subnet, pool)
+        if "subnet6" in data:
+            data.setdefault("subnet6_source", "given")
+        elif data.get("ipv6") and not is_default:
+            # The default network keeps --ipv6 without --fixed-cidr-v6 link-local only, as before.
+            subnet6, prefix = self.pick_subnet6(data["bridge"])
+            data.update(subnet6=str(subnet6), subnet6_source=f"ula {prefix}")
+            log.info("network %s: picked %s from this host's IPv6 prefix %s", name, subnet6, prefix)
+        return data
 
     # mutations
     def create(self, data: dict[str, Any], is_default: bool = False) -> dict[str, Any]:
         with self.rt.lock:
-            cfg = NetworkConfig.from_json(data)
+            if self.rt.store.network(str(data.get("name"))) is not None:
+                raise Conflict(f"network {data.get('name')!r} already exists")
+            cfg = NetworkConfig.from_json(self._complete(data, is_default))
             if self.rt.store.network(cfg.name) is not None:
                 raise Conflict(f"network {cfg.name!r} already exists")
             count = len(self.rt.store.networks())
@@ -170,7 +319,9 @@ class NetworkService:
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
                 rb.push("state row", lambda: self.rt.store.remove_network(cfg.name))
-                index = self._ensure_bridge(cfg, rb)
+                index, owned = self._ensure_bridge(cfg, rb)
+                cfg = replace(cfg, owned=owned)
+                self.rt.store.update_network(cfg.name, cfg.to_json())
                 row = self.rt.store.network(cfg.name)
                 assert row is not None
                 spec = self.spec(row, cfg)
@@ -180,11 +331,20 @@ class NetworkService:
                      cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
             return self.describe(row)
 
-    def _ensure_bridge(self, cfg: NetworkConfig, rb: Rollback) -> int:
+    def _ensure_bridge(self, cfg: NetworkConfig, rb: Rollback) -> tuple[int, dict[str, Any]]:
+        """(ifindex, what bpfnet added: {"bridge": made it?, "addresses": [...], "mac"}): an existing
+        bridge is taken over, and what was on it before is never recorded as bpfnet's."""
         kernel = self.rt.kernel
         index, created = kernel.ensure_bridge(cfg.bridge, mac_from_ipv4(cfg.gateway4), cfg.mtu)
+        owned: dict[str, Any] = {"bridge": created, "addresses": []}
+        before: set[str] = set()
         if created:
             rb.push(f"bridge {cfg.bridge}", lambda: kernel.delete_link(cfg.bridge))
+        else:
+            before = {f"{a}/{p}" for a, p in kernel.link_addresses(index)}
+            mac = next((li.mac for li in kernel.dump_links() if li.index == index), "")
+            if mac:
+                owned["mac"] = mac  # the datapath answers with the bridge's own MAC
         sysctls = {"net/ipv4/ip_forward": "1"}
         if cfg.ipv6:
             sysctls.update({
@@ -193,20 +353,35 @@ class NetworkService:
                 f"net/ipv6/conf/{cfg.bridge}/disable_ipv6": "0",
             })
         kernel.write_sysctls(sysctls)
-        kernel.ensure_address(index, str(cfg.gateway4), cfg.subnet4.prefixlen)
+        wanted: list[tuple[str, int, bool]] = [(str(cfg.gateway4), cfg.subnet4.prefixlen, False)]
         if cfg.ipv6:
-            kernel.ensure_address(index, str(LINK_LOCAL_GATEWAY), 64, nodad=True)
+            wanted.append((str(LINK_LOCAL_GATEWAY), 64, True))
             if cfg.subnet6 is not None and cfg.gateway6 is not None:
-                kernel.ensure_address(index, str(cfg.gateway6), cfg.subnet6.prefixlen, nodad=True)
-            if cfg.range6 is not None and cfg.range6 != cfg.subnet6:
-                kernel.ensure_route_via(str(cfg.range6), index)
-        return index
+                wanted.append((str(cfg.gateway6), cfg.subnet6.prefixlen, True))
+        for address, prefixlen, nodad in wanted:
+            kernel.ensure_address(index, address, prefixlen, nodad=nodad)
+            key = f"{address}/{prefixlen}"
+            if key not in before:
+                owned["addresses"].append(key)
+                if not created:
+                    rb.push(f"address {key} on {cfg.bridge}", _deleter(kernel, index, address, prefixlen))
+        if cfg.ipv6 and cfg.range6 is not None and cfg.range6 != cfg.subnet6:
+            kernel.ensure_route_via(str(cfg.range6), index)
+        return index, owned
 
     def ensure_present(self, row: NetworkRow) -> None:
         """At start-up: make sure a stored network's bridge and addresses exist (adopt or recreate)."""
         cfg = NetworkConfig.from_json(row.config)
         with Rollback(f"restore network {row.name}") as rb:
-            self._ensure_bridge(cfg, rb)
+            _, now = self._ensure_bridge(cfg, rb)
+        if cfg.owned is None:
+            return  # stored before bpfnet recorded this: it made the bridge (and deletes it whole)
+        if now["bridge"]:
+            owned = now  # the bridge had vanished: bpfnet made it anew, with everything on it
+        else:
+            owned = {**cfg.owned, "addresses": sorted(set(cfg.owned.get("addresses", [])) | set(now["addresses"]))}
+        if owned != cfg.owned:
+            self.rt.store.update_network(row.name, replace(cfg, owned=owned).to_json())
 
     def remove(self, name: str) -> None:
         with self.rt.lock:
@@ -228,24 +403,49 @@ class NetworkService:
                     f"({', '.join(e.name for e in eps[:5])}{'…' if len(eps) > 5 else ''}); remove them first"
                 )
             self.rt.datapath.detach_network(self.spec(row, cfg))
-            self.rt.kernel.delete_link(cfg.bridge)
+            self._remove_bridge(cfg)
             self.rt.store.remove_network(name)
+            self.rt.observer.network_overlaps(name, 0)
             log.info("network %s removed", name)
 
-    def update_default(self, data: dict[str, Any]) -> None:
-        """Start-up: (re)create the default network from the daemon's flags."""
+    def _remove_bridge(self, cfg: NetworkConfig) -> None:
+        """Delete what bpfnet added: the bridge if it made it, else only its addresses on it."""
+        if cfg.owns_bridge:
+            self.rt.kernel.delete_link(cfg.bridge)
+            return
+        index = self.rt.kernel.link_index(cfg.bridge)
+        if index is None:
+            return
+        for key in (cfg.owned or {}).get("addresses", []):
+            address, _, prefixlen = key.rpartition("/")
+            self.rt.kernel.delete_address(index, address, int(prefixlen))
+        log.info("bridge %s was not made by bpfnet: left in place with its own addresses", cfg.bridge)
+
+    def update_default(self, data: dict[str, Any] | None) -> None:
+        """Start-up: (re)create the default network from the daemon's flags (None: --bridge none)."""
         with self.rt.lock:
             existing = next((r for r in self.rt.store.networks() if r.is_default), None)
+            if data is None:
+                if existing is not None:
+                    if self.rt.store.endpoints(existing.name):
+                        raise Conflict(f"--bridge none, but the default network {existing.name!r} still has "
+                                       "endpoints; remove them first or start without --bridge none")
+                    log.info("--bridge none: removing the default network %s", existing.name)
+                    self._remove(existing.name)
+                return
+            data = self._from_user_bridge(data, True)
             if existing is not None:
                 old = NetworkConfig.from_json(existing.config)
-                if "subnet4" not in data:
-                    data = {**data, "subnet4": str(old.subnet4), "gateway4": str(old.gateway4)}
-                new = NetworkConfig.from_json(data)
+                if "subnet4" not in data and old.bridge == data["bridge"]:
+                    data = {**data, "subnet4": str(old.subnet4), "gateway4": str(old.gateway4),
+                            "subnet_source": old.subnet_source}
+                new = NetworkConfig.from_json(self._complete(data, True)) if "subnet4" in data else None
                 if new == old:
                     self.ensure_present(existing)
                     return
-                if replace(old, icc=new.icc) == new:
+                if new is not None and replace(old, icc=new.icc) == new:
                     # Only --icc changed: a flag in the datapath's network map, no rebuild.
+                    new = replace(old, icc=new.icc)
                     self.rt.store.update_network(existing.name, new.to_json())
                     row = self.rt.store.network(existing.name)
                     assert row is not None
@@ -259,14 +459,6 @@ class NetworkService:
                     )
                 log.info("default network settings changed; recreating it")
                 self._remove(existing.name)
-            if "subnet4" not in data:
-                if data.get("ip_range4"):
-                    subnet = IPv4Network(data["ip_range4"], strict=False)
-                    data = {**data, "subnet4": str(subnet)}
-                else:
-                    subnet = self.pick_default_subnet()
-                    log.info("no --bip given: picked %s for the default network", subnet)
-                    data = {**data, "subnet4": str(subnet), "gateway4": str(IPv4Address(int(subnet.network_address) + 1))}
             try:
                 self.create(data, is_default=True)
             except InvalidArgument as exc:

@@ -26,6 +26,9 @@ class Observer(Protocol):
     def reconcile_repair(self, kind: str) -> None:
         """Reconcile found a difference of KIND (e.g. "address", "master") and repaired it."""
 
+    def network_overlaps(self, network: str, count: int) -> None:
+        """The CHECK found COUNT host routes/addresses overlapping NETWORK's subnets (0: none, or removed)."""
+
 
 class NullObserver:
     """Observes nothing."""
@@ -43,4 +46,7 @@ class NullObserver:
         return None
 
     def reconcile_repair(self, kind: str) -> None:
+        return None
+
+    def network_overlaps(self, network: str, count: int) -> None:
         return None

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointService,
-                  default_network: dict[str, Any], delete_leaks: bool = True) -> dict[str, int]:
+                  default_network: dict[str, Any] | None, delete_leaks: bool = True) -> dict[str, int]:
     """Everything a starting daemon does before it serves (see the module docstring).
     DELETE_LEAKS False (``--reconcile=adopt``): veths the state does not know stay."""
     for row in rt.store.networks():
@@ -54,6 +54,8 @@ def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointServ
         ) from None
     stats = Reconciler(rt, networks, endpoints).endpoints(delete_leaks)
     networks.update_default(default_network)
+    overlapping = networks.report_overlaps()
+    stats["overlapping_networks"] = sum(1 for found in overlapping.values() if found)
     if rt.ndp_proxy_iface:
         stats["proxy_neighbours"] = sync_proxy_neighbours(rt)
     log.info("reconciled: %s; datapath mode %s", stats, rt.datapath.mode)

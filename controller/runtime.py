@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
+from .config import DEFAULT_ADDRESS_POOLS, AddressPool
 from .datapath import Datapath
 from .datapath.abi import DEFAULT_MAX_ENDPOINTS
 from .kernel import Kernel, NetlinkKernel
@@ -28,6 +29,8 @@ class Runtime:
     hostns: str | None  # name of the managed namespace, None = the daemon's own
     outer_prefixes: list[IPv4Network | IPv6Network] = field(default_factory=list)
     ndp_proxy_iface: str | None = None
+    # where networks created without a subnet get one (--default-address-pool)
+    address_pools: tuple[AddressPool, ...] = DEFAULT_ADDRESS_POOLS
     max_endpoints: int = DEFAULT_MAX_ENDPOINTS  # endpoint slots; the datapath gets the same value
     # One lock for every mutation: kernel state and SQLite move together.
     lock: threading.RLock = field(default_factory=threading.RLock)

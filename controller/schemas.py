@@ -150,10 +150,13 @@ class NetworkCreate(_Body):
 
     name: Name
     bridge: IfName | None = Field(None, description="default: br-<name>, or br-<hash> when that is too long")
-    subnet4: V4Net
-    gateway4: V4 | None = Field(None, description="default: the subnet's first address")
-    ip_range4: V4Net | None = Field(None, description="where endpoint addresses come from; inside subnet4")
-    ipv6: bool = Field(False, description="IPv6 on the network (implied by subnet6)")
+    subnet4: V4Net | None = Field(None, description="default: the first free subnet of the daemon's address pools "
+                                                     "(--default-address-pool), or the address of an existing "
+                                                     "bridge bpfnet did not make")
+    gateway4: V4 | None = Field(None, description="needs subnet4; default: the subnet's first address")
+    ip_range4: V4Net | None = Field(None, description="where endpoint addresses come from; needs subnet4, inside it")
+    ipv6: bool = Field(False, description="IPv6 on the network (implied by subnet6); without subnet6 the network "
+                                          "gets the next free /64 of this host's ULA prefix")
     subnet6: V6Net | None = None
     gateway6: V6 | None = Field(None, description="needs subnet6; default: its first address")
     ip_range6: V6Net | None = Field(None, description="inside subnet6")
@@ -162,21 +165,37 @@ class NetworkCreate(_Body):
     mtu: int = Field(1500, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6")
     icc: bool = Field(True, description="inter-container communication on the bridge")
 
-    _config: NetworkConfig = PrivateAttr()
+    _config: NetworkConfig | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _whole(self) -> NetworkCreate:
         # Cross-field rules (gateway inside the subnet, ranges inside subnets, gateway6 needs
         # subnet6, IPv6 MTU) live in NetworkConfig, which stored networks and flags go through too.
+        data = self.model_dump(exclude_none=True)
         try:
-            self._config = NetworkConfig.from_json(self.model_dump(exclude_none=True))
+            if self.subnet4 is None:
+                for key in ("gateway4", "ip_range4", "default_gateway4"):
+                    if key in data:
+                        raise InvalidArgument(f"{key} needs subnet4 (without it the daemon picks the subnet)")
+                # Every other rule, checked now (400) on a stand-in for the subnet the service picks.
+                NetworkConfig.from_json({**data, "subnet4": _STAND_IN})
+            else:
+                self._config = NetworkConfig.from_json(data)
         except InvalidArgument as exc:
             raise PydanticCustomError(ERROR_TYPE, "{message}", {"message": exc.message}) from None
         return self
 
-    def config(self) -> NetworkConfig:
-        """The validated network (bridge defaulted); ``.to_json()`` is what the service stores."""
+    def config(self) -> NetworkConfig | None:
+        """The validated network (bridge defaulted), or None when the daemon picks the subnet."""
         return self._config
+
+    def to_json(self) -> dict[str, Any]:
+        """The network as NetworkService.create takes it: validated and defaulted when complete,
+        else the fields given (the service picks the subnet)."""
+        return self._config.to_json() if self._config is not None else self.model_dump(exclude_none=True)
+
+
+_STAND_IN = "10.0.0.0/24"  # any valid subnet: only the other fields are being checked
 
 
 class EndpointCreate(_Body):

@@ -36,6 +36,7 @@ class FakeLink:
     addresses: set[tuple[str, int]] = field(default_factory=set)
     gateways: set[str] = field(default_factory=set)
     peer: tuple[str, int] | None = None  # (namespace, ifindex) of a veth's other end
+    mtu: int = 1500
 
 
 @dataclass
@@ -109,7 +110,7 @@ class FakeKernel:
 
     def dump_links(self) -> list[LinkState]:
         return [LinkState(link.name, link.index, link.kind, link.master, link.up,
-                          peer=link.peer[1] if link.peer else None, mtu=1500)
+                          peer=link.peer[1] if link.peer else None, mtu=link.mtu, mac=link.mac)
                 for link in self.links.values()]
 
     def list_netns(self) -> list[str]:
@@ -126,7 +127,7 @@ class FakeKernel:
                 raise Conflict(f"bridge name {name} is taken by a link that is not a bridge")
             link.up = True
             return link.index, False
-        self.links[name] = FakeLink(name, self._index(), "bridge", mac=mac, up=True)
+        self.links[name] = FakeLink(name, self._index(), "bridge", mac=mac, up=True, mtu=mtu)
         return self.links[name].index, True
 
     def delete_link(self, name: str) -> None:
@@ -151,6 +152,17 @@ class FakeKernel:
     def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None:
         self._mutate("ensure_address")
         self._by_index(index).addresses.add((address, prefixlen))
+
+    def delete_address(self, index: int, address: str, prefixlen: int) -> None:
+        self._mutate("delete_address")
+        self._by_index(index).addresses.discard((address, prefixlen))
+
+    def add_user_bridge(self, name: str, addresses: list[tuple[str, int]], mtu: int = 1500) -> FakeLink:
+        """A bridge the user made before bpfnet started (not a mutation by a service)."""
+        link = FakeLink(name, self._index(), "bridge", mac="aa:bb:cc:00:00:01", up=True, addresses=set(addresses),
+                        mtu=mtu)
+        self.links[name] = link
+        return link
 
     def ensure_route_via(self, dst: str, oif: int) -> None:
         self._mutate("ensure_route_via")
@@ -237,6 +249,7 @@ class RecordingObserver:
         self.teardown: Counter[str] = Counter()
         self.errors = 0
         self.repairs: Counter[str] = Counter()
+        self.overlaps: dict[str, int] = {}
 
     def endpoint_added(self, seconds: float, ok: bool) -> None:
         self.added.append(ok)
@@ -252,6 +265,9 @@ class RecordingObserver:
 
     def reconcile_repair(self, kind: str) -> None:
         self.repairs[kind] += 1
+
+    def network_overlaps(self, network: str, count: int) -> None:
+        self.overlaps[network] = count
 
 
 def _conforms(k: FakeKernel, o: RecordingObserver) -> tuple[Kernel, Observer]:

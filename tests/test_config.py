@@ -42,7 +42,7 @@ def dflt(**kw: Any) -> dict[str, Any]:
 def test_defaults() -> None:
     cfg = load_daemon_config(None, {})
     assert cfg.hosts == (DEFAULT_SOCKET,)
-    assert cfg.bridge == "bpfnet0" and cfg.mtu == 1500 and not cfg.ipv6
+    assert cfg.bridge == "bpfnet0" and cfg.mtu is None and not cfg.ipv6  # None: 1500, or an existing bridge's MTU
 
 
 def test_toml_file_read(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def install(router: Router, *, networks: NetworkService, endpoints: EndpointServ
     r.add("GET", "/v1/openapi.json", lambda p, b: (ok, document))
     r.add("GET", "/v1/networks", lambda p, b: (ok, networks.list_all()))
     r.add("POST", "/v1/networks", lambda p, b: (
-        created, networks.create(schemas.parse_body(schemas.NetworkCreate, b).config().to_json())))
+        created, networks.create(schemas.parse_body(schemas.NetworkCreate, b).to_json())))
     r.add("GET", "/v1/networks/{name}", lambda p, b: (
         ok, networks.describe(networks.config(_name(p, "network"))[0])))
     r.add("DELETE", "/v1/networks/{name}", lambda p, b: _no_content(networks.remove, _name(p, "network")))
@@ -121,7 +121,14 @@ def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None,
         "listeners": [str(listener) for listener in cfg.listeners()],
         "metrics_url": metrics_url,
         "datapath": rt.datapath.info(),
+        "default_bridge": cfg.bridge if cfg.has_default_network else None,
+        "address_pools": [str(pool) for pool in rt.address_pools],
         "networks": len(rt.store.networks()),
+        # where each subnet came from: "given", "bridge" (a bridge bpfnet did not make), "pool BASE",
+        # "ula PREFIX"; null for networks stored before bpfnet recorded it
+        "subnets": [{"network": row.name, "subnet4": row.config.get("subnet4"),
+                     "subnet_source": row.config.get("subnet_source"), "subnet6": row.config.get("subnet6"),
+                     "subnet6_source": row.config.get("subnet6_source")} for row in rt.store.networks()],
         "endpoints": len(rt.store.endpoints()),
         "warnings": list(warnings or []),
     }

@@ -8,7 +8,7 @@ API server reports each request to (``api_request``); it decides nothing.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import CollectorRegistry
 
 # Buckets for endpoint add/remove: netlink, veth creation and BPF attach take
@@ -61,6 +61,13 @@ class ControllerMetrics:
             ("step",),
             registry=registry,
         )
+        self.network_overlap_count = Gauge(
+            "bpfnet_network_overlaps",
+            "Routes and addresses of the host that overlap a network's subnets, found by the start-up CHECK "
+            "(they appeared after the network was made).",
+            ("network",),
+            registry=registry,
+        )
         # Pre-create the label sets that always exist so that rate() works
         # from the first increment.
         for hist in (self.endpoint_add_duration, self.endpoint_remove_duration):
@@ -91,3 +98,13 @@ class ControllerMetrics:
     def reconcile_repair(self, kind: str) -> None:
         """Reconcile repaired one difference of this kind (a short fixed word, e.g. ``veth``)."""
         self.reconcile_repairs.labels(kind).inc()
+
+    def network_overlaps(self, network: str, count: int) -> None:
+        """NETWORK overlaps COUNT host routes/addresses; 0 drops its series (no overlap, or removed)."""
+        if count:
+            self.network_overlap_count.labels(network).set(count)
+        else:
+            try:
+                self.network_overlap_count.remove(network)
+            except KeyError:
+                pass  # never had one
