@@ -17,6 +17,8 @@ from bpfnet.config import (
     parse_address_pool,
 )
 from bpfnet.errors import Conflict, Exhausted, InvalidArgument, NotFound
+from bpfnet.metrics.controller_metrics import ControllerMetrics
+from prometheus_client import CollectorRegistry
 from test_services import Env, make_env
 
 DEFAULT = {"name": "bridge", "bridge": "mybr0", "icc": True, "ipv6": False}
@@ -230,3 +232,14 @@ def test_later_overlap_is_reported_not_changed(env: Env) -> None:
     assert env.nets.report_overlaps() == {"n": ["10.90.0.128/25"]} and env.observer.overlaps == {"n": 1}
     assert env.nets.describe(env.store.network("n"))["overlaps"] == ["10.90.0.128/25"]  # type: ignore[arg-type]
     assert env.kernel.objects() == before
+
+
+def test_overlap_gauge() -> None:
+    reg = CollectorRegistry()
+    m = ControllerMetrics(reg)
+    m.network_overlaps("n", 0)  # no series yet: nothing to drop
+    assert reg.get_sample_value("bpfnet_network_overlaps", {"network": "n"}) is None
+    m.network_overlaps("n", 2)
+    assert reg.get_sample_value("bpfnet_network_overlaps", {"network": "n"}) == 2
+    m.network_overlaps("n", 0)
+    assert reg.get_sample_value("bpfnet_network_overlaps", {"network": "n"}) is None
