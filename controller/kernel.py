@@ -46,6 +46,8 @@ class Kernel(Protocol):
     def link_addresses(self, index: int) -> list[tuple[str, int]]:
         """(address, prefixlen) of every address on link INDEX."""
     def ensure_route_via(self, dst: str, oif: int) -> None: ...
+    def delete_route_via(self, dst: str, oif: int) -> None:
+        """Missing is success."""
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]: ...
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
                     up: bool) -> tuple[int, int]:
@@ -118,6 +120,9 @@ class NetlinkKernel:
 
     def ensure_route_via(self, dst: str, oif: int) -> None:
         links.ensure_route_via(self.ipr, dst, oif)
+
+    def delete_route_via(self, dst: str, oif: int) -> None:
+        links.delete_route_via(self.ipr, dst, oif)
 
     def link_addresses(self, index: int) -> list[tuple[str, int]]:
         return links.link_addresses(self.ipr, index)

@@ -292,6 +292,15 @@ def ensure_route_via(ipr: Any, dst: str, oif: int) -> None:
     _ensure_route(ipr, dst=dst, oif=oif, family=family)
 
 
+def delete_route_via(ipr: Any, dst: str, oif: int) -> None:
+    family = 10 if ":" in dst else 2
+    try:
+        ipr.route("del", dst=dst, oif=oif, family=family)
+    except NetlinkError as exc:
+        if exc.code not in GONE:
+            raise
+
+
 def link_addresses(ipr: Any, index: int) -> list[tuple[str, int]]:
     """(address, prefixlen) of every address on link INDEX of IPR's namespace."""
     return [(str(m.get("IFA_ADDRESS")), int(m["prefixlen"])) for m in ipr.addr("dump", index=index)]

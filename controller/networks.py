@@ -367,6 +367,9 @@ class NetworkService:
                     rb.push(f"address {key} on {cfg.bridge}", _deleter(kernel, index, address, prefixlen))
         if cfg.ipv6 and cfg.range6 is not None and cfg.range6 != cfg.subnet6:
             kernel.ensure_route_via(str(cfg.range6), index)
+            if not created:
+                owned["routes"] = [str(cfg.range6)]  # bpfnet's: the range is a piece of its network
+                rb.push(f"route {cfg.range6} via {cfg.bridge}", lambda: kernel.delete_route_via(str(cfg.range6), index))
         return index, owned
 
     def ensure_present(self, row: NetworkRow) -> None:
@@ -380,6 +383,8 @@ class NetworkService:
             owned = now  # the bridge had vanished: bpfnet made it anew, with everything on it
         else:
             owned = {**cfg.owned, "addresses": sorted(set(cfg.owned.get("addresses", [])) | set(now["addresses"]))}
+            if "routes" in now:
+                owned["routes"] = now["routes"]
         if owned != cfg.owned:
             self.rt.store.update_network(row.name, replace(cfg, owned=owned).to_json())
 
@@ -416,6 +421,8 @@ class NetworkService:
         index = self.rt.kernel.link_index(cfg.bridge)
         if index is None:
             return
+        for dst in (cfg.owned or {}).get("routes", []):
+            self.rt.kernel.delete_route_via(dst, index)
         for key in (cfg.owned or {}).get("addresses", []):
             address, _, prefixlen = key.rpartition("/")
             self.rt.kernel.delete_address(index, address, int(prefixlen))

@@ -168,6 +168,10 @@ class FakeKernel:
         self._mutate("ensure_route_via")
         self.routes.add((dst, oif))
 
+    def delete_route_via(self, dst: str, oif: int) -> None:
+        self._mutate("delete_route_via")
+        self.routes.discard((dst, oif))
+
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]:
         return list(self.host_routes)
 

@@ -195,6 +195,16 @@ def test_network_on_a_user_bridge_removes_only_what_bpfnet_added(env: Env) -> No
     assert "br-made" not in env.kernel.links
 
 
+def test_ipv6_range_route_on_a_user_bridge_is_removed_with_the_network(env: Env) -> None:
+    user = env.kernel.add_user_bridge("mybr1", [("10.50.0.1", 24)])
+    env.nets.create({"name": "r", "bridge": "mybr1", "subnet4": "10.61.0.0/24", "subnet6": "fd00:61::/64",
+                     "ip_range6": "fd00:61::/80"})
+    assert ("fd00:61::/80", user.index) in env.kernel.routes
+    assert env.store.network("r").config["owned"]["routes"] == ["fd00:61::/80"]  # type: ignore[union-attr]
+    env.nets.remove("r")
+    assert env.kernel.routes == set() and user.addresses == {("10.50.0.1", 24)}
+
+
 def test_failed_create_on_a_user_bridge_takes_back_its_address(env: Env) -> None:
     user = env.kernel.add_user_bridge("mybr1", [("10.50.0.1", 24)])
     env.datapath.attach_network = _fail  # type: ignore[method-assign]

@@ -67,6 +67,13 @@ def test_adopts_a_user_bridge_and_leaves_it_intact(daemons: DaemonFactory) -> No
     assert addrs(d, "mybr1") == {"10.124.0.1/24", "10.125.0.1/24"}
     d.cli("network", "rm", "n1", check=True)
     assert addrs(d, "mybr1") == {"10.124.0.1/24"}
+    # IPv6 with a range: bpfnet's route for the range goes with the network, the bridge stays
+    d.cli("network", "create", "n3", "--bridge", "mybr1", "--subnet", "10.125.0.0/24", "--ipv6",
+          "--subnet6", "fd00:125::/64", "--ip-range6", "fd00:125::/80", check=True)
+    assert "fd00:125::/80" in {r["dst"] for r in ip_json(d.netns, "-6", "route", "show", "dev", "mybr1")}
+    d.cli("network", "rm", "n3", check=True)
+    assert "fd00:125::/80" not in {r["dst"] for r in ip_json(d.netns, "-6", "route", "show", "dev", "mybr1")}
+    assert addrs(d, "mybr1") == {"10.124.0.1/24"}
     # without --subnet, a network on a user's bridge takes the bridge's address
     assert d.cli_json("network", "create", "n2", "--bridge", "mybr1")["subnet_source"] == "bridge"
     d.cli("network", "rm", "n2", check=True)
