@@ -412,6 +412,30 @@ def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def migrate_stored_network(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A network row stored by an earlier version, with the forms today's rules refuse made valid.
+
+    Earlier versions accepted, and stored, a ``gateway6`` without ``subnet6`` (never used), a
+    ``%scope`` on the IPv6 default gateway (the gateway device is always eth0) and a
+    ``default_gateway6`` on a network without IPv6 (never used). Returns the new row and one
+    line per change; rows that need none come back unchanged.
+    """
+    out = dict(data)
+    changes: list[str] = []
+    for key in ("gateway6", "default_gateway6"):
+        value = out.get(key)
+        if isinstance(value, str) and "%" in value:
+            out[key] = value.split("%", 1)[0]
+            changes.append(f"dropped the scope of {key} {value!r} (the gateway device is always eth0)")
+    if out.get("gateway6") is not None and out.get("subnet6") is None:
+        changes.append(f"dropped gateway6 {out['gateway6']!r}: without subnet6 it was never used")
+        out["gateway6"] = None
+    if out.get("default_gateway6") is not None and not (out.get("ipv6") or out.get("subnet6")):
+        changes.append(f"dropped default_gateway6 {out['default_gateway6']!r}: the network has no IPv6")
+        out["default_gateway6"] = None
+    return out, changes
+
+
 def default_network_config(
     *,
     bridge: str = DEFAULT_BRIDGE,

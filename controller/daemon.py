@@ -33,7 +33,7 @@ from .metrics import build_registry
 from .metrics.server import MetricsServer, bind_metrics_socket, serve_metrics
 from .netlink import IPRoute
 from .networks import NetworkService
-from .reconcile import reconcile_all
+from .reconcile import migrate_stored_networks, reconcile_all
 from .recovery import check_fresh_state
 from .runtime import Runtime
 from .snapshot import MetricsSnapshot
@@ -146,6 +146,7 @@ class Daemon:
         """Bring kernel and state in step after a restart (or a crash): see bpfnet.recovery
         (kernel objects a lost state does not know) and bpfnet.reconcile (the CHECK)."""
         cfg = self.cfg
+        migrate_stored_networks(self.rt)
         check_fresh_state(self.rt, cfg.reconcile, pin_dir(cfg.netns), cfg.bridge)
         return reconcile_all(self.rt, self.networks, self.endpoints, cfg.default_network(),
                              delete_leaks=cfg.reconcile != "adopt")

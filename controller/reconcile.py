@@ -22,14 +22,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from .config import NetworkConfig, migrate_stored_network
 from .endpoints import EndpointService, is_host_veth_name
-from .errors import BpfnetError
+from .errors import BpfnetError, InvalidArgument
 from .links import ENDPOINT_IFNAME
 from .model import LinkState
 from .ndp import sync_proxy_neighbours
 from .networks import NetworkService
 from .runtime import Runtime
-from .state import EndpointRow
+from .state import EndpointRow, StateError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointService,
                   default_network: dict[str, Any] | None, delete_leaks: bool = True) -> dict[str, int]:
     """Everything a starting daemon does before it serves (see the module docstring).
-    DELETE_LEAKS False (``--reconcile=adopt``): veths the state does not know stay."""
+    DELETE_LEAKS False (``--reconcile=adopt``): veths the state does not know stay.
+    Stored rows are already in this version's form (``migrate_stored_networks`` runs first)."""
     for row in rt.store.networks():
         networks.ensure_present(row)
     nets = [networks.spec(r) for r in rt.store.networks()]
@@ -60,6 +62,31 @@ def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointServ
         stats["proxy_neighbours"] = sync_proxy_neighbours(rt)
     log.info("reconciled: %s; datapath mode %s", stats, rt.datapath.mode)
     return stats
+
+
+def migrate_stored_networks(rt: Runtime) -> int:
+    """Rows of networks stored by an earlier version that today's rules refuse: rewritten in the
+    forms ``config.migrate_stored_network`` knows (each change logged), or a one-line StateError
+    naming the network. Every other code path may then parse stored rows strictly."""
+    migrated = 0
+    for row in rt.store.networks():
+        try:
+            NetworkConfig.from_json(row.config)
+            continue
+        except InvalidArgument as exc:
+            problem = exc.message
+        data, changes = migrate_stored_network(row.config)
+        try:
+            NetworkConfig.from_json(data)
+        except InvalidArgument as exc:
+            raise StateError(f"network {row.name} in {rt.store.path} is not valid under this version's rules "
+                             f"({exc.message if changes else problem}); restore it with a valid setting or "
+                             "remove it from an earlier version") from None
+        rt.store.update_network(row.name, data)
+        for change in changes:
+            log.warning("network %s, stored by an earlier version: %s", row.name, change)
+        migrated += 1
+    return migrated
 
 
 class Reconciler:

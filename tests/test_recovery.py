@@ -6,9 +6,13 @@ an empty one. The real-kernel versions are in test_daemon_hardening.py.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+from bpfnet.config import NetworkConfig, migrate_stored_network
+from bpfnet.errors import InvalidArgument
+from bpfnet.reconcile import migrate_stored_networks
 from bpfnet.recovery import check_fresh_state, survey
 from bpfnet.state import StateError, StorageFull, Store
 from test_services import Env, make_env
@@ -105,3 +109,42 @@ def test_disk_full_during_add_changes_nothing(tmp_path: Path) -> None:
             before = env.state()
     assert err.value.status == 507 and "disk is full" in err.value.message
     assert env.state() == before  # the failed add left no link, namespace, row, lease or entry
+
+
+# networks stored by earlier versions ---------------------------------------------------
+LEGACY_NET = IPv4Network("10.9.0.0/24")
+LEGACY = {  # what an earlier version's NetworkConfig.to_json() stored
+    "name": "old", "bridge": "br-old", "subnet4": "10.9.0.0/24", "gateway4": "10.9.0.1", "ip_range4": None,
+    "ipv6": True, "subnet6": None, "gateway6": "fd00:9::1", "ip_range6": None, "default_gateway4": None,
+    "default_gateway6": "fe80::1%eth0", "mtu": 1500, "icc": True,
+}
+
+
+def test_legacy_network_rows_are_migrated_once(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    env.store.add_network("old", LEGACY, is_default=True)
+    with pytest.raises(InvalidArgument):
+        NetworkConfig.from_json(LEGACY)  # today's rules refuse both legacy forms
+    assert migrate_stored_networks(env.rt) == 1
+    row = env.store.network("old")
+    assert row is not None
+    cfg = NetworkConfig.from_json(row.config)
+    assert cfg.gateway6 is None and str(cfg.default_gateway6) == "fe80::1" and cfg.subnet4 == LEGACY_NET
+    assert migrate_stored_networks(env.rt) == 0  # already in this version's form
+    env.nets.ensure_present(row)  # and usable
+
+
+def test_unrepairable_legacy_row_is_one_line(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    env.store.add_network("bad", {**LEGACY, "name": "bad", "subnet4": "127.0.0.0/24", "gateway4": "127.0.0.1"})
+    with pytest.raises(StateError, match=r"network bad in .* is not valid under this version's rules") as err:
+        migrate_stored_networks(env.rt)
+    assert "\n" not in err.value.message
+
+
+def test_migrate_stored_network_is_pure_and_exact() -> None:
+    row, changes = migrate_stored_network(LEGACY)
+    assert row["gateway6"] is None and row["default_gateway6"] == "fe80::1" and len(changes) == 2
+    assert LEGACY["gateway6"] == "fd00:9::1"  # the input is not modified
+    current = {**LEGACY, "gateway6": None, "default_gateway6": None}
+    assert migrate_stored_network(current) == (current, [])
