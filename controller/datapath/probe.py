@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from functools import lru_cache
 
+from .. import netns
 from . import bpfsys
-from .abi import MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
+from .abi import ATTACH_TC, ATTACH_TCX, MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,35 @@ def helper_available(helper: int) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def _tcx_link_on_lo() -> None:
+    """Attach a "return 0" program with a tcx link on lo (ifindex 1) of the
+    calling thread's namespace, then drop it again."""
+    mov64_imm, exit_ = 0xB7, 0x95
+    prog = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_SCHED_CLS, _insn(mov64_imm) + _insn(exit_),
+                            "bpfnet_probe")
+    try:
+        os.close(bpfsys.link_create(prog, 1, bpfsys.BPF_TCX_INGRESS))
+    finally:
+        os.close(prog)
+
+
+@lru_cache(maxsize=1)
+def tcx_available() -> bool:
+    """Whether this kernel attaches tcx links (6.6+). Tried on lo of a
+    throwaway namespace, never on a device of a namespace in use."""
+    try:
+        netns.run_in_throwaway(_tcx_link_on_lo)
+    except OSError as e:
+        log.info("tcx links not available (%s): programs go on clsact + cls_bpf", e)
+        return False
+    return True
+
+
+def probe_attach() -> str:
+    """How programs attach: "tcx" where the kernel has it, else "tc"."""
+    return ATTACH_TCX if tcx_available() else ATTACH_TC
 
 
 def bcc_available() -> bool:
