@@ -52,6 +52,7 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_OBJ_PIN = 6
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_PROG_QUERY = 16
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
@@ -335,6 +336,11 @@ def prog_info(fd: int) -> ProgInfo:
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return ProgInfo(info.id, bytes(info.tag).hex(), info.name.decode(errors="replace"))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """Open a loaded program by its kernel id; returns a new fd the caller must close."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(id=prog_id))
 
 
 def map_update(fd: int, key: bytes, value: bytes) -> None:

@@ -149,7 +149,7 @@ def test_stale_link_pins_are_removed(ns_links) -> None:
         # as after an ifindex reuse, a dead link pinned under a live device's name:
         # it must be replaced (a new link), not updated
         a1_in = tcx.link_path(pins, a1.host_ifindex, "ingress")
-        os.unlink(a1_in)  # a1's ingress link goes with its last reference
+        tcx.detach(pins, a1.host_ifindex, "ingress")
         os.rename(stale, a1_in)
         assert tcx_on(a1.host_ifindex, "ingress") == []
         dp = EbpfDatapath(mode="redirect", pin_dir=pins, attach="tcx")
