@@ -1,13 +1,19 @@
-"""Endpoint-add time with tcx links vs clsact + cls_bpf filters.
+"""tcx links vs clsact + cls_bpf filters: endpoint-add time and packet rate.
 
-Boundary: ``python -m bench.attach [N]`` makes a throwaway namespace with a
-bridge and N veth pairs, starts bpfnet's ``EbpfDatapath`` once per attach
-mechanism (pins under /sys/fs/bpf, removed afterwards), times N
-``add_endpoint`` calls (map entries + attaching both programs: the
-datapath's share of ``POST /v1/endpoints``) and N ``remove_endpoint`` calls,
-and prints JSON. The per-packet cost of the programs does not depend on the
-hook (see ``progrun.py``); what tcx saves per packet is the clsact/cls_bpf
-dispatch, which a traffic run (``python -m bench --only pps``) measures.
+Boundary: ``python -m bench.attach [N [ROUNDS]]``, two measurements, JSON on stdout:
+
+- ``datapath``: a throwaway namespace with a bridge and N veth pairs; bpfnet's
+  ``EbpfDatapath`` is started once per attach mechanism (pins under
+  /sys/fs/bpf, removed afterwards) and N ``add_endpoint`` and N
+  ``remove_endpoint`` calls are timed (map entries + attaching or detaching
+  both programs: the datapath's share of ``POST``/``DELETE /v1/endpoints``).
+- ``pps``: two ``bpfnet daemon --datapath redirect-peer`` (``bench.topology``),
+  one with ``--datapath-attach tcx``, one with ``tc``, each with a pair of
+  endpoints; the packet rate between them (``bench.traffic.packet_rate``,
+  64-byte UDP/IPv4, everything on CPU 0) is measured ROUNDS times,
+  alternating, so drift hits both alike. The programs' own per-packet cost
+  does not depend on the hook (``progrun.py``); what differs is the hook's
+  dispatch (the tcx fast path vs the clsact qdisc and cls_bpf classifier).
 """
 
 from __future__ import annotations
@@ -81,10 +87,44 @@ def measure(n: int = 100) -> dict[str, Any]:
     return out
 
 
+def packet_rates(rounds: int = 3, seconds: float = 2.0) -> dict[str, Any]:
+    import socket
+
+    from . import env, traffic
+    from .topology import BpfnetDaemon
+
+    pairs = {}
+    for i, attach in enumerate(("tcx", "tc")):
+        d = BpfnetDaemon(f"at{attach}", "redirect-peer", f"fd00:b0:a{i}::/64",
+                         extra=("--datapath-attach", attach))
+        d.start()
+        got = d.info.get("datapath", {}).get("attach")
+        if d.mode != "redirect-peer" or got != attach:
+            raise RuntimeError(f"daemon for {attach} runs {d.mode} attached with {got}")
+        pairs[attach] = d.pair(f"redirect-peer/{attach}")
+    rates: dict[str, list[float]] = {a: [] for a in pairs}
+    for _ in range(rounds):
+        for attach, pair in pairs.items():
+            rates[attach].append(traffic.packet_rate(pair, socket.AF_INET, seconds))
+    env.cleanup()
+    out: dict[str, Any] = {a: {"best_pps": round(max(r)), "median_pps": round(statistics.median(r)),
+                               "runs": [round(x) for x in r]} for a, r in rates.items()}
+    out["tcx_over_tc_best"] = round(out["tcx"]["best_pps"] / out["tc"]["best_pps"], 3)
+    return out
+
+
 def main(argv: list[str]) -> int:
+    from . import env
+
     logging.basicConfig(level=logging.WARNING)
     n = int(argv[0]) if argv else 100
-    print(json.dumps(measure(n), indent=2))
+    rounds = int(argv[1]) if len(argv) > 1 else 3
+    env.install_handlers()
+    env.sweep_dead_runs()
+    try:
+        print(json.dumps({"datapath": measure(n), "pps": packet_rates(rounds)}, indent=2))
+    finally:
+        env.cleanup()
     return 0
 
 
