@@ -7,12 +7,14 @@ milliseconds); the verifier refuses helpers the kernel does not have.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import struct
+import threading
+from collections.abc import Callable
 from functools import lru_cache
 
-from .. import netns
 from . import bpfsys
 from .abi import ATTACH_TC, ATTACH_TCX, MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BPF_FUNC_REDIRECT = 23
 BPF_FUNC_REDIRECT_PEER = 155
+CLONE_NEWNET = 0x40000000
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -55,12 +58,34 @@ def _tcx_link_on_lo() -> None:
         os.close(prog)
 
 
+def _in_throwaway_netns(fn: Callable[[], None]) -> None:
+    """Run fn on a fresh thread that first moves into a new, unnamed network
+    namespace (setns/unshare change only the calling thread; the namespace
+    dies with the thread). Re-raises fn's exception."""
+    error: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            error.append(exc)
+
+    t = threading.Thread(target=body, name="bpfnet-probe-netns")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+
+
 @lru_cache(maxsize=1)
 def tcx_available() -> bool:
     """Whether this kernel attaches tcx links (6.6+). Tried on lo of a
     throwaway namespace, never on a device of a namespace in use."""
     try:
-        netns.run_in_throwaway(_tcx_link_on_lo)
+        _in_throwaway_netns(_tcx_link_on_lo)
     except OSError as e:
         log.info("tcx links not available (%s): programs go on clsact + cls_bpf", e)
         return False
