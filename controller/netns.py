@@ -32,14 +32,6 @@ def exists(name: str) -> bool:
 CLONE_NEWNET = 0x40000000
 
 
-def _unshare_net() -> None:
-    """Move the calling thread into a new network namespace."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
-
-
 def create(name: str, setup: Callable[[], None] | None = None) -> bool:
     """Create the named namespace; False if it already existed.
 
@@ -54,7 +46,10 @@ def create(name: str, setup: Callable[[], None] | None = None) -> bool:
         return False
 
     def body() -> None:
-        _unshare_net()
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
         _netns.attach(name, "thread-self")
         if setup is not None:
             try:
@@ -108,17 +103,6 @@ def run_in(name: str, fn: Callable[[], T]) -> T:
         return fn()
 
     return _on_thread(f"netns-{name}", body)
-
-
-def run_in_throwaway(fn: Callable[[], T]) -> T:
-    """Run fn on a fresh thread inside a new, unnamed namespace that dies with the
-    thread (feature probes that must touch a device without touching the root
-    namespace's)."""
-    def body() -> T:
-        _unshare_net()
-        return fn()
-
-    return _on_thread("netns-throwaway", body)
 
 
 def _on_thread(label: str, fn: Callable[[], T]) -> T:
