@@ -131,8 +131,10 @@ class BpfnetDaemon:
     wiring while the daemon lacks it).
     """
 
-    def __init__(self, tag: str, requested: str, v6_prefix: str, profile: bool = False) -> None:
+    def __init__(self, tag: str, requested: str, v6_prefix: str, profile: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
         self.tag = tag
+        self.extra = extra  # more daemon flags, e.g. ("--datapath-attach", "tc")
         self.requested = requested
         self.v6_prefix = v6_prefix
         self.profile = profile
@@ -166,7 +168,8 @@ class BpfnetDaemon:
         from bpfnet.client import Client, ClientError
 
         args = self._daemon_args(["-H", self.sock, "--metrics-addr", "127.0.0.1:0", "--datapath",
-                                  self.requested, "--ipv6", "--fixed-cidr-v6", self.v6_prefix])
+                                  self.requested, "--ipv6", "--fixed-cidr-v6", self.v6_prefix,
+                                  *self.extra])
         cmd = [env.PYTHON, "-m", "bench.daemon_shim"]
         if self.profile:
             cmd += ["--profile", str(self.profile_prefix)]

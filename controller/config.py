@@ -25,7 +25,7 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any
 
-from .datapath.abi import REQUESTABLE_MODES
+from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_MODES
 from .errors import InvalidArgument
 
 # Names of networks, endpoints and namespaces. Always used with fullmatch(): a "$" also matches
@@ -560,6 +560,7 @@ class DaemonConfig:
     default_address_pool: tuple[AddressPool, ...] = ()
     ndp_proxy_iface: str | None = None
     datapath: str = "auto"
+    datapath_attach: str = "auto"  # tcx, tc, or auto: tcx where the kernel has it
     metrics_addr: str = "127.0.0.1:9523"
     allow_public_metrics: bool = False
     log_level: str = "info"
@@ -661,6 +662,9 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
     if cfg.datapath not in REQUESTABLE_MODES:
         raise InvalidArgument(f"--datapath {cfg.datapath!r}: expected {', '.join(REQUESTABLE_MODES[:-1])} "
                               f"or {REQUESTABLE_MODES[-1]}")
+    if cfg.datapath_attach not in REQUESTABLE_ATTACHES:
+        raise InvalidArgument(f"--datapath-attach {cfg.datapath_attach!r}: expected "
+                              f"{', '.join(REQUESTABLE_ATTACHES)}")
     # The default network's flags, checked now rather than after the daemon has entered its namespace.
     data = cfg.default_network()
     if data is None:

@@ -122,7 +122,8 @@ class Daemon:
             raise
         self.pins_existed = os.path.isdir(pin_dir(cfg.netns))
         try:
-            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints)
+            datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints,
+                                               cfg.datapath_attach)
         except ImportError as exc:
             raise BpfnetError(
                 f"--datapath {cfg.datapath} needs Debian's python3-bpfcc ({exc}); "
@@ -208,8 +209,9 @@ class Daemon:
             except ImportError:
                 log.info("bcc is not importable: no bpfnet programs can exist here")
                 return
+            # cleanup() removes tcx links and tc filters alike: no need to probe which.
             datapath = EbpfDatapath(mode=abi.MODE_REDIRECT, pin_dir=pin_dir(self.cfg.netns),
-                                    max_endpoints=self.rt.max_endpoints)
+                                    max_endpoints=self.rt.max_endpoints, attach=abi.ATTACH_TC)
         datapath.cleanup()
         try:
             PIN_ROOT.rmdir()

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,7 +66,30 @@ def py_in(ns: str, script: str, *args: str) -> list[str]:
 
 
 def tc_filters(ns: str, dev: str, direction: str) -> subprocess.CompletedProcess[str]:
-    return run("tc", "-n", ns, "filter", "show", "dev", dev, direction, check=False)
+    """What runs on dev's hook in NS, whichever way it is attached: `tc filter show`
+    output plus a line "tcx bpf <program name> id <id>" per program on the tcx hook."""
+    from bpfnet import netns
+    from bpfnet.datapath import bpfsys
+
+    r = run("tc", "-n", ns, "filter", "show", "dev", dev, direction, check=False)
+
+    def tcx_lines() -> list[str]:
+        try:
+            ifindex = socket.if_nametoindex(dev)
+        except OSError:
+            return []  # no such device here
+        hook = bpfsys.BPF_TCX_INGRESS if direction == "ingress" else bpfsys.BPF_TCX_EGRESS
+        out = []
+        for prog_id, _link in bpfsys.tcx_query(ifindex, hook):
+            fd = bpfsys.prog_fd_by_id(prog_id)
+            try:
+                out.append(f"tcx bpf {bpfsys.prog_info(fd).name} id {prog_id}\n")
+            finally:
+                os.close(fd)
+        return out
+
+    r.stdout += "".join(netns.run_in(ns, tcx_lines))
+    return r
 
 
 def start_and_wait_ready(argv: list[str], timeout: float = 10) -> subprocess.Popen[str]:
@@ -431,6 +455,42 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     assert counters(d)[b["name"]]["rx_fast_packets"] >= received
 
 
+def test_upgrade_from_tc_filters_to_tcx_under_traffic(daemons: DaemonFactory) -> None:
+    """A daemon forced to clsact + cls_bpf (as on a kernel without tcx), restarted
+    with auto: the programs move to tcx links without losing a packet."""
+    d = daemons.start(*V6, "--datapath-attach", "tc", datapath="auto")
+    a, b = d.add_endpoint("a"), d.add_endpoint("b")
+    assert d.cli_json("info")["datapath"]["attach"] == "tc"
+    assert "bpfnet:ep_ingress" in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
+    assert "tcx" not in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
+    check_fast_path(d, a, b, "redirect-peer")
+    pinger = subprocess.Popen(["ip", "netns", "exec", a["netns"], "ping", "-i", "0.01", "-W", "1",
+                               "-w", "600", "-q", ip4(b)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        d.args = [x for x in d.args if x not in ("--datapath-attach", "tc")]
+        d.restart()
+        assert pinger.poll() is None, "ping ended before the restart finished"
+        time.sleep(0.5)
+        pinger.send_signal(signal.SIGINT)
+        out, err = pinger.communicate(timeout=30)
+    finally:
+        stop(pinger)  # type: ignore[arg-type]
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out + err
+    sent, received = int(m.group(1)), int(m.group(2))
+    assert sent >= 50 and received >= sent - 1, f"packets lost across the upgrade: {out}"
+    info = d.cli_json("info")["datapath"]
+    assert info["attach"] == "tcx"
+    for ep in (a, b):
+        for direction in ("ingress", "egress"):
+            hook = tc_filters(d.netns, ep["host_ifname"], direction).stdout
+            assert "tcx bpf ep_" in hook and "bpfnet:" not in hook, hook
+    assert "clsact" not in run("tc", "-n", d.netns, "qdisc", "show", check=False).stdout
+    check_fast_path(d, a, b, "redirect-peer")
+
+
 # The pins of the layout before endpoint ids (bpf/maps.h of that version) that this one no
 # longer has or has with another type: endpoint_by_ipv4/ipv6 held ifindexes where
 # endpoint_id_by_ipv4/ipv6 now hold ids, network_by_id was a hash of the same key and value
@@ -483,7 +543,8 @@ def test_restart_over_pins_of_an_older_layout(daemons: DaemonFactory) -> None:
     for name in ("endpoint_by_ipv4", "endpoint_by_ipv6"):
         assert f"{name} is not part of this version's map layout" in log, log
     assert "network_by_id has (type, key, value, entries)" in log, log
-    layout = sorted(s.name for s in map_specs(int(info["max_endpoints"])))
+    layout = sorted([s.name for s in map_specs(int(info["max_endpoints"]))]
+                    + (["links"] if info["attach"] == "tcx" else []))  # links/: the tcx link pins
     assert sorted(p.name for p in pin_dir.iterdir()) == layout
     c1 = counters(d)[a["name"]]
     assert c1["tx_fast_packets"] >= c0["tx_fast_packets"] > 0, (c0, c1)  # carried on
@@ -506,10 +567,11 @@ def test_endpoint_rm_and_cleanup_remove_filters_map_entries_pins(daemons: Daemon
     info = d.cli_json("info")["datapath"]
     pin_dir = Path(info["pin_dir"])
     assert pin_dir == Path("/sys/fs/bpf/bpfnet") / d.netns and pin_dir.is_dir()
+    assert info["attach"] == "tcx"  # this machine's kernel has tcx: auto picks it
     bridge = d.network()["bridge"]
     for ep in (a, b):
         for direction in ("ingress", "egress"):
-            assert "ep_" in tc_filters(d.netns, ep["host_ifname"], direction).stdout
+            assert "tcx bpf ep_" in tc_filters(d.netns, ep["host_ifname"], direction).stdout
 
     def map_state() -> tuple[set[int], set[bytes], set[bytes]]:
         maps = PinnedMaps(str(pin_dir), int(info["max_endpoints"]))

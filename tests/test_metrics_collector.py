@@ -65,6 +65,7 @@ def snapshot(with_db: bool = True) -> MetricsSnapshot:
         endpoints=tuple(eps),
         datapath_info={
             "mode": "redirect-peer",
+            "attach": "tcx",
             "pin_dir": "/sys/fs/bpf/bpfnet",
             "programs": [
                 {
@@ -119,7 +120,8 @@ def test_network_datapath_and_build_series() -> None:
     assert value(reg, "bpfnet_network_ipam_addresses", network="back", family="ipv6") is None
     assert value(reg, "bpfnet_network_endpoints", network="back") == 1
     assert (
-        value(reg, "bpfnet_datapath_info", mode="redirect-peer", requested_mode="redirect-peer")
+        value(reg, "bpfnet_datapath_info", mode="redirect-peer", requested_mode="redirect-peer",
+              attach="tcx")
         == 1
     )
     assert (
@@ -164,7 +166,8 @@ def test_bridge_mode_fallback_and_no_counters() -> None:
         requested_mode="redirect-peer",
     )
     reg = registry_for(snap)
-    assert value(reg, "bpfnet_datapath_info", mode="bridge", requested_mode="redirect-peer") == 1
+    assert value(reg, "bpfnet_datapath_info", mode="bridge", requested_mode="redirect-peer",
+                 attach="none") == 1
     assert value(reg, "bpfnet_endpoint_receive_bytes_total", network="n", endpoint="a") is None
     assert value(reg, "bpfnet_network_endpoints", network="n") == 1
 
@@ -172,7 +175,8 @@ def test_bridge_mode_fallback_and_no_counters() -> None:
 def test_requested_mode_defaults_to_running_mode() -> None:
     snap = MetricsSnapshot(datapath_info={"mode": "bridge"})
     reg = registry_for(snap)
-    assert value(reg, "bpfnet_datapath_info", mode="bridge", requested_mode="bridge") == 1
+    assert value(reg, "bpfnet_datapath_info", mode="bridge", requested_mode="bridge",
+                 attach="none") == 1
 
 
 def test_snapshot_failure_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -> None:

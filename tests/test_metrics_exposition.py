@@ -64,7 +64,8 @@ def big_snapshot(n: int = 400) -> MetricsSnapshot:
             for i, name in enumerate(nets)
         ),
         endpoints=tuple(eps),
-        datapath_info={"mode": "redirect-peer", "programs": progs, "pin_dir": "/sys/fs/bpf/x"},
+        datapath_info={"mode": "redirect-peer", "attach": "tc", "programs": progs,
+                       "pin_dir": "/sys/fs/bpf/x"},
         counters={**{i: counters(i) for i in range(n)}, 10_001: counters(1), 99_999: counters(5)},
         requested_mode="redirect",
     )

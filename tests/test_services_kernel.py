@@ -3,6 +3,7 @@ bridge naming behind the API, the default network's protection, duplicate MACs, 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -96,16 +97,38 @@ def test_name_with_trailing_newline_is_400(d: DaemonProcess, path: str, body: di
     assert status == 400
 
 
-def test_reconcile_finds_the_ebpf_datapath_in_step_after_a_restart(daemons: DaemonFactory) -> None:
-    """The datapath check compares map records and filters with what add_endpoint wrote: no false repairs,
-    and a filter deleted by hand is back after the restart."""
-    d = daemons.start("--ipv6", "--fixed-cidr-v6", "fd00:247::/64", "--bip", "10.247.0.1/24", datapath="redirect")
+@pytest.mark.parametrize("attach", ["tc", "tcx"])
+def test_reconcile_finds_the_ebpf_datapath_in_step_after_a_restart(daemons: DaemonFactory, attach: str) -> None:
+    """The datapath check compares map records and filters (or tcx links) with what add_endpoint wrote:
+    no false repairs, and a filter or link deleted by hand is back after the restart."""
+    from bpfnet.datapath import bpfsys, tcx
+
+    d = daemons.start("--ipv6", "--fixed-cidr-v6", "fd00:247::/64", "--bip", "10.247.0.1/24",
+                      "--datapath-attach", attach, datapath="redirect")
     a, b = d.add_endpoint("a"), d.add_endpoint("b")
+    info = d.client.get("/v1/info")["datapath"]
+    assert info["attach"] == attach
+    link = tcx.link_path(info["pin_dir"], a["host_ifindex"], "ingress")
     d.stop()
-    run("ip", "netns", "exec", d.netns, "tc", "filter", "del", "dev", a["host_ifname"], "ingress")
+    if attach == "tc":
+        run("ip", "netns", "exec", d.netns, "tc", "filter", "del", "dev", a["host_ifname"], "ingress")
+    else:
+        old_id = bpfsys.link_info(fd := bpfsys.obj_get(link)).id
+        os.close(fd)
+        tcx.detach(info["pin_dir"], a["host_ifindex"], "ingress")
+        assert not os.path.exists(link)
     d.start()
     log = d.log_path.read_text().split("===== start 2")[1]
     assert "repairing" not in log and "'repaired': 0" in log
-    filters = run("ip", "netns", "exec", d.netns, "tc", "filter", "show", "dev", a["host_ifname"], "ingress").stdout
-    assert "bpfnet:ep_ingress" in filters
+    if attach == "tc":
+        filters = run("ip", "netns", "exec", d.netns, "tc", "filter", "show", "dev", a["host_ifname"],
+                      "ingress").stdout
+        assert "bpfnet:ep_ingress" in filters
+    else:
+        fd = bpfsys.obj_get(link)
+        try:
+            new = bpfsys.link_info(fd)
+        finally:
+            os.close(fd)
+        assert new.ifindex == a["host_ifindex"] and new.id != old_id  # a new link, attached
     assert ping(a["netns"], b["ipv4"].split("/")[0])

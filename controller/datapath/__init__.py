@@ -42,7 +42,7 @@ class Datapath(Protocol):
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
 
     def info(self) -> dict[str, Any]:
-        """Mode, loaded programs (id, tag, attach point), pin directory."""
+        """Mode, attach mechanism ("tcx", "tc"; None without programs), loaded programs (id, tag, attach point), pin directory."""
 
     def close(self) -> None:
         """Release file descriptors; programs and pins stay (no blackhole)."""
@@ -78,7 +78,7 @@ class BridgeDatapath:
         return {}
 
     def info(self) -> dict[str, Any]:
-        return {"mode": self.mode, "programs": [], "pin_dir": None}
+        return {"mode": self.mode, "attach": None, "programs": [], "pin_dir": None}
 
     def close(self) -> None:
         return None
@@ -88,10 +88,13 @@ class BridgeDatapath:
 
 
 def make_datapath(requested: str = MODE_AUTO, pin_dir: str = "/sys/fs/bpf/bpfnet/default",
-                  max_endpoints: int = DEFAULT_MAX_ENDPOINTS) -> Datapath:
+                  max_endpoints: int = DEFAULT_MAX_ENDPOINTS,
+                  attach: str = MODE_AUTO) -> Datapath:
     """The datapath for a requested mode: "auto" (best the kernel offers, see
     ``probe.probe_mode``) or one of ``abi.MODES``, with max_endpoints endpoint
-    slots (the daemon passes its Runtime's value). Logs the choice. eBPF modules
+    slots (the daemon passes its Runtime's value), its programs attached with
+    ``attach`` ("auto": tcx links where the kernel has them, see
+    ``probe.probe_attach``; "tcx"; "tc"). Logs the choice. eBPF modules
     are imported only when needed, so bridge mode works without bcc."""
     import logging
 
@@ -108,5 +111,7 @@ def make_datapath(requested: str = MODE_AUTO, pin_dir: str = "/sys/fs/bpf/bpfnet
         return BridgeDatapath()
     from .ebpf import EbpfDatapath
 
-    log.info("datapath mode %s (requested %s), maps pinned in %s", mode, requested, pin_dir)
-    return EbpfDatapath(mode=mode, pin_dir=pin_dir, max_endpoints=max_endpoints)
+    dp = EbpfDatapath(mode=mode, pin_dir=pin_dir, max_endpoints=max_endpoints, attach=attach)
+    log.info("datapath mode %s (requested %s), attached with %s (requested %s), maps pinned in %s",
+             mode, requested, dp.attach, attach, pin_dir)
+    return dp

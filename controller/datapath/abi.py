@@ -42,6 +42,12 @@ MODES = (*EBPF_MODES, MODE_BRIDGE)
 MODE_AUTO = "auto"
 REQUESTABLE_MODES = (MODE_AUTO, *MODES)  # what --datapath accepts
 
+# -- attach mechanisms (how the programs sit on a device's hook) ----------------
+ATTACH_TCX = "tcx"  # BPF links on the tcx ingress/egress hooks (Linux 6.6+)
+ATTACH_TC = "tc"  # clsact qdisc + direct-action cls_bpf filters (the fallback)
+ATTACHES = (ATTACH_TCX, ATTACH_TC)
+REQUESTABLE_ATTACHES = (MODE_AUTO, *ATTACHES)
+
 # -- limits --------------------------------------------------------------------
 DEFAULT_MAX_ENDPOINTS = 4096  # endpoint slots (array sizes); configurable per daemon
 MAX_ENDPOINTS_LIMIT = 65536  # the most max_endpoints may be

@@ -51,6 +51,17 @@ BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_BTF_GET_FD_BY_ID = 19
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_OBJ_PIN = 6
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_QUERY = 16
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_DETACH = 34
+
+# enum bpf_attach_type: tcx (Linux 6.6+), links on the ingress/egress hooks without a qdisc.
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+BPF_LINK_TYPE_TCX = 11
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_MAP_TYPE_HASH = 1
@@ -154,6 +165,37 @@ class _MapInfo(ctypes.Structure):
                 ("btf_key_type_id", ctypes.c_uint32), ("btf_value_type_id", ctypes.c_uint32)]
 
 
+class _LinkCreateAttr(ctypes.Structure):
+    # link_create with the tcx member of its trailing union (relative_fd, expected_revision):
+    # both zero = append after the programs already on the hook, any revision.
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("relative_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("expected_revision", ctypes.c_uint64)]
+
+
+class _QueryAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("count", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
+                ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
+                ("revision", ctypes.c_uint64)]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("new_prog_fd", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("old_prog_fd", ctypes.c_uint32)]
+
+
+class _LinkInfo(ctypes.Structure):
+    # Prefix of struct bpf_link_info: the union starts 8-aligned (it holds u64s),
+    # and its tcx member is {ifindex, attach_type}.
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("prog_id", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32)]
+
+
 class _IdAttr(ctypes.Structure):
     _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
                 ("open_flags", ctypes.c_uint32)]
@@ -170,6 +212,15 @@ class ProgInfo:
     id: int
     tag: str
     name: str
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    type: int
+    id: int
+    prog_id: int
+    ifindex: int  # tcx: 0 once the device is gone (the kernel detached the link)
+    attach_type: int
 
 
 @dataclass(frozen=True)
@@ -212,6 +263,49 @@ def obj_get(path: str) -> int:
     return _bpf(BPF_OBJ_GET, attr)
 
 
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map, program or link at path (a new name on bpffs)."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    _bpf(BPF_OBJ_PIN, _ObjGetAttr(pathname=ctypes.addressof(p), bpf_fd=fd))
+
+
+def link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
+    """BPF_LINK_CREATE on a device hook (tcx); returns the link fd."""
+    return _bpf(BPF_LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
+                                                 attach_type=attach_type))
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the link's program atomically (no moment without one)."""
+    _bpf(BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=prog_fd))
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach the link from its hook now, whoever else still holds it."""
+    class _Attr(ctypes.Structure):
+        _fields_ = [("link_fd", ctypes.c_uint32)]
+    _bpf(BPF_LINK_DETACH, _Attr(link_fd=link_fd))
+
+
+def tcx_query(ifindex: int, attach_type: int, max_progs: int = 64) -> list[tuple[int, int]]:
+    """(program id, link id) of every program on a device's tcx hook, in run
+    order (BPF_PROG_QUERY); the kernel's own view, independent of our pins."""
+    progs = (ctypes.c_uint32 * max_progs)()
+    links = (ctypes.c_uint32 * max_progs)()
+    attr = _QueryAttr(target_ifindex=ifindex, attach_type=attach_type,
+                      prog_ids=ctypes.addressof(progs), count=max_progs,
+                      link_ids=ctypes.addressof(links))
+    _bpf(BPF_PROG_QUERY, attr)
+    return [(progs[i], links[i]) for i in range(attr.count)]
+
+
+def link_info(fd: int) -> LinkInfo:
+    info = _LinkInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return LinkInfo(info.type, info.id, info.prog_id, info.ifindex, info.attach_type)
+
+
 def map_info(fd: int) -> MapInfo:
     info = _MapInfo()
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
@@ -242,6 +336,11 @@ def prog_info(fd: int) -> ProgInfo:
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return ProgInfo(info.id, bytes(info.tag).hex(), info.name.decode(errors="replace"))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """Open a loaded program by its kernel id; returns a new fd the caller must close."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(id=prog_id))
 
 
 def map_update(fd: int, key: bytes, value: bytes) -> None:

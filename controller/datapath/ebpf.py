@@ -3,19 +3,25 @@
 Boundary: implements the ``Datapath`` protocol for the eBPF modes
 (``abi.EBPF_MODES``: "redirect-peer" and "redirect") inside the current
 network namespace (the daemon has already entered the namespace it manages).
-It owns the tc filters named "bpfnet:*" and the maps pinned under pin_dir; the
-links themselves belong to the controller. Struct layouts, map shapes and
+It owns the programs' attachments — tcx links pinned under
+``pin_dir/links/`` (``tcx.py``) where the kernel has tcx, else the tc filters
+named "bpfnet:*" (``tc.py``) — and the maps pinned under pin_dir; the network
+devices themselves belong to the controller. Struct layouts, map shapes and
 limits come from ``abi.py``; a load whose C side disagrees raises
 ``layout.AbiMismatch``.
 
 Lifecycle:
 - start() compiles the programs, reusing maps already pinned in pin_dir (a
   restarted daemon keeps counters and entries), atomically replaces the
-  programs on every device (same tc prio/handle), and removes entries,
-  counters and filters of anything no longer in the given state.
+  programs on every device (BPF_LINK_UPDATE on the pinned tcx link, or the
+  same tc prio/handle), and removes entries, counters, links and filters of
+  anything no longer in the given state. A device that still carries a
+  cls_bpf filter from a daemon that used tc gets its tcx link first and loses
+  the filter after, so it is never without a program (tcx programs run before
+  cls_bpf on the same hook, so during the overlap the new program decides).
 - close() frees our file descriptors only: programs stay attached and maps
   pinned, so stopping the daemon never stops traffic.
-- cleanup() removes every filter, map entry and pin bpfnet made.
+- cleanup() removes every link, filter, map entry and pin bpfnet made.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 from ..model import EndpointSpec, NetworkSpec
 from ..netlink import IPRoute
-from . import abi, tc
+from . import abi, tc, tcx
 from . import maps as m
 from .loader import LoadedPrograms, load
 
@@ -39,10 +45,18 @@ class EbpfDatapath:
 
     def __init__(self, mode: str = abi.MODE_REDIRECT_PEER,
                  pin_dir: str = "/sys/fs/bpf/bpfnet/default",
-                 max_endpoints: int = abi.DEFAULT_MAX_ENDPOINTS) -> None:
+                 max_endpoints: int = abi.DEFAULT_MAX_ENDPOINTS,
+                 attach: str = abi.MODE_AUTO) -> None:
         if mode not in abi.EBPF_MODES:
             raise ValueError(f"EbpfDatapath mode must be one of {abi.EBPF_MODES}, not {mode!r}")
+        if attach not in abi.REQUESTABLE_ATTACHES:
+            raise ValueError(f"attach must be one of {abi.REQUESTABLE_ATTACHES}, not {attach!r}")
+        if attach == abi.MODE_AUTO:
+            from .probe import probe_attach
+
+            attach = probe_attach()
         self.mode = mode
+        self.attach = attach
         self.pin_dir = pin_dir
         self.max_endpoints = abi.check_max_endpoints(max_endpoints)
         self._progs: LoadedPrograms | None = None
@@ -51,6 +65,8 @@ class EbpfDatapath:
         self._lock = threading.RLock()
         self._networks: dict[int, NetworkSpec] = {}  # by bridge ifindex
         self._endpoints: dict[int, EndpointSpec] = {}  # by host ifindex
+        # tcx only: devices still carrying a cls_bpf filter of an earlier daemon (set in start()).
+        self._old_filters: set[int] = set()
 
     # -- lifecycle --------------------------------------------------------
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
@@ -59,6 +75,9 @@ class EbpfDatapath:
                 self._progs = load(self.mode, self.pin_dir, self.max_endpoints)
                 self._maps = m.PinnedMaps(self.pin_dir, self.max_endpoints)
                 self._ipr = IPRoute()
+            if self.attach == abi.ATTACH_TCX:
+                _, ipr = self._need()
+                self._old_filters = set(tc.devices_with_our_filters(ipr))
             for net in networks:
                 self.attach_network(net)
             for ep in endpoints:
@@ -99,6 +118,8 @@ class EbpfDatapath:
             if ifindex not in ep_ifindexes and ifindex not in br_ifindexes:
                 log.info("removing stale bpfnet filters from ifindex %d", ifindex)
                 tc.detach(ipr, ifindex)
+        tcx.remove_stale(self.pin_dir, ep_ifindexes | br_ifindexes)
+        self._old_filters.clear()
 
     def close(self) -> None:
         with self._lock:
@@ -118,6 +139,7 @@ class EbpfDatapath:
             try:
                 for ifindex in tc.devices_with_our_filters(ipr):
                     tc.detach(ipr, ifindex)
+                tcx.remove_all(self.pin_dir)
             finally:
                 if ipr is not self._ipr:
                     ipr.close()
@@ -154,6 +176,39 @@ class EbpfDatapath:
                 except OSError as e:
                     log.warning("left %s in place: %s", self.pin_dir, e)
 
+    # -- attachments ------------------------------------------------------
+    def _attach(self, ipr: IPRoute, ifindex: int, progs: list[tuple[str, str]]) -> None:
+        """Attach or atomically replace (direction, program name) on one device."""
+        assert self._progs is not None
+        fds = self._progs.fds
+        if self.attach == abi.ATTACH_TCX:
+            for direction, name in progs:
+                tcx.attach(self.pin_dir, ifindex, direction, fds[name])
+            if ifindex in self._old_filters:
+                # Upgrade from a tc daemon: the links run already, now the filters can go.
+                tc.detach(ipr, ifindex)
+                self._old_filters.discard(ifindex)
+                log.info("ifindex %d: cls_bpf filters replaced by tcx links", ifindex)
+        else:
+            tc.attach_all(ipr, ifindex, [(d, fds[name], name) for d, name in progs])
+            # A forced tc after a tcx run: drop the links, or both programs would run.
+            tcx.detach(self.pin_dir, ifindex)
+
+    def _detach(self, ipr: IPRoute, ifindex: int) -> None:
+        tcx.detach(self.pin_dir, ifindex)
+        tc.detach(ipr, ifindex)
+
+    def _attached_names(self, ipr: IPRoute, ifindex: int) -> set[str]:
+        """Names of our programs attached on ifindex, by the mechanism in use."""
+        if self.attach == abi.ATTACH_TC:
+            return {name.removeprefix(tc.FILTER_PREFIX)
+                    for _, _, _, name in tc.our_filters(ipr, ifindex)}
+        assert self._progs is not None
+        ids = {d: tcx.attached(self.pin_dir, ifindex, d) for d in tcx.ATTACH_TYPES}
+        return {name for name, d in (("ep_ingress", "ingress"), ("ep_egress", "egress"),
+                                     ("bridge_egress", "egress"))
+                if ids[d] is not None and ids[d] == self._progs.info[name].id}
+
     def _need(self) -> tuple[m.PinnedMaps, IPRoute]:
         if self._maps is None or self._ipr is None or self._progs is None:
             raise RuntimeError("EbpfDatapath used before start() or after close()")
@@ -175,14 +230,13 @@ class EbpfDatapath:
                 maps.clear("network_by_id", m.u32(old.id))
             maps.put("network_by_id", m.u32(net.id), m.pack_network(net))
             maps.put("network_by_bridge_ifindex", m.u32(net.bridge_ifindex), m.u32(net.id))
-            tc.attach(ipr, net.bridge_ifindex, "egress", self._progs.fds["bridge_egress"],
-                      "bridge_egress")
+            self._attach(ipr, net.bridge_ifindex, [("egress", "bridge_egress")])
             self._networks[net.bridge_ifindex] = net
 
     def detach_network(self, net: NetworkSpec) -> None:
         with self._lock:
             maps, ipr = self._need()
-            tc.detach(ipr, net.bridge_ifindex)
+            self._detach(ipr, net.bridge_ifindex)
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
             if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
@@ -208,8 +262,7 @@ class EbpfDatapath:
             maps.put("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), eid)
             for a in m.endpoint_ipv6(ep):
                 maps.put("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a), eid)
-            tc.attach_all(ipr, ep.host_ifindex, [("ingress", self._progs.fds["ep_ingress"], "ep_ingress"),
-                                                 ("egress", self._progs.fds["ep_egress"], "ep_egress")])
+            self._attach(ipr, ep.host_ifindex, [("ingress", "ep_ingress"), ("egress", "ep_egress")])
             self._endpoints[ep.host_ifindex] = ep
 
     def _remove_entries(self, ifindex: int, keep: EndpointSpec | None = None) -> None:
@@ -254,7 +307,7 @@ class EbpfDatapath:
     def remove_endpoint(self, ep: EndpointSpec) -> None:
         with self._lock:
             maps, ipr = self._need()
-            tc.detach(ipr, ep.host_ifindex)  # first, so nothing counts after the reset
+            self._detach(ipr, ep.host_ifindex)  # first, so nothing counts after the reset
             self._remove_entries(ep.host_ifindex)
             # The spec's own addresses and slot too, in case the map entry was already gone.
             self._delete_if_points_to("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4),
@@ -270,7 +323,8 @@ class EbpfDatapath:
     # -- check (the controller's reconcile) --------------------------------
     def check_endpoint(self, ep: EndpointSpec) -> list[str]:
         """What of EP's datapath state is not in place: "entries" (its records
-        as add_endpoint writes them) and/or "filters" (its two tc programs)."""
+        as add_endpoint writes them) and/or "filters" (its two programs, as
+        tcx links or tc filters, whichever this datapath uses)."""
         with self._lock:
             maps, ipr = self._need()
             out = []
@@ -281,8 +335,7 @@ class EbpfDatapath:
                     or any(maps.get("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a)) != eid
                            for a in m.endpoint_ipv6(ep))):
                 out.append("entries")
-            names = {name for _, _, _, name in tc.our_filters(ipr, ep.host_ifindex)}
-            if names != {tc.FILTER_PREFIX + "ep_ingress", tc.FILTER_PREFIX + "ep_egress"}:
+            if self._attached_names(ipr, ep.host_ifindex) != {"ep_ingress", "ep_egress"}:
                 out.append("filters")
             return out
 
@@ -319,5 +372,5 @@ class EbpfDatapath:
                         p = pi[name]
                         programs.append({"name": name, "id": p.id, "tag": p.tag,
                                          "attach": f"{ep.host_ifname}/{d}"})
-            return {"mode": self.mode, "pin_dir": self.pin_dir,
+            return {"mode": self.mode, "attach": self.attach, "pin_dir": self.pin_dir,
                     "max_endpoints": self.max_endpoints, "programs": programs}

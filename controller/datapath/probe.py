@@ -7,17 +7,22 @@ milliseconds); the verifier refuses helpers the kernel does not have.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import struct
+import threading
+from collections.abc import Callable
+from functools import lru_cache
 
 from . import bpfsys
-from .abi import MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
+from .abi import ATTACH_TC, ATTACH_TCX, MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
 
 log = logging.getLogger(__name__)
 
 BPF_FUNC_REDIRECT = 23
 BPF_FUNC_REDIRECT_PEER = 155
+CLONE_NEWNET = 0x40000000
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -39,6 +44,57 @@ def helper_available(helper: int) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def _tcx_link_on_lo() -> None:
+    """Attach a "return 0" program with a tcx link on lo (ifindex 1) of the
+    calling thread's namespace, then drop it again."""
+    mov64_imm, exit_ = 0xB7, 0x95
+    prog = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_SCHED_CLS, _insn(mov64_imm) + _insn(exit_),
+                            "bpfnet_probe")
+    try:
+        os.close(bpfsys.link_create(prog, 1, bpfsys.BPF_TCX_INGRESS))
+    finally:
+        os.close(prog)
+
+
+def _in_throwaway_netns(fn: Callable[[], None]) -> None:
+    """Run fn on a fresh thread that first moves into a new, unnamed network
+    namespace (setns/unshare change only the calling thread; the namespace
+    dies with the thread). Re-raises fn's exception."""
+    error: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            error.append(exc)
+
+    t = threading.Thread(target=body, name="bpfnet-probe-netns")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+
+
+@lru_cache(maxsize=1)
+def tcx_available() -> bool:
+    """Whether this kernel attaches tcx links (6.6+). Tried on lo of a
+    throwaway namespace, never on a device of a namespace in use."""
+    try:
+        _in_throwaway_netns(_tcx_link_on_lo)
+    except OSError as e:
+        log.info("tcx links not available (%s): programs go on clsact + cls_bpf", e)
+        return False
+    return True
+
+
+def probe_attach() -> str:
+    """How programs attach: "tcx" where the kernel has it, else "tc"."""
+    return ATTACH_TCX if tcx_available() else ATTACH_TC
 
 
 def bcc_available() -> bool:

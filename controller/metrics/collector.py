@@ -127,8 +127,9 @@ def _family_specs() -> dict[str, _Family]:
     )
     f["datapath"] = _Family(
         "bpfnet_datapath", "info",
-        "Datapath in use: mode is the running mode, requested_mode the configured one.",
-        ("mode", "requested_mode"),
+        "Datapath in use: mode is the running mode, requested_mode the configured one, "
+        "attach how its programs are attached (tcx, tc; none without programs).",
+        ("mode", "requested_mode", "attach"),
     )
     f["program"] = _Family(
         "bpfnet_program", "info",
@@ -356,7 +357,8 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
         info = snap.datapath_info
         mode = str(info.get("mode", ""))
         if mode:
-            out["datapath"].append(((mode, snap.requested_mode or mode), 1))
+            attach = str(info.get("attach") or "none")
+            out["datapath"].append(((mode, snap.requested_mode or mode, attach), 1))
         for prog in info.get("programs") or ():
             get = prog.get
             labels = (str(get("name", "")), str(get("id", "")), str(get("tag", "")))

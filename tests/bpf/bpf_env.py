@@ -65,7 +65,11 @@ def pin_dir() -> Iterator[str]:
     finally:
         if os.path.isdir(path):
             for f in os.listdir(path):
-                os.unlink(os.path.join(path, f))
+                p = os.path.join(path, f)
+                if os.path.isdir(p):  # links/ (tcx link pins)
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    os.unlink(p)
             shutil.rmtree(path, ignore_errors=True)
 
 

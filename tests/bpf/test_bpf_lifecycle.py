@@ -1,11 +1,13 @@
 """Lifecycle of EbpfDatapath: restart on pinned maps, close, remove, cleanup,
-mode probing and the cost of counters()."""
+mode probing and the cost of counters(). Every test on ns_links runs with
+both attach mechanisms (tcx links and the clsact + cls_bpf fallback)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from bpf_env import inside, make_links, netns, pin_dir
 from bpf_packets import ETH_IP, eth, ipv4, udp
-from bpfnet.datapath import BridgeDatapath, make_datapath
+from bpfnet.datapath import BridgeDatapath, bpfsys, make_datapath, probe
 from bpfnet.datapath.ebpf import EbpfDatapath
 from bpfnet.datapath.probe import probe_mode
 from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, run
@@ -21,17 +23,32 @@ from dp_helpers import TC_ACT_OK, TC_ACT_REDIRECT, run
 pytestmark = pytest.mark.kernel
 
 
+@pytest.fixture(params=["tcx", "tc"])
+def attach(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The mechanism "auto" resolves to: forced, as on a kernel with or without tcx."""
+    monkeypatch.setattr(probe, "probe_attach", lambda: request.param)
+    return str(request.param)
+
+
 @pytest.fixture
-def ns_links() -> Iterator[tuple[str, str, dict, dict]]:
+def ns_links(attach: str) -> Iterator[tuple[str, str, dict, dict]]:
     with netns() as ns, pin_dir() as pins, inside(ns):
         nets, eps = make_links([("brA", "10.1", True)], [("a1", "brA", 2), ("a2", "brA", 3)])
         yield ns, pins, nets, eps
 
 
 def tc_progs(ns: str, dev: str, direction: str) -> list[int]:
+    """Ids of the programs on dev's hook: cls_bpf filters and tcx links alike
+    (the kernel's view; the calling thread must be inside ns)."""
     out = subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev,
                           direction], capture_output=True, text=True, check=False).stdout
-    return [int(x) for x in re.findall(r" id (\d+)", out)]
+    ids = [int(x) for x in re.findall(r" id (\d+)", out)]
+    try:
+        ifindex = socket.if_nametoindex(dev)
+    except OSError:
+        return ids  # device gone
+    hook = bpfsys.BPF_TCX_INGRESS if direction == "ingress" else bpfsys.BPF_TCX_EGRESS
+    return ids + [prog for prog, _link in bpfsys.tcx_query(ifindex, hook)]
 
 
 def a1_to_a2(eps: dict) -> bytes:
@@ -39,7 +56,7 @@ def a1_to_a2(eps: dict) -> bytes:
     return eth(a2.mac, a1.mac, ETH_IP, ipv4(str(a1.ipv4), str(a2.ipv4), payload=udp()))
 
 
-def test_restart_keeps_counters_and_replaces_programs(ns_links) -> None:
+def test_restart_keeps_counters_and_replaces_programs(ns_links, attach) -> None:
     ns, pins, nets, eps = ns_links
     a1, a2 = eps["a1"], eps["a2"]
     dp1 = EbpfDatapath(mode="redirect-peer", pin_dir=pins)
@@ -56,7 +73,8 @@ def test_restart_keeps_counters_and_replaces_programs(ns_links) -> None:
         assert tc_progs(ns, "h-a1", "ingress") == old_ids
         assert sorted(os.listdir(pins)) == sorted(
             ["endpoint_by_ifindex", "endpoint_id_by_ipv4", "endpoint_id_by_ipv6",
-             "endpoint_by_id", "endpoint_counters", "network_by_bridge_ifindex", "network_by_id"])
+             "endpoint_by_id", "endpoint_counters", "network_by_bridge_ifindex", "network_by_id",
+             *(["links"] if attach == "tcx" else [])])
 
         dp2.start(list(nets.values()), list(eps.values()))  # daemon restarts
         assert dp2.counters() == before  # no reset

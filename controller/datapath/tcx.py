@@ -1,0 +1,157 @@
+"""tcx plumbing for bpfnet's programs: BPF links on a device's ingress/egress hook.
+
+Boundary: creating, updating, pinning and removing bpfnet's tcx links
+(Linux 6.6+) in the current netns; nothing about maps or cls_bpf filters
+(``tc.py``). A link is ours when it is pinned under ``<pin_dir>/links/`` as
+``<ifindex>-<direction>``: the pin keeps it attached after the daemon exits,
+and a restarted daemon opens it and swaps the program with BPF_LINK_UPDATE,
+so the hook never runs without a program (or with two), as a cls_bpf
+"replace-filter" does.
+
+When a device goes away the kernel detaches its links but our pin stays,
+and the ifindex may later name another device: a pin is live only while
+the link's info still reports the ifindex its name carries (a detached
+tcx link reports 0). Stale pins are unlinked wherever they are found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+
+from . import bpfsys
+
+log = logging.getLogger(__name__)
+
+LINK_DIR = "links"
+ATTACH_TYPES = {"ingress": bpfsys.BPF_TCX_INGRESS, "egress": bpfsys.BPF_TCX_EGRESS}
+
+
+def link_dir(pin_dir: str) -> str:
+    return os.path.join(pin_dir, LINK_DIR)
+
+
+def link_path(pin_dir: str, ifindex: int, direction: str) -> str:
+    return os.path.join(link_dir(pin_dir), f"{ifindex}-{direction}")
+
+
+def _obj_get(path: str) -> int | None:
+    """fd of the object pinned at path, or None when nothing is pinned there."""
+    try:
+        return bpfsys.obj_get(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def _open_live(path: str, ifindex: int, direction: str) -> int | None:
+    """fd of the link pinned at path while it is attached to ifindex/direction;
+    None (the stale pin unlinked) otherwise."""
+    fd = _obj_get(path)
+    if fd is None:
+        return None
+    try:
+        info = bpfsys.link_info(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if (info.type == bpfsys.BPF_LINK_TYPE_TCX and info.ifindex == ifindex
+            and info.attach_type == ATTACH_TYPES[direction]):
+        return fd
+    os.close(fd)
+    log.info("unpinning stale tcx link %s (its device is gone)", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return None
+
+
+def attach(pin_dir: str, ifindex: int, direction: str, prog_fd: int) -> None:
+    """Attach prog_fd on ifindex/direction, or atomically swap the program of
+    the link already pinned there."""
+    path = link_path(pin_dir, ifindex, direction)
+    fd = _open_live(path, ifindex, direction)
+    if fd is not None:
+        try:
+            bpfsys.link_update(fd, prog_fd)
+        finally:
+            os.close(fd)
+        return
+    fd = bpfsys.link_create(prog_fd, ifindex, ATTACH_TYPES[direction])
+    try:
+        os.makedirs(link_dir(pin_dir), mode=0o700, exist_ok=True)
+        bpfsys.obj_pin(fd, path)
+    finally:
+        # Pinned: the pin holds the link. Not pinned: closing the only fd detaches it.
+        os.close(fd)
+
+
+def attached(pin_dir: str, ifindex: int, direction: str) -> int | None:
+    """Program id on our live link at ifindex/direction, or None."""
+    path = link_path(pin_dir, ifindex, direction)
+    fd = _open_live(path, ifindex, direction)
+    if fd is None:
+        return None
+    try:
+        return bpfsys.link_info(fd).prog_id
+    finally:
+        os.close(fd)
+
+
+def detach(pin_dir: str, ifindex: int, direction: str | None = None) -> None:
+    """Remove our links (one direction or both) on ifindex; none there is success."""
+    for d in ATTACH_TYPES if direction is None else (direction,):
+        _remove(link_path(pin_dir, ifindex, d))
+
+
+def _remove(path: str) -> None:
+    fd = _obj_get(path)
+    if fd is None:
+        return
+    try:
+        # Detach now, not when the last holder lets go (a tool may hold an fd).
+        bpfsys.link_detach(fd)
+    except OSError as e:
+        log.debug("detaching %s: %s", path, e)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def pinned(pin_dir: str) -> list[tuple[int, str]]:
+    """(ifindex, direction) of every link pin under pin_dir (live or stale)."""
+    out = []
+    try:
+        names = os.listdir(link_dir(pin_dir))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        idx, _, d = name.partition("-")
+        if idx.isdigit() and d in ATTACH_TYPES:
+            out.append((int(idx), d))
+        else:
+            log.warning("unexpected entry %s in %s", name, link_dir(pin_dir))
+    return sorted(out)
+
+
+def remove_stale(pin_dir: str, keep: set[int]) -> None:
+    """Remove link pins whose ifindex is not in keep or whose device is gone."""
+    for ifindex, d in pinned(pin_dir):
+        if ifindex not in keep:
+            log.info("removing stale bpfnet tcx link from ifindex %d/%s", ifindex, d)
+            _remove(link_path(pin_dir, ifindex, d))
+        else:
+            fd = _open_live(link_path(pin_dir, ifindex, d), ifindex, d)
+            if fd is not None:
+                os.close(fd)
+
+
+def remove_all(pin_dir: str) -> None:
+    """Detach and unpin every link, then drop the links directory."""
+    for ifindex, d in pinned(pin_dir):
+        _remove(link_path(pin_dir, ifindex, d))
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(link_dir(pin_dir))
