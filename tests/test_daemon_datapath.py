@@ -469,7 +469,7 @@ def test_upgrade_from_tc_filters_to_tcx_under_traffic(daemons: DaemonFactory) ->
                               stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)
-        d.args = [x for x in d.args if x not in ("--datapath-attach", "tc")]
+        d.args = [x for x in d.args if x not in ("--datapath-attach", "tc")] + ["--datapath-attach", "auto"]
         d.restart()
         assert pinger.poll() is None, "ping ended before the restart finished"
         time.sleep(0.5)
@@ -562,7 +562,7 @@ def test_restart_over_pins_of_an_older_layout(daemons: DaemonFactory) -> None:
 
 # 6. endpoint rm and --cleanup -------------------------------------------------------------
 def test_endpoint_rm_and_cleanup_remove_filters_map_entries_pins(daemons: DaemonFactory) -> None:
-    d = daemons.start(*V6, datapath="auto")
+    d = daemons.start(*V6, "--datapath-attach", "auto", datapath="auto")
     a, b = d.add_endpoint("a"), d.add_endpoint("b")
     info = d.cli_json("info")["datapath"]
     pin_dir = Path(info["pin_dir"])
