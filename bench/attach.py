@@ -27,6 +27,8 @@ import uuid
 from ipaddress import IPv4Address
 from typing import Any
 
+from bpfnet.datapath import bpffs
+
 log = logging.getLogger(__name__)
 
 
@@ -122,7 +124,9 @@ def main(argv: list[str]) -> int:
     env.install_handlers()
     env.sweep_dead_runs()
     try:
-        print(json.dumps({"datapath": measure(n), "pps": packet_rates(rounds)}, indent=2))
+        # unmounted again afterwards if this run mounted it (its kernel-made entries otherwise stay)
+        with bpffs.mounted():
+            print(json.dumps({"datapath": measure(n), "pps": packet_rates(rounds)}, indent=2))
     finally:
         env.cleanup()
     return 0
