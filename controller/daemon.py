@@ -26,7 +26,7 @@ from .api import routes
 from .api.server import ApiServer, Request
 from .config import DaemonConfig
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
-from .datapath import Datapath, abi, make_datapath
+from .datapath import Datapath, abi, make_datapath, tcx
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import build_registry
@@ -253,9 +253,10 @@ def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
 
 
 def remove_pins(path: str) -> None:
-    """Unlink the pins under PATH (only files: bpfnet pins maps, nothing else) and PATH itself."""
+    """Unlink the pins under PATH (its maps, and its tcx links' directory) and PATH itself."""
     if not os.path.isdir(path):
         return
+    tcx.remove_all(path)
     for name in os.listdir(path):
         full = os.path.join(path, name)
         if os.path.isfile(full):

@@ -87,7 +87,8 @@ class NetworkService:
             icc=cfg.icc,
         )
 
-    def describe(self, row: NetworkRow) -> dict[str, Any]:
+    def describe(self, row: NetworkRow, host: list[IPv4Network | IPv6Network] | None = None) -> dict[str, Any]:
+        """The network's document; HOST: the host's prefixes when the caller already has them."""
         cfg = NetworkConfig.from_json(row.config)
         p4, p6 = pools(cfg)
         leases = self.rt.store.leases(row.name)
@@ -124,12 +125,13 @@ class NetworkService:
             # where the subnets came from; None (networks stored before this was recorded): not known
             "subnet_source": cfg.subnet_source,
             "subnet6_source": cfg.subnet6_source if cfg.subnet6 is not None else None,
-            "overlaps": self.overlaps(cfg),
+            "overlaps": self.overlaps(cfg, host),
             "config": cfg.to_json(),
         }
 
     def list_all(self) -> list[dict[str, Any]]:
-        return [self.describe(r) for r in self.rt.store.networks()]
+        host = self.host_prefixes()  # one route and address dump for every network's overlaps
+        return [self.describe(r, host) for r in self.rt.store.networks()]
 
     # overlap checks
     def _our_bridges(self) -> set[int]:
@@ -171,19 +173,22 @@ class NetworkService:
                 if a.version == b.version and a.overlaps(b):
                     raise Conflict(f"subnet {a} overlaps the host's route or address {b}")
 
-    def overlaps(self, cfg: NetworkConfig) -> list[str]:
+    def overlaps(self, cfg: NetworkConfig, host: list[IPv4Network | IPv6Network] | None = None) -> list[str]:
         """Routes and addresses of the host (not bpfnet's bridges) that overlap CFG's subnets now:
-        what appeared after the network was made (create refuses overlaps). Reported, never changed."""
+        what appeared after the network was made (create refuses overlaps). Reported, never changed.
+        HOST: ``host_prefixes()`` when the caller checks several networks."""
         mine: list[IPv4Network | IPv6Network] = [cfg.subnet4] + ([cfg.subnet6] if cfg.subnet6 else [])
-        return sorted({str(b) for b in self.host_prefixes() for a in mine if a.version == b.version and a.overlaps(b)})
+        prefixes = self.host_prefixes() if host is None else host
+        return sorted({str(b) for b in prefixes for a in mine if a.version == b.version and a.overlaps(b)})
 
     def report_overlaps(self) -> dict[str, list[str]]:
         """The start-up CHECK of every network against the host's routes and addresses: logged and
         reported to the observer (the bpfnet_network_overlaps gauge)."""
         found = {}
+        host = self.host_prefixes()
         for row in self.rt.store.networks():
             cfg = NetworkConfig.from_json(row.config)
-            found[row.name] = self.overlaps(cfg)
+            found[row.name] = self.overlaps(cfg, host)
             if found[row.name]:
                 log.warning("network %s (%s%s) overlaps the host's route or address %s, which appeared after it "
                             "was made: traffic to those addresses may go the wrong way", row.name, cfg.subnet4,

@@ -417,16 +417,28 @@ def test_no_icc_blocks_endpoints_not_gateway(daemons: DaemonFactory) -> None:
             assert ping(ep["netns"], gw, count=2), f"{ep['name']} -> gateway {gw} failed with --no-icc"
 
 
+def start_pinger(ns: str, dst: str) -> subprocess.Popen[str]:
+    """ping every 10 ms until stop_pinger (SIGINT makes it print its summary): how long the
+    restarts under it take (each compiles the datapath) depends on the machine's load."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-i", "0.01", "-W", "1", "-w", "600", "-q",
+                             dst], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_pinger(pinger: subprocess.Popen[str]) -> tuple[int, int, str]:
+    """(sent, received, output) of a start_pinger ping, stopped now."""
+    pinger.send_signal(signal.SIGINT)
+    out, err = pinger.communicate(timeout=30)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out + err
+    return int(m.group(1)), int(m.group(2)), out
+
+
 # 5. restart / kill -9 under traffic -------------------------------------------------------
 def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> None:
     d = daemons.start(*V6, datapath="auto")
     a, b = d.add_endpoint("a"), d.add_endpoint("b")
     assert ping(a["netns"], ip4(b))
-    # ping runs until told to stop (SIGINT makes it print its summary): how long the
-    # restarts take (each compiles the datapath) depends on the machine's load.
-    pinger = subprocess.Popen(["ip", "netns", "exec", a["netns"], "ping", "-i", "0.01", "-W", "1",
-                               "-w", "600", "-q", ip4(b)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    pinger = start_pinger(a["netns"], ip4(b))
     try:
         time.sleep(0.8)
         c0 = counters(d)[a["name"]]
@@ -441,13 +453,9 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
         c2 = counters(d)[a["name"]]
         assert c2["tx_fast_packets"] > c1["tx_fast_packets"], (c1, c2)
         time.sleep(0.5)
-        pinger.send_signal(signal.SIGINT)
-        out, err = pinger.communicate(timeout=30)
+        sent, received, out = stop_pinger(pinger)
     finally:
         stop(pinger)  # type: ignore[arg-type]
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out + err
-    sent, received = int(m.group(1)), int(m.group(2))
     # ping stops on SIGINT, possibly with its last request still in flight
     assert sent >= 100 and received >= sent - 1, f"packets lost across restart: {out}"
     c3 = counters(d)[a["name"]]
@@ -464,22 +472,16 @@ def test_upgrade_from_tc_filters_to_tcx_under_traffic(daemons: DaemonFactory) ->
     assert "bpfnet:ep_ingress" in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
     assert "tcx" not in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
     check_fast_path(d, a, b, "redirect-peer")
-    pinger = subprocess.Popen(["ip", "netns", "exec", a["netns"], "ping", "-i", "0.01", "-W", "1",
-                               "-w", "600", "-q", ip4(b)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    pinger = start_pinger(a["netns"], ip4(b))
     try:
         time.sleep(0.5)
         d.args = [x for x in d.args if x not in ("--datapath-attach", "tc")] + ["--datapath-attach", "auto"]
         d.restart()
         assert pinger.poll() is None, "ping ended before the restart finished"
         time.sleep(0.5)
-        pinger.send_signal(signal.SIGINT)
-        out, err = pinger.communicate(timeout=30)
+        sent, received, out = stop_pinger(pinger)
     finally:
         stop(pinger)  # type: ignore[arg-type]
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out + err
-    sent, received = int(m.group(1)), int(m.group(2))
     assert sent >= 50 and received >= sent - 1, f"packets lost across the upgrade: {out}"
     info = d.cli_json("info")["datapath"]
     assert info["attach"] == "tcx"

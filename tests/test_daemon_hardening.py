@@ -150,6 +150,21 @@ def test_cleanup_of_a_missing_namespace_creates_nothing(daemons: DaemonFactory) 
     assert d.tag not in netns_list(), "--cleanup created the namespace it was asked to clean"
 
 
+def test_cleanup_after_the_namespace_vanished_removes_its_pins(daemons: DaemonFactory) -> None:
+    """The pins (maps and tcx links) of a namespace deleted by hand go with --cleanup."""
+    d = daemons.start(*BIP, "--datapath-attach", "tcx", datapath="auto")
+    d.add_endpoint("a")
+    pins = Path("/sys/fs/bpf/bpfnet") / d.netns
+    assert (pins / "links").is_dir()
+    d.stop()
+    for name in sorted(d.owned_netns(), reverse=True):
+        run("ip", "netns", "del", name)
+    r = subprocess.run(d.command() + ["--cleanup"], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert not pins.exists(), sorted(str(p) for p in pins.rglob("*"))
+    assert d.tag not in netns_list()
+
+
 # 15: -H never replaces anything but a stale socket ----------------------------------
 def test_unix_listener_over_a_regular_file_is_refused(daemons: DaemonFactory) -> None:
     d = daemons.create(*BIP)
