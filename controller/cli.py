@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--datapath", choices=REQUESTABLE_MODES,
                    help="force a datapath mode (default auto: the best the kernel offers)")
     d.add_argument("--datapath-attach", choices=REQUESTABLE_ATTACHES,
-                   help="how the eBPF programs attach: tcx links or tc (clsact + cls_bpf) "
-                        "filters (default auto: tcx where the kernel has it)")
+                   help="how the eBPF programs attach: tc (clsact + cls_bpf filters, the default), "
+                        "tcx links, or auto (tcx where the kernel has it)")
     d.add_argument("--metrics-addr", help="Prometheus /metrics address (default 127.0.0.1:9523)")
     d.add_argument("--allow-public-metrics", action="store_true", help="allow a non-loopback metrics address")
     d.add_argument("--log-level", help="debug, info (default), warning, error")
