@@ -17,6 +17,7 @@ from ..errors import InvalidArgument
 
 PROTOCOLS = ("tcp", "udp")
 MAX_RANGE = 1024  # ports one spec may publish: each is a rule and three counters
+MAX_PUBLISH = 64  # specs per endpoint
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
 
