@@ -24,6 +24,15 @@ int bridge_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (skb->vlan_present)
 		return TC_ACT_OK;
+	/* Received on an endpoint's veth and sent out of the bridge device without
+	 * being routed by this host: br_netfilter's "bridged DNAT" (an endpoint
+	 * reaching a published port of its own network while
+	 * bridge-nf-call-iptables=1). Its POSTROUTING (masquerade, un-DNAT of the
+	 * replies) runs only on the bridge's own forwarding path, so leave the
+	 * packet to the bridge. Routed packets carry the bridge's or the uplink's
+	 * ifindex here. */
+	if (skb->ingress_ifindex && lookup_endpoint(skb->ingress_ifindex))
+		return TC_ACT_OK;
 	pull_headers(skb);
 	len = skb->len;
 	packet_start(&p, skb);

@@ -91,3 +91,14 @@ def test_not_internal_lets_outside_through(env):
     assert r.verdict == TC_ACT_OK
     r = run(env.dp, "bridge_egress", v4(br.bridge_mac, a1.mac, OUTSIDE4, str(a1.ipv4)), br.bridge_ifindex)
     assert r.verdict == TC_ACT_REDIRECT
+
+
+def test_bridged_dnat_from_an_endpoint_is_left_to_the_bridge(env):
+    """br_netfilter's bridged DNAT hands the bridge device a packet still carrying the
+    endpoint veth it came in on; its POSTROUTING only runs on the bridge's own path."""
+    a1, a2, br = env.endpoints["a1"], env.endpoints["a2"], env.networks["brA"]
+    pkt = v4(br.bridge_mac, a2.mac, str(a1.ipv4), str(a2.ipv4))
+    r = run(env.dp, "bridge_egress", pkt, br.bridge_ifindex, ingress_ifindex=a1.host_ifindex)
+    assert (r.verdict, r.data, r.counts) == (TC_ACT_OK, pkt, {})
+    routed = run(env.dp, "bridge_egress", pkt, br.bridge_ifindex, ingress_ifindex=br.bridge_ifindex)
+    assert routed.verdict == TC_ACT_REDIRECT
