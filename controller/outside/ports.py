@@ -91,6 +91,9 @@ def parse_publish(spec: str) -> list[PortMapping]:
             raise InvalidArgument(f"--publish {spec!r}: {address!r} is not an IPv6 address") from None
         body = rest[1:]
     parts = body.split(":")
+    if len(parts) > 3 and host_ip is None:
+        raise InvalidArgument(f"--publish {spec!r}: too many ':'; an IPv6 host address goes in brackets: "
+                              "[ADDRESS]:HOST_PORT:ENDPOINT_PORT")
     if len(parts) == 3 and host_ip is None:
         address = parts.pop(0)
         try:
