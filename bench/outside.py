@@ -35,7 +35,7 @@ from typing import Any
 
 from bpfnet.datapath import bpffs
 
-from . import env, traffic
+from . import env, kprofile, traffic
 from .topology import BpfnetDaemon, Host, Pair
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,14 @@ def measure(seconds: float = 3.0, rounds: int = 3) -> dict[str, Any]:
                         for k, v in by.items()}
     med = {v: {k: out[v][k]["median"] for k in out[v]} for v in samples}
     out["ratios_bpfnet_over_docker"] = {k: round(med["bpfnet"][k] / med["docker"][k], 3) for k in med["docker"]}
+    why_not = kprofile.available()
+    if why_not is None:
+        # where CPU 0 goes per delivered UDP packet, symbol by symbol (untimed pass)
+        profiles = [kprofile.profile_pair(t.pair(), 4, seconds) for t in topologies]
+        out["profile"] = {"ns_per_packet": {p["variant"]: round(p["ns_per_packet"]) for p in profiles},
+                          "symbols": kprofile.compare(profiles, focus="bpfnet", base="docker")}
+    else:
+        out["profile"] = {"skipped": why_not}
     return out
 
 
