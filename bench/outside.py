@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -45,6 +46,7 @@ IPERF_PORT = 5201
 CONN_PORT = 8080
 LAT_PORT = 11111  # sockperf, udp
 CPU = traffic.CPU
+OUT_JSON = "outside.json"  # next to RESULTS.md: its "Published ports" section
 
 DOCKER_NFT = f"""
 table ip bench-docker {{
@@ -256,18 +258,66 @@ def measure(seconds: float = 3.0, rounds: int = 3) -> dict[str, Any]:
     return out
 
 
+LABELS = {"udp_pps": ("UDP/IPv4 64 B, packets/s", 1e3, "k"), "tcp_bps": ("TCP/IPv4, Gbit/s", 1e9, ""),
+          "conn_per_s": ("short TCP connections/s", 1, ""), "rr_p50_us": ("UDP request/response p50, µs", 1, ""),
+          "rr_p99_us": ("UDP request/response p99, µs", 1, "")}
+
+
+def markdown(doc: dict[str, Any]) -> list[str]:
+    """The "Published ports" section of RESULTS.md (report.py appends it when outside.json exists)."""
+    ratio = doc["ratios_bpfnet_over_docker"]
+    rows = []
+    for key, (label, scale, unit) in LABELS.items():
+        d, b = doc["docker"][key]["median"], doc["bpfnet"][key]["median"]
+        rows.append(f"| {label} | {d / scale:.1f}{unit} | {b / scale:.1f}{unit} | {ratio[key]:.2f}x |")
+    m = doc["machine"]
+    lines = ["## Published ports (`python -m bench.outside`)", "",
+             (f"From an outside namespace through the uplink to an endpoint's published port: Docker's way "
+              f"(nftables DNAT + masquerade, endpoint on a plain bridge, as dockerd `--userland-proxy=false`) "
+              f"vs bpfnet redirect-peer. Medians of {doc['rounds']} interleaved rounds of {doc['seconds']:.0f} s; "
+              f"load average at start {m.get('loadavg_at_start')}."), "",
+             "| metric | Docker's way | bpfnet | bpfnet / Docker |", "| --- | --- | --- | --- |", *rows, ""]
+    goal = (f"Goal: packet rate ≥ 1.3x Docker's way: **{'met' if ratio['udp_pps'] >= 1.3 else 'missed'}** "
+            f"({ratio['udp_pps']:.2f}x); connection rate no worse: "
+            f"**{'met' if ratio['conn_per_s'] >= 1.0 else 'missed'}** ({ratio['conn_per_s']:.2f}x).")
+    lines += [goal, ""]
+    prof = doc.get("profile", {})
+    if "symbols" in prof:
+        lines += [(f"perf (CPU 0, ns per delivered UDP packet): {prof['ns_per_packet']}. Largest differences, "
+                   "bpfnet minus Docker's way:"), "", "| symbol | Docker's way ns | bpfnet ns |", "| --- | --- | --- |"]
+        for row in prof["symbols"][:12]:
+            lines.append(f"| `{row['symbol']}` | {row.get('docker', 0):.0f} | {row.get('bpfnet', 0):.0f} |")
+        lines.append("")
+    lines += doc.get("notes", [])
+    return lines
+
+
 def main(argv: list[str]) -> int:
+    """[SECONDS [ROUNDS]] [--write]: --write keeps the figures in bench/outside.json and renders
+    RESULTS.md again from bench/results.json with them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    seconds = float(argv[0]) if argv else 3.0
-    rounds = int(argv[1]) if len(argv) > 1 else 3
+    write = "--write" in argv
+    args = [a for a in argv if a != "--write"]
+    seconds = float(args[0]) if args else 3.0
+    rounds = int(args[1]) if len(args) > 1 else 3
     env.install_handlers()
     env.sweep_dead_runs()
     try:
         with bpffs.mounted():
-            print(json.dumps(measure(seconds, rounds), indent=2))
+            doc = measure(seconds, rounds)
     finally:
         env.cleanup()
+    print(json.dumps(doc, indent=2))
+    if write:
+        from . import report
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, OUT_JSON), "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        with open(os.path.join(here, "results.json"), encoding="utf-8") as f:
+            report.write(json.load(f), here)
     return 0
 
 
