@@ -141,11 +141,12 @@ class Daemon:
         self.endpoints = EndpointService(self.rt, self.networks)
         self.outside: OutsideService | None = None
         nft = NftKernel(self.rt.ipr)
-        if nft.available():
+        why_not = nft.unusable()
+        if why_not is None:
             self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward))
             self.networks.outside = self.endpoints.outside = self.outside
         else:
-            log.warning("nft is not installed (Debian's nftables): no masquerading and no published ports")
+            log.warning("no masquerading and no published ports: %s", why_not)
 
     def _check_state_owner(self, store: Store) -> None:
         owner = self.cfg.netns or ""

@@ -32,7 +32,7 @@ from .config import (
     bridge_name_for,
     check_name,
 )
-from .datapath.abi import MAX_NETWORKS
+from .datapath.abi import MAX_NETWORKS, MODE_BRIDGE
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
 from .kernel import Kernel
@@ -328,6 +328,9 @@ class NetworkService:
                 raise Exhausted(f"there are {count} networks, the most the datapath holds (MAX_NETWORKS); "
                                 "remove one first")
             self.check_overlaps(cfg)
+            if cfg.internal and self.rt.datapath.mode == MODE_BRIDGE:
+                raise InvalidArgument("an internal network needs an eBPF datapath, which enforces it; this daemon "
+                                      "runs --datapath bridge (no programs)")
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
                 rb.push("state row", lambda: self.rt.store.remove_network(cfg.name))

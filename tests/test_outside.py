@@ -205,6 +205,18 @@ def test_publish_refusals_leave_nothing(world: World, spec: str, status: int, wo
     assert d.name("bad") not in netns_list() and nft_table(d.netns) == table
 
 
+def test_cli_publishes(world: World) -> None:
+    d = world.d
+    r = d.cli("endpoint", "add", d.name("cli"), "-p", "9200:80", "--publish", "127.0.0.1:9201:80/udp")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "*:9200->80/tcp, 127.0.0.1:9201->80/udp" in r.stdout
+        bad = d.cli("endpoint", "add", d.name("cli2"), "-p", "9200:80")
+        assert bad.returncode == 1 and bad.stderr.startswith("bpfnet: --publish 9200:80/tcp: port 9200/tcp")
+    finally:
+        d.remove_endpoint(d.name("cli"))
+
+
 def test_removed_endpoint_takes_its_ports(world: World) -> None:
     d = world.d
     ep = d.add_endpoint("tmp", publish=["9090:80", "9091-9092:81-82/udp"])

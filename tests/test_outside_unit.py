@@ -190,8 +190,8 @@ class FakeNft:
         self.sysctls: dict[str, str] = {}
         self.deleted = False
 
-    def available(self) -> bool:
-        return True
+    def unusable(self) -> str | None:
+        return None
 
     def apply(self, script: str) -> None:
         if self.refuse:
@@ -218,6 +218,7 @@ class FakeNft:
 @pytest.fixture
 def outside(tmp_path: Path) -> Iterator[tuple[Env, FakeNft, OutsideService]]:
     e = make_env(tmp_path)
+    e.datapath.mode = "redirect-peer"  # what enforces internal networks (the fake keeps no programs)
     nft = FakeNft()
     svc = OutsideService(e.rt, nft, OutsideSettings())
     e.nets.outside = e.eps.outside = svc
@@ -288,4 +289,12 @@ def test_ip_forward_false_leaves_forwarding_alone(tmp_path: Path) -> None:
     e.nets.create({"name": "n4", "subnet4": "10.1.0.0/24"})
     svc.start()
     assert "net/ipv4/ip_forward" not in e.kernel.sysctls and "net/ipv4/ip_forward" not in nft.sysctls
+    e.store.close()
+
+
+def test_internal_needs_an_ebpf_datapath(tmp_path: Path) -> None:
+    e = make_env(tmp_path)  # the fake datapath runs bridge mode
+    with pytest.raises(InvalidArgument, match="needs an eBPF datapath"):
+        e.nets.create({"name": "in", "subnet4": "10.9.0.0/24", "internal": True})
+    assert e.store.networks() == [] and not e.kernel.links
     e.store.close()

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from .. import netns
 from ..errors import BpfnetError
-from .ruleset import FAMILY, TABLE
+from .ruleset import FAMILY, TABLE, Plan, render
 
 NFT_TIMEOUT = 30.0
 
@@ -28,8 +28,8 @@ class NftError(BpfnetError):
 
 
 class OutsideKernel(Protocol):
-    def available(self) -> bool:
-        """Is nft installed?"""
+    def unusable(self) -> str | None:
+        """None when nft is installed and the kernel takes bpfnet's (empty) table, else why not."""
     def apply(self, script: str) -> None:
         """Run SCRIPT as one nft transaction (all or nothing)."""
     def table_exists(self) -> bool: ...
@@ -59,8 +59,15 @@ class NftKernel:
     def __init__(self, ipr: Any) -> None:
         self.ipr = ipr
 
-    def available(self) -> bool:
-        return shutil.which("nft") is not None or os.path.exists("/usr/sbin/nft")
+    def unusable(self) -> str | None:
+        if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
+            return "nft is not installed (Debian's nftables package)"
+        # -c: the kernel checks the whole transaction (nat and filter chains of an inet table)
+        # and commits nothing
+        done = _run(["-c", "-f", "-"], stdin=render(Plan()))
+        if done.returncode != 0:
+            return f"the kernel refuses nftables' inet nat chains: {done.stderr.strip().splitlines()[-1:]}"
+        return None
 
     def apply(self, script: str) -> None:
         done = _run(["-f", "-"], stdin=script)

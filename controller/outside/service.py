@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from ..config import NetworkConfig
+from ..datapath.abi import MODE_BRIDGE
 from ..errors import Conflict, InvalidArgument
 from ..runtime import Runtime
 from . import ruleset
@@ -112,6 +113,10 @@ class OutsideService:
         if self.settings.ip_forward:
             self.kernel.write_sysctls({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"})
         self.sync()
+        internal = [n.name for n in self.plan().networks if n.internal]
+        if internal and self.rt.datapath.mode == MODE_BRIDGE:
+            log.warning("internal network(s) %s are NOT isolated: --datapath bridge has no programs to enforce it",
+                        ", ".join(internal))
         log.info("outside: %s (ip-masq %s, ip6-masq %s, ip-forward %s)", MECHANISM,
                  "on" if self.settings.ip_masq else "off", "on" if self.settings.ip6_masq else "off",
                  "on" if self.settings.ip_forward else "off")
