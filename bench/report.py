@@ -225,8 +225,10 @@ def findings(doc: dict[str, Any]) -> list[str]:
     if len(pps) >= 2:
         levels = sorted(int(k) for k in pps)
         waits = sc.get("quiet_wait_s") or {}
-        noise = max((max(v["runs"]) / min(v["runs"]) - 1) for v in pps.values() if len(v["runs"]) > 1) \
-            if any(len(v["runs"]) > 1 for v in pps.values()) else 0.0
+        # a run that delivered nothing (a starved CPU in a quick run) says nothing about noise
+        spreads = [max(v["runs"]) / min(v["runs"]) - 1 for v in pps.values()
+                   if len(v["runs"]) > 1 and min(v["runs"]) > 0]
+        noise = max(spreads, default=0.0)
         out.append("Rate vs endpoints (best of the runs at each level; median in brackets): "
                    + ", ".join(f"{n}: {max(pps[str(n)]['runs']) / 1e6:.3f} M "
                                f"({pps[str(n)]['median'] / 1e6:.3f})" for n in levels)
