@@ -118,7 +118,7 @@ def _plan(**kw: object) -> ruleset.Plan:
 
 def test_masquerading_follows_flags_network_settings_and_internal() -> None:
     both = ruleset.rules(_plan(masquerade4=True, masquerade6=True))["postrouting"]
-    assert 'ip saddr 172.17.0.0/16 oifname != { "bpfnet0", "br-intl", "br-quiet" } masquerade' in both
+    assert 'ip saddr 172.17.0.0/16 oifname != @bridges masquerade' in both
     assert any(r.startswith("ip6 saddr fd00:1::/64 oifname !=") for r in both)
     assert not any("10.2.0.0/24 oifname" in r or "10.3.0.0/24" in r for r in both)  # no-masquerade, internal
     assert not any(r.startswith("ip saddr") for r in ruleset.rules(_plan(masquerade4=False))["postrouting"])
@@ -204,6 +204,9 @@ class FakeNft:
     def counters(self) -> dict[str, tuple[int, int]]:
         return {line.split()[-1]: (1, 100) for line in self.script.splitlines() if line.startswith("add counter")}
 
+    def chains(self) -> list[str]:
+        return [line.split()[4] for line in self.script.splitlines() if line.startswith("add chain")]
+
     def delete_table(self) -> bool:
         self.deleted, self.script = True, ""
         return True
@@ -239,7 +242,7 @@ def test_publish_is_stored_applied_shown_and_removed(outside: tuple[Env, FakeNft
     assert counters["masquerade"] == [{"network": "n4", "out_bytes": 100, "out_packets": 1, "in_bytes": 100,
                                        "in_packets": 1}]
     e.eps.remove("web")
-    assert "dnat" not in nft.script and e.store.published_ports() == []
+    assert "dnat ip" not in nft.script and e.store.published_ports() == []
 
 
 @pytest.mark.parametrize(("body", "error", "words"), [

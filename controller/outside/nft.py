@@ -35,6 +35,8 @@ class OutsideKernel(Protocol):
     def table_exists(self) -> bool: ...
     def counters(self) -> dict[str, tuple[int, int]]:
         """Named counters of bpfnet's table: name -> (packets, bytes); {} without the table."""
+    def chains(self) -> list[str]:
+        """Names of the chains of bpfnet's table; [] without the table."""
     def delete_table(self) -> bool:
         """Delete bpfnet's table; False when there was none."""
     def local_addresses(self) -> set[IPv4Address | IPv6Address]:
@@ -87,6 +89,13 @@ class NftKernel:
             if c and c.get("table") == TABLE and c.get("family") == FAMILY:
                 out[str(c["name"])] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
         return out
+
+    def chains(self) -> list[str]:
+        done = _run(["-j", "list", "table", FAMILY, TABLE])
+        if done.returncode != 0:
+            return []
+        return [str(item["chain"]["name"]) for item in json.loads(done.stdout or "{}").get("nftables", [])
+                if "chain" in item]
 
     def delete_table(self) -> bool:
         if not self.table_exists():

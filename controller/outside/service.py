@@ -103,8 +103,7 @@ class OutsideService:
             # (dockerd sets it on docker0 with --userland-proxy=false for the same reason).
             self.kernel.write_sysctls({f"net/ipv4/conf/{b}/route_localnet": "1"
                                        for b in sorted({p.bridge for p in plan.published})})
-            stale = list(self.kernel.counters())
-            self.kernel.apply(ruleset.render(plan, stale))
+            self.kernel.apply(ruleset.render(plan, list(self.kernel.counters()), self.kernel.chains()))
             log.debug("%s: %d network(s) (%d bridge(s)), %d published port(s)", MECHANISM,
                       len(plan.networks), len(bridges), len(plan.published))
 
