@@ -186,19 +186,23 @@ def rules(plan: Plan) -> dict[str, list[str]]:
     chains: dict[str, list[str]] = {c: [] for c in CHAINS}
     chains["prerouting"].append("fib daddr type local jump publish")
     chains["output"].append("fib daddr type local jump publish")
-    chains["forward"] += [
-        "oifname != @bridges counter name ip saddr map @masq4_out",
-        "oifname != @bridges counter name ip6 saddr map @masq6_out",
-        "iifname != @bridges ct status snat counter name ip daddr map @masq4_in",
-        "iifname != @bridges ct status snat counter name ip6 daddr map @masq6_in",
-    ]
+    # One test per packet sends it on: the conntrack status says which counting applies (a
+    # masqueraded connection is SNATed from its first packet's POSTROUTING on, so its first
+    # packet is not counted).
+    chains["forward"].append("ct status snat jump masq")
     for chain in ("forward", "input", "local_out"):
-        chains[chain].append("jump count")
+        chains[chain].append("ct status dnat jump count")
+    chains["masq"] += [
+        "meta nfproto ipv4 oifname != @bridges counter name ip saddr map @masq4_out",
+        "meta nfproto ipv4 iifname != @bridges counter name ip daddr map @masq4_in",
+        "meta nfproto ipv6 oifname != @bridges counter name ip6 saddr map @masq6_out",
+        "meta nfproto ipv6 iifname != @bridges counter name ip6 daddr map @masq6_in",
+    ]
     chains["count"] += [
-        "ct status dnat ct direction original meta l4proto . ip daddr . th dport vmap @pp4_in",
-        "ct status dnat ct direction reply meta l4proto . ip saddr . th sport vmap @pp4_out",
-        "ct status dnat ct direction original meta l4proto . ip6 daddr . th dport vmap @pp6_in",
-        "ct status dnat ct direction reply meta l4proto . ip6 saddr . th sport vmap @pp6_out",
+        "ct direction original meta nfproto ipv4 meta l4proto . ip daddr . th dport vmap @pp4_in",
+        "ct direction reply meta nfproto ipv4 meta l4proto . ip saddr . th sport vmap @pp4_out",
+        "ct direction original meta nfproto ipv6 meta l4proto . ip6 daddr . th dport vmap @pp6_in",
+        "ct direction reply meta nfproto ipv6 meta l4proto . ip6 saddr . th sport vmap @pp6_out",
     ]
     for pub in sorted(plan.published, key=lambda p: (p.mapping, p.endpoint)):
         chains["publish"] += _publish_rules(pub)
@@ -237,6 +241,7 @@ CHAINS: dict[str, tuple[str, str, str] | None] = {
     "forward": ("filter", "forward", "filter"),
     "input": ("filter", "input", "filter"),
     "local_out": ("filter", "output", "filter"),
+    "masq": None,
     "count": None,
 }
 
