@@ -288,8 +288,8 @@ def markdown(doc: dict[str, Any]) -> list[str]:
         for row in prof["symbols"][:12]:
             lines.append(f"| `{row['symbol']}` | {row.get('docker', 0):.0f} | {row.get('bpfnet', 0):.0f} |")
         lines.append("")
-    lines += doc.get("notes", [])
-    return lines
+    notes = doc.get("notes", [])
+    return lines + notes + ([""] if notes else [])
 
 
 def main(argv: list[str]) -> int:
