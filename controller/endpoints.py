@@ -52,10 +52,13 @@ ENDPOINT_NETNS_SYSCTLS_V6 = {
     "net/ipv6/conf/default/router_solicitations": "0",
     "net/ipv6/conf/all/router_solicitations": "0",
 }
-# An IPv4-only network (as Docker does): no IPv6 on eth0, so no link-local
-# address and none of the MLD reports and router solicitations the bridge
-# would flood to every other endpoint.
-ETH0_SYSCTLS_V4_ONLY = ((f"net/ipv6/conf/{ENDPOINT_IFNAME}/disable_ipv6", "1"),)
+
+
+def v4_only_sysctls(ifname: str) -> tuple[tuple[str, str], ...]:
+    """An IPv4-only network (as Docker does): no IPv6 on the endpoint's interface, so no
+    link-local address and none of the MLD reports and router solicitations the bridge
+    would flood to every other endpoint."""
+    return ((f"net/ipv6/conf/{ifname}/disable_ipv6", "1"),)
 
 
 def debug_pause(stage: str) -> None:
@@ -153,6 +156,8 @@ class EndpointService:
             "network": row.network,
             "netns": row.netns,
             "adopted_netns": row.adopted,
+            "ifname": row.ifname,
+            "owner": row.owner or None,
             "host_ifname": row.host_ifname,
             "host_ifindex": host_ifindex,
             "mac": row.mac,
@@ -177,7 +182,7 @@ class EndpointService:
     def add(self, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidArgument("endpoint: expected a JSON object")
-        unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns"}
+        unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "netns_path", "ifname", "owner"}
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
@@ -191,13 +196,23 @@ class EndpointService:
                     f"network {net_name} has {BRIDGE_MAX_PORTS} endpoints, the most a Linux bridge can hold "
                     "(BR_MAX_PORTS); create another network"
                 )
-            ns, adopted = self._namespace(name, data.get("netns"))
+            ifname = str(data.get("ifname") or ENDPOINT_IFNAME)
+            owner = str(data.get("owner") or "")
+            if owner:
+                other = self.rt.store.endpoint_by_owner(owner)
+                if other is not None:
+                    raise Conflict(f"endpoint {other.name!r} already exists for {owner}")
+            if data.get("netns_path"):
+                ns, adopted = self._foreign_namespace(data, ifname)
+            else:
+                ns, adopted = self._namespace(name, data.get("netns"))
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             self._check_mac(net_name, cfg, mac)
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]
             try:
                 row = self.rt.store.reserve_endpoint(
-                    name, net_name, ns, adopted, mac, leases, self.rt.max_endpoints, time.time(), host_ifname
+                    name, net_name, ns, adopted, mac, leases, self.rt.max_endpoints, time.time(), host_ifname,
+                    ifname=ifname, owner=owner,
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"an address of endpoint {name!r} was taken meanwhile; retry") from None
@@ -252,6 +267,23 @@ class EndpointService:
             )
         return name, False
 
+    def _foreign_namespace(self, data: dict[str, Any], ifname: str) -> tuple[str, bool]:
+        """A namespace someone else owns, by the path of its file (a container runtime's):
+        bpfnet adds ITS interface IFNAME and never deletes the namespace."""
+        if data.get("netns"):
+            raise InvalidArgument("netns and netns_path exclude each other")
+        path = str(data["netns_path"])
+        if not os.path.isabs(path):
+            raise InvalidArgument(f"netns_path {path!r} is not an absolute path")
+        if not self.rt.kernel.netns_exists(path):
+            raise NotFound(f"network namespace {path} does not exist (or is not a network namespace's file)")
+        if self.rt.kernel.netns_is_managed(path):
+            raise InvalidArgument(f"namespace {path} is the daemon's host namespace")
+        for other in self.rt.store.endpoints():
+            if other.netns == path and other.ifname == ifname:
+                raise Conflict(f"{ifname} in namespace {path} already belongs to endpoint {other.name!r}")
+        return path, True
+
     def _plan_addresses(
         self, net_name: str, cfg: NetworkConfig, data: dict[str, Any]
     ) -> tuple[IPv4Address, str, list[IPv6Address]]:
@@ -289,14 +321,14 @@ class EndpointService:
         return offset if seen == generation else 0
 
     def interface_config(self, cfg: NetworkConfig, v4: IPv4Address, v6: list[IPv6Address],
-                         mac: str | None = None) -> InterfaceConfig:
-        """What eth0 gets inside the endpoint namespace (MAC only when repairing it)."""
+                         mac: str | None = None, ifname: str = ENDPOINT_IFNAME) -> InterfaceConfig:
+        """What IFNAME gets inside the endpoint namespace (MAC only when repairing it)."""
         prefix6 = cfg.subnet6.prefixlen if cfg.subnet6 else 64
         routes = [RouteConfig("0.0.0.0/0", cfg.default_gateway4 or cfg.gateway4)]
         if cfg.ipv6:
             routes.append(RouteConfig("::/0", cfg.default_gateway6 or LINK_LOCAL_GATEWAY))
         return InterfaceConfig(
-            sysctls=() if cfg.ipv6 else ETH0_SYSCTLS_V4_ONLY,
+            sysctls=() if cfg.ipv6 else v4_only_sysctls(ifname),
             mac=mac,
             addresses=(AddressConfig(v4, cfg.subnet4.prefixlen),)
             + tuple(AddressConfig(a, prefix6, nodad=True) for a in v6),
@@ -316,19 +348,20 @@ class EndpointService:
             kernel.create_netns(row.netns, ns_sysctls)
             rb.push(f"netns {row.netns}", lambda: kernel.remove_netns(row.netns))
         else:
-            if kernel.netns_has_link(row.netns, ENDPOINT_IFNAME):
-                raise Conflict(f"namespace {row.netns!r} already has an {ENDPOINT_IFNAME}")
+            if kernel.netns_has_link(row.netns, row.ifname):
+                raise Conflict(f"namespace {row.netns!r} already has an {row.ifname}")
             if ns_sysctls:
                 kernel.write_netns_sysctls(row.netns, ns_sysctls)
         # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
-        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6)
+        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
+                                         peer_ifname=row.ifname)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
         rb.push(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         debug_pause("endpoint-add-after-veth")
         if not cfg.ipv6:
             kernel.write_sysctls({f"net/ipv6/conf/{row.host_ifname}/disable_ipv6": "1"})
             kernel.set_up(index)
-        kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6))
+        kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6, ifname=row.ifname))
         proxy = self._proxy_iface()
         if proxy is not None and v6:
             for a in v6:

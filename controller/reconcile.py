@@ -25,7 +25,6 @@ from typing import Any
 from .config import NetworkConfig, migrate_stored_network
 from .endpoints import EndpointService, is_host_veth_name
 from .errors import BpfnetError, InvalidArgument
-from .links import ENDPOINT_IFNAME
 from .model import LinkState
 from .ndp import sync_proxy_neighbours
 from .networks import NetworkService
@@ -151,7 +150,7 @@ class Reconciler:
         kernel = self.rt.kernel
         if link is None or link.kind != "veth" or not kernel.netns_exists(row.netns):
             return None
-        state = kernel.interface_state(row.netns, ENDPOINT_IFNAME)
+        state = kernel.interface_state(row.netns, row.ifname)
         if state is None:
             return None
         net_row, cfg = self.networks.config(row.network)
@@ -166,13 +165,13 @@ class Reconciler:
             kernel.set_up(link.index)
             repairs.append("link_up")
         v4, v6 = self.eps.addresses(row)
-        want = self.eps.interface_config(cfg, v4, v6)
+        want = self.eps.interface_config(cfg, v4, v6, ifname=row.ifname)
         inside: list[str] = []
         if state.mac != row.mac:
-            self._repair(row, "mac", f"{ENDPOINT_IFNAME} has MAC {state.mac}, not {row.mac}")
+            self._repair(row, "mac", f"{row.ifname} has MAC {state.mac}, not {row.mac}")
             inside.append("mac")
         if not state.up:
-            self._repair(row, "eth0_up", f"{ENDPOINT_IFNAME} is down")
+            self._repair(row, "eth0_up", f"{row.ifname} is down")
             inside.append("eth0_up")
         for a in want.addresses:
             if (str(a.address), a.prefixlen) not in state.addresses:

@@ -140,6 +140,11 @@ V6Gateway = Annotated[str, _field(_V6_ADDRESS + " (link-local allowed)", V6_ADDR
                                   examples=["fe80::1"]), _scope(parse_v6), _check(parse_v6, True)]
 
 
+NetnsPath = Annotated[str, _field("the absolute path of a network namespace's file, like /run/netns/NAME or "
+                                  "/proc/PID/ns/net", r"/[^\x00]*", 4096, examples=["/run/netns/netns-1"])]
+Owner = Annotated[str, _field("printable ASCII without spaces", r"[!-~]+", 256, examples=["cni:4f2a:eth0"])]
+
+
 class _Body(BaseModel):
     # strict: no "false" -> True, no 1500.5 -> 1500, no number where a string is expected.
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -207,6 +212,11 @@ class EndpointCreate(_Body):
     ip6: V6 | None = Field(None, description="a static IPv6 address inside the network's subnet6")
     mac: Mac | None = Field(None, description="default: 02:42 + the IPv4 address")
     netns: Name | None = Field(None, description="adopt this existing namespace instead of making one")
+    netns_path: NetnsPath | None = Field(None, description="a namespace someone else owns (a container "
+                                         "runtime's), by its file; never deleted by bpfnet; excludes netns")
+    ifname: IfName | None = Field(None, description="the endpoint's interface in its namespace; default eth0")
+    owner: Owner | None = Field(None, description="the runtime's key for this endpoint, e.g. "
+                                "cni:<container id>:<ifname>; unique")
 
     def to_json(self) -> dict[str, Any]:
         """The fields given, as EndpointService.add takes them."""
@@ -218,6 +228,9 @@ _EXPECT = {
     "name": f"a name of {NAME_RULE}",
     "network": f"a network name of {NAME_RULE}",
     "netns": f"a namespace name of {NAME_RULE}",
+    "netns_path": "an absolute path like /run/netns/NAME",
+    "ifname": "an interface name of 1-15 letters, digits, '_', '.', '-'",
+    "owner": "a string of printable ASCII without spaces",
     "bridge": "an interface name of 1-15 letters, digits, '_', '.', '-'",
     "subnet4": V4_CIDR_HINT,
     "ip_range4": V4_CIDR_HINT,
@@ -252,6 +265,7 @@ def _shown(value: Any) -> str:
 _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "name": check_name, "network": lambda v, w: check_name(v, "network name"),
     "netns": lambda v, w: check_name(v, "netns name"), "bridge": lambda v, w: check_ifname(v, "bridge name"),
+    "ifname": lambda v, w: check_ifname(v, "ifname"),
     "subnet4": parse_v4_network, "ip_range4": parse_v4_network, "subnet6": parse_v6_network,
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
@@ -386,6 +400,8 @@ class EndpointDoc(_Doc):
     network: str
     netns: str
     adopted_netns: bool
+    ifname: str = Field("eth0", description="the endpoint's interface inside netns")
+    owner: str | None = Field(None, description="the runtime's key (CNI, Docker) for endpoints it made")
     host_ifname: str
     host_ifindex: int | None
     mac: str
