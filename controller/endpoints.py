@@ -436,6 +436,46 @@ class EndpointService:
         self.rt.store.remove_endpoint(row.name)
         return failed
 
+    def check(self, name: str) -> dict[str, Any]:
+        """What differs between endpoint NAME and the kernel, without repairing anything
+        (CNI's CHECK; the start-up reconcile repairs the same differences)."""
+        with self.rt.lock:
+            row = self._row(name)
+            problems: list[str] = []
+            if row.state != "ready":
+                problems.append(f"the endpoint is in state {row.state!r}")
+            net_row, cfg = self.networks.config(row.network)
+            kernel = self.rt.kernel
+            host = next((link for link in kernel.dump_links() if link.name == row.host_ifname), None)
+            bridge = kernel.link_index(cfg.bridge)
+            if host is None or host.kind != "veth":
+                problems.append(f"host veth {row.host_ifname} is missing")
+            else:
+                if host.master is None or host.master != bridge:
+                    problems.append(f"host veth {row.host_ifname} is not a port of bridge {cfg.bridge}")
+                if not host.up:
+                    problems.append(f"host veth {row.host_ifname} is down")
+            inside = kernel.interface_state(row.netns, row.ifname) if kernel.netns_exists(row.netns) else None
+            if inside is None:
+                problems.append(f"{row.ifname} is missing in namespace {row.netns}")
+            else:
+                if host is not None and inside.peer != host.index:
+                    problems.append(f"{row.ifname} in {row.netns} is not the peer of {row.host_ifname}")
+                if inside.mac != row.mac:
+                    problems.append(f"{row.ifname} has MAC {inside.mac}, not {row.mac}")
+                if not inside.up:
+                    problems.append(f"{row.ifname} is down")
+                v4, v6 = self.addresses(row)
+                want = self.interface_config(cfg, v4, v6, ifname=row.ifname)
+                problems += [f"address {a.address}/{a.prefixlen} is missing on {row.ifname}"
+                             for a in want.addresses if (str(a.address), a.prefixlen) not in inside.addresses]
+                problems += [f"default route via {r.gateway} is missing" for r in want.routes
+                             if str(r.gateway) not in inside.gateways]
+            if host is not None and row.state == "ready":
+                missing = self.rt.datapath.check_endpoint(self.spec(row, cfg, net_row.id, host_ifindex=host.index))
+                problems += [f"datapath {what} are not in place" for what in missing]
+            return {"name": row.name, "ok": not problems, "problems": problems}
+
     def specs(self) -> list[EndpointSpec]:
         out = []
         for row in self.rt.store.endpoints():

@@ -414,6 +414,13 @@ class EndpointDoc(_Doc):
     gateway6: str | None = Field(None, description="only on IPv6 networks")
 
 
+class EndpointCheckDoc(_Doc):
+    model_config = ConfigDict(title="EndpointCheck")
+    name: str
+    ok: bool
+    problems: list[str] = Field(description="one line per difference; empty when ok")
+
+
 # --- the OpenAPI document --------------------------------------------------------------------
 _STATUS_TEXT = {
     200: "OK",
@@ -428,7 +435,7 @@ _STATUS_TEXT = {
          "the disk holding the state)",
 }
 _MODELS: tuple[type[BaseModel], ...] = (NetworkCreate, EndpointCreate, ErrorDoc, InfoDoc, StatsDoc,
-                                        NetworkDoc, EndpointDoc)
+                                        NetworkDoc, EndpointDoc, EndpointCheckDoc)
 Method = Literal["get", "post", "delete"]
 
 
@@ -493,6 +500,10 @@ def openapi() -> dict[str, Any]:
             "get": _operation("listEndpoints", "Every endpoint", 200, _list_of(EndpointDoc)),
             "post": _operation("addEndpoint", "Add an endpoint (a namespace joined by a veth pair)", 201,
                                _ref(EndpointDoc), (400, 404, 409, 413, 507), body=EndpointCreate),
+        },
+        "/v1/endpoints/{name}/check": {
+            "get": _operation("checkEndpoint", "What differs between an endpoint and the kernel (nothing is "
+                              "repaired)", 200, _ref(EndpointCheckDoc), (400, 404), named="endpoint"),
         },
         "/v1/endpoints/{name}": {
             "get": _operation("inspectEndpoint", "One endpoint", 200, _ref(EndpointDoc), (400, 404),
