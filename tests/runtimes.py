@@ -2,9 +2,9 @@
 
 - ``busybox_tar``: a root filesystem of Debian's busybox-static (/bin/busybox and a link per
   applet) as a tar, imported offline with ``podman import`` / ``docker import``: nothing is pulled.
-- ``OutsideDirs``: directories outside the test's temp dir that a runtime creates as it runs
-  (/run/runc, /var/lib/cni/results, ...); those that did not exist before are removed at the end
-  if they are empty, and whatever is left in them is reported.
+- ``OutsideDirs``: directories and files outside the test's temp dir that a runtime creates as
+  it runs (/run/runc, /var/lib/cni/results, podman's blob info cache, ...); those that did not
+  exist before are removed at the end (directories if empty), and whatever is left is reported.
 - ``in_netns``: the argv prefix that runs a runtime inside a test namespace. ``nsenter --net``
   changes only the network namespace; ``ip netns exec`` would also remount /sys, hiding the
   cgroup mounts the runtimes need.
@@ -57,8 +57,8 @@ def runtime_skip_reason(*programs: str) -> str | None:
 
 
 class OutsideDirs:
-    """Directories a runtime may create outside the test's own; removed at the end if the
-    test's run created them and they are empty."""
+    """Directories (and files) a runtime may create outside the test's own; removed at the end
+    if the test's run created them (directories only when empty)."""
 
     def __init__(self, *paths: str) -> None:
         self.paths = [Path(p) for p in paths]
@@ -73,10 +73,13 @@ class OutsideDirs:
         return out
 
     def cleanup(self) -> list[str]:
-        """Remove what this run created (deepest first) when empty; list the non-empty ones."""
+        """Remove what this run created (deepest first), directories when empty; list the non-empty ones."""
         left = []
         for p in sorted(self.paths, key=lambda x: len(x.parts), reverse=True):
             if self.existed[p] or not p.exists():
+                continue
+            if not p.is_dir():
+                p.unlink()
                 continue
             try:
                 p.rmdir()

@@ -32,8 +32,12 @@ SUBNET4, SUBNET6, SUBNET4_2 = "10.153.0.0/24", "fd00:153::/64", "10.154.0.0/24"
 IMAGE = "localhost/bpfnet-busybox:test"
 HOST_PORT = 18080
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode(), end='')"
-# What podman and runc create outside the test's dirs (podman's own tmp_dir is the test's).
-OUTSIDE = ("/run/runc", "/var/lib/cni/results", "/var/lib/cni", "/run/libpod")
+# What podman and runc create outside the test's dirs (podman's own tmp_dir is the test's): runc's
+# state root, libcni's result cache, and the blob info cache containers/image keeps for root
+# whatever --root says (podman import writes it).
+OUTSIDE = ("/run/runc", "/var/lib/cni/results", "/var/lib/cni", "/run/libpod", "/run/containers",
+           "/var/lib/containers/cache/blob-info-cache-v1.boltdb", "/var/lib/containers/cache",
+           "/var/lib/containers")
 
 
 class Podman:
