@@ -35,6 +35,7 @@ from .state import EndpointRow
 
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
+HANDOFF_SUFFIX = "p"  # a handed-off peer waits as bnvNp until the runtime moves it
 BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
 
 # Sysctls of a new (or adopted) endpoint namespace of an IPv6 network, written
@@ -105,6 +106,10 @@ class EndpointService:
         # (network, range) -> (store.lease_generation, offset): when last searched, every
         # address of the range below offset was leased; valid while no lease was deleted.
         self._leased_below: dict[tuple[str, IPNetwork], tuple[int, int]] = {}
+        # network -> addresses handed out before their endpoint exists (Docker's IPAM hands out an
+        # address before CreateEndpoint): no other endpoint gets them until claimed or released.
+        # In memory: a restart forgets them, and the runtime's CreateEndpoint then asks for the address.
+        self._held: dict[str, set[str]] = {}
 
     # queries
     def _row(self, name: str) -> EndpointRow:
@@ -158,6 +163,7 @@ class EndpointService:
             "adopted_netns": row.adopted,
             "ifname": row.ifname,
             "owner": row.owner or None,
+            "handoff": row.handoff,
             "host_ifname": row.host_ifname,
             "host_ifindex": host_ifindex,
             "mac": row.mac,
@@ -182,7 +188,8 @@ class EndpointService:
     def add(self, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidArgument("endpoint: expected a JSON object")
-        unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "netns_path", "ifname", "owner"}
+        unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "netns_path", "ifname", "owner",
+                               "handoff"}
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
@@ -196,23 +203,33 @@ class EndpointService:
                     f"network {net_name} has {BRIDGE_MAX_PORTS} endpoints, the most a Linux bridge can hold "
                     "(BR_MAX_PORTS); create another network"
                 )
-            ifname = str(data.get("ifname") or ENDPOINT_IFNAME)
+            handoff = bool(data.get("handoff"))
+            ifname: str | Any = str(data.get("ifname") or ENDPOINT_IFNAME)
             owner = str(data.get("owner") or "")
             if owner:
                 other = self.rt.store.endpoint_by_owner(owner)
                 if other is not None:
                     raise Conflict(f"endpoint {other.name!r} already exists for {owner}")
-            if data.get("netns_path"):
+            if handoff:
+                if data.get("netns") or data.get("netns_path"):
+                    raise InvalidArgument("handoff excludes netns and netns_path: the runtime moves the interface")
+                # The peer waits in the managed namespace beside its host end, named after it.
+                ns, adopted = "", True
+                ifname = data.get("ifname") or (lambda ep_id: f"{host_ifname(ep_id)}{HANDOFF_SUFFIX}")
+                if data.get("ifname") and self.rt.kernel.link_index(str(ifname)) is not None:
+                    raise Conflict(f"interface {ifname} already exists in the managed namespace")
+            elif data.get("netns_path"):
                 ns, adopted = self._foreign_namespace(data, ifname)
             else:
                 ns, adopted = self._namespace(name, data.get("netns"))
+            self._claim_held(net_name, data)
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             self._check_mac(net_name, cfg, mac)
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]
             try:
                 row = self.rt.store.reserve_endpoint(
                     name, net_name, ns, adopted, mac, leases, self.rt.max_endpoints, time.time(), host_ifname,
-                    ifname=ifname, owner=owner,
+                    ifname=ifname, owner=owner, handoff=handoff,
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"an address of endpoint {name!r} was taken meanwhile; retry") from None
@@ -289,7 +306,7 @@ class EndpointService:
     ) -> tuple[IPv4Address, str, list[IPv6Address]]:
         p4, p6 = pools(cfg)
         generation = self.rt.store.lease_generation  # read before the leases it vouches for
-        used = LeasedAddresses(self.rt.store.leased_addresses(net_name))
+        used = LeasedAddresses([*self.rt.store.leased_addresses(net_name), *self._held.get(net_name, ())])
         requested4 = parse_address(str(data["ip"]), "--ip") if data.get("ip") else None
         if requested4 is not None and requested4.version != 4:
             raise InvalidArgument(f"--ip {requested4} is not an IPv4 address (use --ip6)")
@@ -313,6 +330,38 @@ class EndpointService:
                 self._leased_below[(net_name, p6.range)] = (generation, p6.offset(a6))
             v6.append(a6)
         return v4, mac, v6
+
+    def hold_address(self, net_name: str, family: int, requested: str | None = None) -> IPAddress:
+        """An address of NET_NAME for an endpoint that does not exist yet (REQUESTED, checked, or
+        the next free one), held until an add names it (``ip``/``ip6``) or ``release_held``."""
+        with self.rt.lock:
+            _, cfg = self.networks.config(net_name)
+            p4, p6 = pools(cfg)
+            pool = p4 if family == 4 else p6
+            if pool is None:
+                raise InvalidArgument(f"network {net_name} has no IPv6 subnet")
+            held = self._held.setdefault(net_name, set())
+            used = LeasedAddresses([*self.rt.store.leased_addresses(net_name), *held])
+            wanted = parse_address(requested, "address") if requested else None
+            address = pool.allocate(used, requested=wanted)
+            held.add(str(address))
+            return address
+
+    def release_held(self, net_name: str, address: str) -> bool:
+        """Forget a held address; False when it was not held (claimed by an endpoint, or unknown)."""
+        with self.rt.lock:
+            held = self._held.get(net_name, set())
+            if address not in held:
+                return False
+            held.discard(address)
+            return True
+
+    def _claim_held(self, net_name: str, data: dict[str, Any]) -> None:
+        """The held addresses this add names are its own now."""
+        held = self._held.get(net_name)
+        for key in ("ip", "ip6"):
+            if held and data.get(key):
+                held.discard(str(ip_address(str(data[key]))))
 
     def _search_from(self, net_name: str, pool: Pool, generation: int) -> int:
         """Where the search for a free address may begin: past what the last search
@@ -344,7 +393,9 @@ class EndpointService:
         if bridge is None:
             raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
         ns_sysctls = ENDPOINT_NETNS_SYSCTLS_V6 if cfg.ipv6 else {}
-        if not row.adopted:
+        if row.handoff:
+            pass  # the peer stays beside its host end (netns ""): the runtime moves and configures it
+        elif not row.adopted:
             kernel.create_netns(row.netns, ns_sysctls)
             rb.push(f"netns {row.netns}", lambda: kernel.remove_netns(row.netns))
         else:
@@ -361,7 +412,8 @@ class EndpointService:
         if not cfg.ipv6:
             kernel.write_sysctls({f"net/ipv6/conf/{row.host_ifname}/disable_ipv6": "1"})
             kernel.set_up(index)
-        kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6, ifname=row.ifname))
+        if not row.handoff:
+            kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6, ifname=row.ifname))
         proxy = self._proxy_iface()
         if proxy is not None and v6:
             for a in v6:
@@ -455,8 +507,11 @@ class EndpointService:
                     problems.append(f"host veth {row.host_ifname} is not a port of bridge {cfg.bridge}")
                 if not host.up:
                     problems.append(f"host veth {row.host_ifname} is down")
-            inside = kernel.interface_state(row.netns, row.ifname) if kernel.netns_exists(row.netns) else None
-            if inside is None:
+            inside = (kernel.interface_state(row.netns, row.ifname)
+                      if not row.handoff and kernel.netns_exists(row.netns) else None)
+            if row.handoff:
+                pass  # the peer is the runtime's to configure and check
+            elif inside is None:
                 problems.append(f"{row.ifname} is missing in namespace {row.netns}")
             else:
                 if host is not None and inside.peer != host.index:

@@ -55,7 +55,8 @@ class Kernel(Protocol):
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]: ...
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
                     up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
-        """Veth HOST (port of BRIDGE_INDEX) <-> PEER_IFNAME in PEER_NS; (host ifindex, the peer's ifindex there)."""
+        """Veth HOST (port of BRIDGE_INDEX) <-> PEER_IFNAME in PEER_NS ("": the managed namespace);
+        (host ifindex, the peer's ifindex there)."""
 
     # endpoint namespaces
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None: ...

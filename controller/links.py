@@ -179,7 +179,8 @@ def create_veth(
         kind="veth",
         mtu=mtu,
         master=bridge_index,
-        peer={"ifname": peer_ifname, "net_ns_fd": peer_ns, "address": peer_mac, "mtu": mtu},
+        # No PEER_NS: the peer stays beside HOST, in IPR's namespace.
+        peer={"ifname": peer_ifname, "address": peer_mac, "mtu": mtu, **({"net_ns_fd": peer_ns} if peer_ns else {})},
         **extra,
     )
     found = _veth_indexes(echoed, host)

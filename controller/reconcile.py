@@ -25,7 +25,7 @@ from typing import Any
 from .config import NetworkConfig, migrate_stored_network
 from .endpoints import EndpointService, is_host_veth_name
 from .errors import BpfnetError, InvalidArgument
-from .model import LinkState
+from .model import InterfaceState, LinkState
 from .ndp import sync_proxy_neighbours
 from .networks import NetworkService
 from .runtime import Runtime
@@ -148,11 +148,15 @@ class Reconciler:
         """CHECK one ready endpoint and repair what differs; the kinds repaired, or None
         when it cannot be repaired (namespace, host veth or eth0 gone: reclaim it)."""
         kernel = self.rt.kernel
-        if link is None or link.kind != "veth" or not kernel.netns_exists(row.netns):
+        if link is None or link.kind != "veth":
             return None
-        state = kernel.interface_state(row.netns, row.ifname)
-        if state is None:
-            return None
+        state = None
+        if not row.handoff:  # a handed-off peer is the runtime's: only the host side is bpfnet's
+            if not kernel.netns_exists(row.netns):
+                return None
+            state = kernel.interface_state(row.netns, row.ifname)
+            if state is None:
+                return None
         net_row, cfg = self.networks.config(row.network)
         repairs: list[str] = []
         bridge = kernel.link_index(cfg.bridge)
@@ -164,6 +168,20 @@ class Reconciler:
             self._repair(row, "link_up", f"host veth {link.name} is down")
             kernel.set_up(link.index)
             repairs.append("link_up")
+        if state is not None:
+            repairs += self._check_inside(row, cfg, state)
+        spec = self.eps.spec(row, cfg, net_row.id, host_ifindex=link.index)
+        missing = self.rt.datapath.check_endpoint(spec)
+        if missing:
+            for what in missing:
+                self._repair(row, f"datapath_{what}", f"datapath {what} are not in place")
+            self.rt.datapath.add_endpoint(spec)  # idempotent: rewrites entries, replaces filters
+            repairs += [f"datapath_{what}" for what in missing]
+        return repairs
+
+    def _check_inside(self, row: EndpointRow, cfg: NetworkConfig, state: InterfaceState) -> list[str]:
+        """CHECK and repair the endpoint's interface inside its namespace; the kinds repaired."""
+        kernel = self.rt.kernel
         v4, v6 = self.eps.addresses(row)
         want = self.eps.interface_config(cfg, v4, v6, ifname=row.ifname)
         inside: list[str] = []
@@ -185,15 +203,7 @@ class Reconciler:
             # Idempotent: re-applies the whole configuration; what is in place stays.
             kernel.configure_interface(row.netns, state.index,
                                        replace(want, mac=row.mac if "mac" in inside else None))
-            repairs += inside
-        spec = self.eps.spec(row, cfg, net_row.id, host_ifindex=link.index)
-        missing = self.rt.datapath.check_endpoint(spec)
-        if missing:
-            for what in missing:
-                self._repair(row, f"datapath_{what}", f"datapath {what} are not in place")
-            self.rt.datapath.add_endpoint(spec)  # idempotent: rewrites entries, replaces filters
-            repairs += [f"datapath_{what}" for what in missing]
-        return repairs
+        return inside
 
     def _repair(self, row: EndpointRow, kind: str, what: str) -> None:
         log.warning("reconcile: endpoint %s: %s; repairing", row.name, what)

@@ -217,6 +217,9 @@ class EndpointCreate(_Body):
     ifname: IfName | None = Field(None, description="the endpoint's interface in its namespace; default eth0")
     owner: Owner | None = Field(None, description="the runtime's key for this endpoint, e.g. "
                                 "cni:<container id>:<ifname>; unique")
+    handoff: bool | None = Field(None, description="leave the veth's peer in the managed namespace as ifname "
+                                 "(default bnv<id>p) for the runtime to move into its container and configure "
+                                 "(Docker's remote driver model); excludes netns and netns_path")
 
     def to_json(self) -> dict[str, Any]:
         """The fields given, as EndpointService.add takes them."""
@@ -231,6 +234,7 @@ _EXPECT = {
     "netns_path": "an absolute path like /run/netns/NAME",
     "ifname": "an interface name of 1-15 letters, digits, '_', '.', '-'",
     "owner": "a string of printable ASCII without spaces",
+    "handoff": "true or false",
     "bridge": "an interface name of 1-15 letters, digits, '_', '.', '-'",
     "subnet4": V4_CIDR_HINT,
     "ip_range4": V4_CIDR_HINT,
@@ -402,6 +406,7 @@ class EndpointDoc(_Doc):
     adopted_netns: bool
     ifname: str = Field("eth0", description="the endpoint's interface inside netns")
     owner: str | None = Field(None, description="the runtime's key (CNI, Docker) for endpoints it made")
+    handoff: bool = Field(False, description="the peer is the runtime's to move and configure")
     host_ifname: str
     host_ifindex: int | None
     mac: str

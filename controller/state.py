@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     state TEXT NOT NULL,
     created REAL NOT NULL,
     ifname TEXT NOT NULL DEFAULT 'eth0',
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    handoff INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS leases (
     network TEXT NOT NULL,
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ADDED_COLUMNS = (
     ("endpoints", "ifname", "TEXT NOT NULL DEFAULT 'eth0'"),
     ("endpoints", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("endpoints", "handoff", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -99,6 +101,9 @@ class EndpointRow:
     # Who asked for an endpoint whose namespace belongs to someone else, e.g. "cni:<container id>:<ifname>"
     # (bpfnet.plugins); "" for endpoints made through the API alone.
     owner: str = ""
+    # The veth's peer was left in the managed namespace as IFNAME for the runtime to move into its
+    # container and configure (Docker's remote driver model): bpfnet never configures or checks it.
+    handoff: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,11 @@ class LeaseRow:
     endpoint: str
 
 
-_ENDPOINT_COLUMNS = "name, id, network, netns, adopted, host_ifname, mac, state, created, ifname, owner"
+_ENDPOINT_COLUMNS = "name, id, network, netns, adopted, host_ifname, mac, state, created, ifname, owner, handoff"
 
 
 def _endpoint_row(r: Any) -> EndpointRow:
-    return EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9], r[10])
+    return EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]))
 
 
 class StateError(BpfnetError):
@@ -323,8 +328,9 @@ class Store:
         max_id: int,
         created: float,
         host_ifname_for: Any,
-        ifname: str = "eth0",
+        ifname: str | Callable[[int], str] = "eth0",
         owner: str = "",
+        handoff: bool = False,
     ) -> EndpointRow | None:
         """Insert an endpoint in state 'creating' with its leases, atomically.
 
@@ -339,10 +345,13 @@ class Store:
             if ep_id is None:
                 raise OverflowError(f"all {max_id} endpoint slots are in use")
             host_ifname = host_ifname_for(ep_id)
+            if callable(ifname):
+                ifname = ifname(ep_id)
             c.execute(
                 "INSERT INTO endpoints (name, id, network, netns, adopted, host_ifname, mac, state, created, "
-                "ifname, owner) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
-                (name, ep_id, network, netns, int(adopted), host_ifname, mac, created, ifname, owner),
+                "ifname, owner, handoff) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
+                (name, ep_id, network, netns, int(adopted), host_ifname, mac, created, ifname, owner,
+                 int(handoff)),
             )
             for address, family in leases:
                 c.execute(
@@ -350,7 +359,7 @@ class Store:
                     (network, address, family, name),
                 )
         return EndpointRow(name, ep_id, network, netns, adopted, host_ifname, mac, "creating", created, ifname,
-                           owner)
+                           owner, handoff)
 
     def adopt_endpoint(self, row: EndpointRow, leases: list[tuple[str, int]]) -> None:
         """Insert an endpoint found in the kernel (``--reconcile=adopt``) as it is:

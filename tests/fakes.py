@@ -140,6 +140,8 @@ class FakeKernel:
         link = self.links.pop(name, None)
         if link is not None and link.peer is not None and link.peer[0] in self.namespaces:
             self.namespaces[link.peer[0]].links.pop(link.peer[1], None)
+        if link is not None and link.peer is not None and link.peer[0] == "":  # its peer beside it
+            self.links = {n: other for n, other in self.links.items() if other.index != link.peer[1]}
         if link is not None:
             self.routes = {r for r in self.routes if r[1] != link.index}
 
@@ -185,9 +187,11 @@ class FakeKernel:
         self._mutate("create_veth")
         if host in self.links:
             raise OSError(17, f"{host} exists")
-        ns = self.namespaces[peer_ns]
         eth0 = FakeLink(peer_ifname, self._index(), "veth", mac=peer_mac)
-        ns.links[eth0.index] = eth0
+        if peer_ns:
+            self.namespaces[peer_ns].links[eth0.index] = eth0
+        else:  # the peer stays in the managed namespace
+            self.links[peer_ifname] = eth0
         link = FakeLink(host, self._index(), "veth", master=bridge_index, up=up, peer=(peer_ns, eth0.index))
         self.links[host] = link
         return link.index, eth0.index
