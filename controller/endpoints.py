@@ -184,6 +184,11 @@ class EndpointService:
     def inspect(self, name: str) -> dict[str, Any]:
         return self.describe(self._row(name))
 
+    def by_owner(self, owner: str) -> dict[str, Any] | None:
+        """The endpoint a runtime made under OWNER (its unique key), if any."""
+        row = self.rt.store.endpoint_by_owner(owner)
+        return None if row is None else self.describe(row)
+
     # add
     def add(self, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data, dict):
