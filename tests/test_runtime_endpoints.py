@@ -20,6 +20,8 @@ import pytest
 from bpfnet.errors import Conflict, InvalidArgument, NotFound
 from bpfnet.plugins import docker
 from fakes import FakeNetns, InjectedFault
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_services import Env, make_env
 
 NID = "3f2a9c81d0e4" + "ab" * 26  # 64 hex characters, as Docker's ids
@@ -199,8 +201,12 @@ def test_docker_release_frees_a_held_address(env: Env) -> None:
     ("/NetworkDriver.CreateNetwork", {"NetworkID": "../x", "IPv4Data": [{"Pool": "10.9.0.0/24"}]}, "NetworkID"),
     ("/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {}}, "IPv4 address"),
     ("/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID}, "not one of bpfnet's"),
-    ("/NetworkDriver.CreateNetwork", b"{nope", "not JSON"),
-    ("/NetworkDriver.CreateNetwork", b"[]", "expected a JSON object"),
+    ("/NetworkDriver.CreateNetwork", b"{nope", "the body: Invalid JSON"),
+    ("/NetworkDriver.CreateNetwork", b"[]", "the body: Input should be an object"),
+    ("/NetworkDriver.CreateNetwork", b'{"IPv4Data": [{"Pool": 7}]}', "IPv4Data.0.Pool: Input should be a valid string"),
+    ("/NetworkDriver.CreateNetwork", b'{"NetworkID": "ab", "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "x"}]}',
+     "IPv4Data.Gateway 'x' is not an address"),
+    ("/IpamDriver.ReleaseAddress", {"PoolID": "bpfnet:10.2.0.0/24", "Address": "nope"}, "Address 'nope'"),
 ])
 def test_docker_refusals_are_err_documents(env: Env, path: str, body: Any, words: str) -> None:
     before = env.state()
@@ -227,3 +233,26 @@ def test_docker_create_endpoint_rolls_back(env: Env) -> None:
                                                        "Interface": {"Address": "10.4.0.9/24"}})
     assert "injected fault in set_up" in doc["Err"]
     assert env.state() == before and env.eps.by_owner(f"docker:{EID}") is None
+
+
+_KEYS = ("NetworkID", "EndpointID", "PoolID", "Pool", "SubPool", "V6", "Address", "Options", "Interface",
+         "IPv4Data", "IPv6Data", "SandboxKey", "MacAddress", "AddressIPv6", "Gateway", "RequestAddressType")
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+                       | st.sampled_from([NID, EID, "bpfnet:10.2.0.0/24", "10.2.0.7/24", "fd00:2::9", "10.9.0.0/24",
+                                          docker.GATEWAY_REQUEST]),
+                       lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(_KEYS), inner,
+                                                                                   max_size=4), max_leaves=8)
+_BODIES = st.binary(max_size=100) | st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6).map(
+    lambda d: json.dumps(d).encode())
+
+
+@given(_BODIES, st.sampled_from(sorted(docker.DockerPlugin(None, None).handlers)))  # type: ignore[arg-type]
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_docker_any_body_is_an_answer_never_a_crash(env: Env, body: bytes, path: str) -> None:
+    """Whatever dockerd (or anyone on the socket) sends, the answer is a document; errors carry Err."""
+    before = [n["name"] for n in env.nets.list_all()]
+    status, doc, _ = docker.DockerPlugin(env.nets, env.eps).handle("POST", path, body)
+    assert status == 200 and isinstance(doc, dict)
+    if "Err" in doc:
+        assert doc["Err"] and "\n" not in doc["Err"] and not doc["Err"].startswith("internal error")
+    assert [n["name"] for n in env.nets.list_all()] == before

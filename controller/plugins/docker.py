@@ -31,8 +31,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
+from ipaddress import (
+    IPv4Interface,
+    IPv4Network,
+    IPv6Interface,
+    IPv6Network,
+    ip_interface,
+    ip_network,
+)
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import schemas
 from ..config import parse_v4_network, parse_v6_network
@@ -56,7 +65,75 @@ BRIDGE_OPTIONS = ("bridge", "com.docker.network.bridge.name")
 GENERIC = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Any], dict[str, Any]]
+
+
+# Docker's request structures (libnetwork's drivers/remote/api and ipams/remote/api), as far as
+# bpfnet reads them; fields it does not read are ignored, as Docker adds some in newer releases.
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Empty(_Request):
+    pass
+
+
+class PoolRequest(_Request):
+    AddressSpace: str = ""
+    Pool: str = ""
+    SubPool: str = ""
+    Options: dict[str, str] | None = None
+    V6: bool = False
+
+
+class AddressRequest(_Request):
+    PoolID: str = ""
+    Address: str = ""
+    Options: dict[str, str] | None = None
+
+
+class IpamData(_Request):
+    AddressSpace: str = ""
+    Pool: str = ""
+    Gateway: str = ""
+
+
+class NetworkRequest(_Request):
+    NetworkID: str = ""
+    Options: dict[str, Any] | None = None
+    IPv4Data: list[IpamData] | None = None
+    IPv6Data: list[IpamData] | None = None
+
+
+class EndpointInterface(_Request):
+    Address: str = ""
+    AddressIPv6: str = ""
+    MacAddress: str = ""
+
+
+class EndpointRequest(_Request):
+    NetworkID: str = ""
+    EndpointID: str = ""
+    Interface: EndpointInterface | None = None
+    SandboxKey: str = ""
+    Options: dict[str, Any] | None = None
+
+
+def parse_request(model: type[_Request], body: bytes | None) -> Any:
+    """Docker's request body as MODEL; InvalidArgument naming the first field that is wrong."""
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in err["loc"]) or "the body"
+        raise InvalidArgument(" ".join(f"{where}: {err['msg']}".split())) from None  # one line
+
+
+def _interface(text: str, what: str) -> IPv4Interface | IPv6Interface:
+    try:
+        return ip_interface(text)
+    except ValueError:
+        raise InvalidArgument(f"{what} {text!r} is not an address") from None
 
 
 def network_name(network_id: str) -> str:
@@ -91,89 +168,89 @@ def _bool_option(key: str, value: Any) -> bool:
     raise InvalidArgument(f"-o {key}={value}: expected true or false")
 
 
-def network_request(network_id: str, data: dict[str, Any]) -> dict[str, Any]:
+def network_request(req: NetworkRequest) -> dict[str, Any]:
     """The body of POST /v1/networks for a CreateNetwork request (checked by its schema)."""
-    options = data.get("Options") or {}
+    options = req.Options or {}
     generic = options.get(GENERIC) or {}
-    if not isinstance(options, dict) or not isinstance(generic, dict):
-        raise InvalidArgument("Options: expected objects")
-    body: dict[str, Any] = {"name": network_name(network_id)}
+    if not isinstance(generic, dict):
+        raise InvalidArgument(f"Options.{GENERIC}: expected an object")
+    body: dict[str, Any] = {"name": network_name(req.NetworkID)}
     for key, value in generic.items():
         if key in ICC_OPTIONS:
             body["icc"] = _bool_option(key, value)
         elif key in MTU_OPTIONS:
             try:
                 body["mtu"] = int(value)
-            except ValueError:
+            except (TypeError, ValueError):
                 raise InvalidArgument(f"-o {key}={value}: expected an integer") from None
         elif key in BRIDGE_OPTIONS:
             body["bridge"] = str(value)
         else:
             raise InvalidArgument(f"-o {key}: not an option of bpfnet's driver (icc, mtu, bridge)")
-    v4 = data.get("IPv4Data") or []
-    v6 = data.get("IPv6Data") or []
+    v4, v6 = req.IPv4Data or [], req.IPv6Data or []
     if len(v4) != 1:
         raise InvalidArgument("a bpfnet network has exactly one IPv4 subnet (--subnet)")
     if len(v6) > 1:
         raise InvalidArgument("a bpfnet network has at most one IPv6 subnet")
-    body["subnet4"] = str(v4[0].get("Pool", ""))
-    if v4[0].get("Gateway"):
-        body["gateway4"] = str(ip_interface(v4[0]["Gateway"]).ip)
+    body["subnet4"] = v4[0].Pool
+    if v4[0].Gateway:
+        body["gateway4"] = str(_interface(v4[0].Gateway, "IPv4Data.Gateway").ip)
     if v6:
         body["ipv6"] = True
-        body["subnet6"] = str(v6[0].get("Pool", ""))
-        if v6[0].get("Gateway"):
-            body["gateway6"] = str(ip_interface(v6[0]["Gateway"]).ip)
+        body["subnet6"] = v6[0].Pool
+        if v6[0].Gateway:
+            body["gateway6"] = str(_interface(v6[0].Gateway, "IPv6Data.Gateway").ip)
     elif options.get(ENABLE_IPV6) is True:
         raise InvalidArgument("--ipv6 needs an IPv6 --subnet from bpfnet's IPAM driver")
     return schemas.parse_body(schemas.NetworkCreate, json.dumps(body).encode()).to_json()
 
 
+_ROUTES: dict[str, tuple[type[_Request], str]] = {
+    # path -> (request structure, DockerPlugin method)
+    "/Plugin.Activate": (Empty, "activate"),
+    "/NetworkDriver.GetCapabilities": (Empty, "capabilities"),
+    "/NetworkDriver.CreateNetwork": (NetworkRequest, "create_network"),
+    "/NetworkDriver.DeleteNetwork": (NetworkRequest, "delete_network"),
+    "/NetworkDriver.AllocateNetwork": (Empty, "allocate_network"),  # swarm managers only
+    "/NetworkDriver.FreeNetwork": (Empty, "nothing"),
+    "/NetworkDriver.CreateEndpoint": (EndpointRequest, "create_endpoint"),
+    "/NetworkDriver.EndpointOperInfo": (EndpointRequest, "endpoint_info"),
+    "/NetworkDriver.DeleteEndpoint": (EndpointRequest, "delete_endpoint"),
+    "/NetworkDriver.Join": (EndpointRequest, "join"),
+    "/NetworkDriver.Leave": (Empty, "nothing"),  # dockerd moves the interface out itself
+    "/NetworkDriver.DiscoverNew": (Empty, "nothing"),
+    "/NetworkDriver.DiscoverDelete": (Empty, "nothing"),
+    "/NetworkDriver.ProgramExternalConnectivity": (Empty, "nothing"),
+    "/NetworkDriver.RevokeExternalConnectivity": (Empty, "nothing"),
+    "/IpamDriver.GetCapabilities": (Empty, "ipam_capabilities"),
+    "/IpamDriver.GetDefaultAddressSpaces": (Empty, "address_spaces"),
+    "/IpamDriver.RequestPool": (PoolRequest, "request_pool"),
+    "/IpamDriver.ReleasePool": (Empty, "nothing"),
+    "/IpamDriver.RequestAddress": (AddressRequest, "request_address"),
+    "/IpamDriver.ReleaseAddress": (AddressRequest, "release_address"),
+}
+
+
 class DockerPlugin:
-    """The handlers of one plugin socket: request path -> handler of the decoded body."""
+    """The calls of one plugin socket, each taking its request structure."""
 
     def __init__(self, networks: NetworkService, endpoints: EndpointService) -> None:
         self.networks = networks
         self.endpoints = endpoints
-        self.handlers: dict[str, Handler] = {
-            "/Plugin.Activate": lambda d: {"Implements": ["NetworkDriver", "IpamDriver"]},
-            "/NetworkDriver.GetCapabilities": lambda d: {"Scope": "local", "ConnectivityScope": "local"},
-            "/NetworkDriver.CreateNetwork": self.create_network,
-            "/NetworkDriver.DeleteNetwork": self.delete_network,
-            "/NetworkDriver.AllocateNetwork": lambda d: {"Options": {}},  # swarm managers only
-            "/NetworkDriver.FreeNetwork": lambda d: {},
-            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
-            "/NetworkDriver.EndpointOperInfo": self.endpoint_info,
-            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
-            "/NetworkDriver.Join": self.join,
-            "/NetworkDriver.Leave": lambda d: {},  # dockerd moves the interface out itself
-            "/NetworkDriver.DiscoverNew": lambda d: {},
-            "/NetworkDriver.DiscoverDelete": lambda d: {},
-            "/NetworkDriver.ProgramExternalConnectivity": lambda d: {},
-            "/NetworkDriver.RevokeExternalConnectivity": lambda d: {},
-            "/IpamDriver.GetCapabilities": lambda d: {"RequiresMACAddress": False, "RequiresRequestReplay": False},
-            "/IpamDriver.GetDefaultAddressSpaces": lambda d: {"LocalDefaultAddressSpace": ADDRESS_SPACE,
-                                                              "GlobalDefaultAddressSpace": ADDRESS_SPACE},
-            "/IpamDriver.RequestPool": self.request_pool,
-            "/IpamDriver.ReleasePool": lambda d: {},
-            "/IpamDriver.RequestAddress": self.request_address,
-            "/IpamDriver.ReleaseAddress": self.release_address,
-        }
+        self.handlers: dict[str, tuple[type[_Request], Handler]] = {
+            path: (model, getattr(self, method)) for path, (model, method) in _ROUTES.items()}
 
     # the server's app: (method, path, body) -> (status, document, route label)
     def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, Any, str]:
-        handler = self.handlers.get(path)
-        if method != "POST" or handler is None:
+        route = self.handlers.get(path)
+        if method != "POST" or route is None:
             # dockerd takes a 404 as "this plugin does not implement that call".
             return 404, {"Err": f"{method} {path}: not implemented by bpfnet"}, "unmatched"
+        model, handler = route
         try:
-            data = json.loads(body) if body else {}
-            if not isinstance(data, dict):
-                raise InvalidArgument("expected a JSON object")
-            log.debug("docker %s %s", path, data)
-            return 200, handler(data), path
-        except ValueError as exc:
-            message = f"{path}: the request is not JSON: {exc}"
+            req = parse_request(model, body)
+            log.debug("docker %s %s", path, req)
+            return 200, handler(req), path
         except BpfnetError as exc:
             message = exc.message
         except Exception as exc:
@@ -182,36 +259,53 @@ class DockerPlugin:
         log.info("docker %s refused: %s", path, message)
         return 200, {"Err": message, "Error": message}, path
 
+    # answers that need nothing ------------------------------------------------------------
+    def activate(self, req: Empty) -> dict[str, Any]:
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    def capabilities(self, req: Empty) -> dict[str, Any]:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    def ipam_capabilities(self, req: Empty) -> dict[str, Any]:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    def address_spaces(self, req: Empty) -> dict[str, Any]:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": ADDRESS_SPACE}
+
+    def allocate_network(self, req: Empty) -> dict[str, Any]:
+        return {"Options": {}}
+
+    def nothing(self, req: Empty) -> dict[str, Any]:
+        return {}
+
     # IPAM -------------------------------------------------------------------------------
-    def request_pool(self, data: dict[str, Any]) -> dict[str, Any]:
-        pool, v6 = str(data.get("Pool") or ""), bool(data.get("V6"))
-        if not pool:
-            raise InvalidArgument(f"bpfnet's IPAM driver needs --subnet{' for IPv6' if v6 else ''}")
-        if data.get("SubPool"):
+    def request_pool(self, req: PoolRequest) -> dict[str, Any]:
+        if not req.Pool:
+            raise InvalidArgument(f"bpfnet's IPAM driver needs --subnet{' for IPv6' if req.V6 else ''}")
+        if req.SubPool:
             raise InvalidArgument("bpfnet's IPAM driver does not take --ip-range")
-        subnet = (parse_v6_network if v6 else parse_v4_network)(pool, "--subnet")
+        subnet = (parse_v6_network if req.V6 else parse_v4_network)(req.Pool, "--subnet")
         return {"PoolID": f"{POOL_PREFIX}{subnet}", "Pool": str(subnet), "Data": {}}
 
-    def request_address(self, data: dict[str, Any]) -> dict[str, Any]:
-        subnet = pool_subnet(str(data.get("PoolID") or ""))
-        wanted = str(data.get("Address") or "") or None
-        options = data.get("Options") or {}
-        if options.get("RequestAddressType") == GATEWAY_REQUEST:
+    def request_address(self, req: AddressRequest) -> dict[str, Any]:
+        subnet = pool_subnet(req.PoolID)
+        wanted = req.Address or None
+        if (req.Options or {}).get("RequestAddressType") == GATEWAY_REQUEST:
             # Before the network exists: CreateNetwork makes it with this gateway.
             gateway = wanted or str(subnet.network_address + 1)
             return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
-        name = self._network_of(subnet)
-        address = self.endpoints.hold_address(name, subnet.version, wanted)
+        address = self.endpoints.hold_address(self._network_of(subnet), subnet.version, wanted)
         return {"Address": f"{address}/{subnet.prefixlen}", "Data": {}}
 
-    def release_address(self, data: dict[str, Any]) -> dict[str, Any]:
-        subnet = pool_subnet(str(data.get("PoolID") or ""))
+    def release_address(self, req: AddressRequest) -> dict[str, Any]:
+        subnet = pool_subnet(req.PoolID)
+        address = str(_interface(req.Address, "Address").ip)
         try:
             name = self._network_of(subnet)
         except NotFound:
             return {}  # the network (and every address of it) is gone already
         # A held address is forgotten; one an endpoint took was freed with the endpoint.
-        self.endpoints.release_held(name, str(ip_interface(str(data.get("Address") or "")).ip))
+        self.endpoints.release_held(name, address)
         return {}
 
     def _network_of(self, subnet: IPv4Network | IPv6Network) -> str:
@@ -222,32 +316,31 @@ class DockerPlugin:
         raise NotFound(f"no bpfnet network has the subnet {subnet}")
 
     # networks ---------------------------------------------------------------------------
-    def create_network(self, data: dict[str, Any]) -> dict[str, Any]:
-        network_id = str(data.get("NetworkID") or "")
-        net = self.networks.create(network_request(network_id, data))
-        log.info("docker network %s is bpfnet network %s (bridge %s)", network_id[:SHORT_ID], net["name"],
+    def create_network(self, req: NetworkRequest) -> dict[str, Any]:
+        net = self.networks.create(network_request(req))
+        log.info("docker network %s is bpfnet network %s (bridge %s)", req.NetworkID[:SHORT_ID], net["name"],
                  net["bridge"])
         return {}
 
-    def delete_network(self, data: dict[str, Any]) -> dict[str, Any]:
+    def delete_network(self, req: NetworkRequest) -> dict[str, Any]:
         try:
-            self.networks.remove(network_name(str(data.get("NetworkID") or "")))
+            self.networks.remove(network_name(req.NetworkID))
         except NotFound:
             pass  # removed already: Docker may retry a delete that failed half-way
         return {}
 
     # endpoints --------------------------------------------------------------------------
-    def create_endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
-        network_id, endpoint_id = str(data.get("NetworkID") or ""), str(data.get("EndpointID") or "")
-        iface = data.get("Interface") or {}
-        key = owner(endpoint_id)
-        body: dict[str, Any] = {"name": endpoint_id[:SHORT_ID], "network": network_name(network_id),
+    def create_endpoint(self, req: EndpointRequest) -> dict[str, Any]:
+        iface = req.Interface or EndpointInterface()
+        key = owner(req.EndpointID)
+        body: dict[str, Any] = {"name": req.EndpointID[:SHORT_ID], "network": network_name(req.NetworkID),
                                 "owner": key, "handoff": True}
-        for field, docker_key in (("ip", "Address"), ("ip6", "AddressIPv6")):
-            if iface.get(docker_key):
-                body[field] = str(ip_interface(iface[docker_key]).ip)
-        if iface.get("MacAddress"):
-            body["mac"] = iface["MacAddress"]
+        if iface.Address:
+            body["ip"] = str(_interface(iface.Address, "Interface.Address").ip)
+        if iface.AddressIPv6:
+            body["ip6"] = str(_interface(iface.AddressIPv6, "Interface.AddressIPv6").ip)
+        if iface.MacAddress:
+            body["mac"] = iface.MacAddress
         if "ip" not in body:
             raise InvalidArgument("CreateEndpoint without an IPv4 address: use --ipam-driver with bpfnet's driver")
         try:
@@ -255,31 +348,31 @@ class DockerPlugin:
         except Conflict:
             if self.endpoints.by_owner(key) is None:
                 raise
-            raise Conflict(f"endpoint {endpoint_id[:SHORT_ID]} exists already") from None
+            raise Conflict(f"endpoint {req.EndpointID[:SHORT_ID]} exists already") from None
         # Only what Docker did not give may be answered (else it refuses the endpoint).
-        return {"Interface": {"MacAddress": ep["mac"]}} if not iface.get("MacAddress") else {}
+        return {"Interface": {"MacAddress": ep["mac"]}} if not iface.MacAddress else {}
 
-    def _endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
-        ep = self.endpoints.by_owner(owner(str(data.get("EndpointID") or "")))
+    def _endpoint(self, req: EndpointRequest) -> dict[str, Any]:
+        ep = self.endpoints.by_owner(owner(req.EndpointID))
         if ep is None:
-            raise NotFound(f"endpoint {str(data.get('EndpointID'))[:SHORT_ID]} is not one of bpfnet's")
+            raise NotFound(f"endpoint {req.EndpointID[:SHORT_ID]} is not one of bpfnet's")
         return ep
 
-    def endpoint_info(self, data: dict[str, Any]) -> dict[str, Any]:
-        ep = self._endpoint(data)
+    def endpoint_info(self, req: EndpointRequest) -> dict[str, Any]:
+        ep = self._endpoint(req)
         return {"Value": {"bpfnet.endpoint": ep["name"], "bpfnet.host_ifname": ep["host_ifname"]}}
 
-    def join(self, data: dict[str, Any]) -> dict[str, Any]:
-        ep = self._endpoint(data)
+    def join(self, req: EndpointRequest) -> dict[str, Any]:
+        ep = self._endpoint(req)
         out: dict[str, Any] = {"InterfaceName": {"SrcName": ep["ifname"], "DstPrefix": "eth"},
                                "Gateway": ep["gateway4"], "StaticRoutes": [], "DisableGatewayService": False}
         if ep.get("gateway6"):
             out["GatewayIPv6"] = ep["gateway6"]
-        log.info("docker endpoint %s joins sandbox %s as %s", ep["name"], data.get("SandboxKey"), ep["ifname"])
+        log.info("docker endpoint %s joins sandbox %s as %s", ep["name"], req.SandboxKey, ep["ifname"])
         return out
 
-    def delete_endpoint(self, data: dict[str, Any]) -> dict[str, Any]:
-        ep = self.endpoints.by_owner(owner(str(data.get("EndpointID") or "")))
+    def delete_endpoint(self, req: EndpointRequest) -> dict[str, Any]:
+        ep = self.endpoints.by_owner(owner(req.EndpointID))
         if ep is not None:
             try:
                 self.endpoints.remove(ep["name"])
