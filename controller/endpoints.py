@@ -210,6 +210,8 @@ class EndpointService:
                 )
             handoff = bool(data.get("handoff"))
             ifname: str | Any = str(data.get("ifname") or ENDPOINT_IFNAME)
+            if ifname == "lo" or is_host_veth_name(ifname):
+                raise InvalidArgument(f"ifname {ifname} is {'every namespace' if ifname == 'lo' else 'bpfnet'}'s own")
             owner = str(data.get("owner") or "")
             if owner:
                 other = self.rt.store.endpoint_by_owner(owner)

@@ -69,6 +69,9 @@ def test_external_namespace_refusals(env: Env) -> None:
         ({"netns_path": "relative"}, InvalidArgument, "not an absolute path"),
         ({"netns_path": CPATH, "netns": "x"}, InvalidArgument, "exclude each other"),
         ({"handoff": True, "netns_path": CPATH}, InvalidArgument, "handoff excludes"),
+        ({"ifname": "lo"}, InvalidArgument, "every namespace's own"),
+        ({"handoff": True, "ifname": "bnv7"}, InvalidArgument, "bpfnet's own"),
+        ({"handoff": True, "ifname": "br-n6"}, Conflict, "already exists in the managed namespace"),
     ):
         with pytest.raises(error, match=words):
             env.eps.add({"name": "r", "network": "n6", **data})
