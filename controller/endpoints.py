@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -208,27 +208,12 @@ class EndpointService:
                     f"network {net_name} has {BRIDGE_MAX_PORTS} endpoints, the most a Linux bridge can hold "
                     "(BR_MAX_PORTS); create another network"
                 )
-            handoff = bool(data.get("handoff"))
-            ifname: str | Any = str(data.get("ifname") or ENDPOINT_IFNAME)
-            if ifname == "lo" or is_host_veth_name(ifname):
-                raise InvalidArgument(f"ifname {ifname} is {'every namespace' if ifname == 'lo' else 'bpfnet'}'s own")
             owner = str(data.get("owner") or "")
             if owner:
                 other = self.rt.store.endpoint_by_owner(owner)
                 if other is not None:
                     raise Conflict(f"endpoint {other.name!r} already exists for {owner}")
-            if handoff:
-                if data.get("netns") or data.get("netns_path"):
-                    raise InvalidArgument("handoff excludes netns and netns_path: the runtime moves the interface")
-                # The peer waits in the managed namespace beside its host end, named after it.
-                ns, adopted = "", True
-                ifname = data.get("ifname") or (lambda ep_id: f"{host_ifname(ep_id)}{HANDOFF_SUFFIX}")
-                if data.get("ifname") and self.rt.kernel.link_index(str(ifname)) is not None:
-                    raise Conflict(f"interface {ifname} already exists in the managed namespace")
-            elif data.get("netns_path"):
-                ns, adopted = self._foreign_namespace(data, ifname)
-            else:
-                ns, adopted = self._namespace(name, data.get("netns"))
+            ns, adopted, ifname = self._placement(name, data)
             self._claim_held(net_name, data)
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             self._check_mac(net_name, cfg, mac)
@@ -236,7 +221,7 @@ class EndpointService:
             try:
                 row = self.rt.store.reserve_endpoint(
                     name, net_name, ns, adopted, mac, leases, self.rt.max_endpoints, time.time(), host_ifname,
-                    ifname=ifname, owner=owner, handoff=handoff,
+                    ifname=ifname, owner=owner, handoff=bool(data.get("handoff")),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"an address of endpoint {name!r} was taken meanwhile; retry") from None
@@ -290,6 +275,25 @@ class EndpointService:
                 f"network namespace {name!r} already exists; pass --netns {name} to adopt it"
             )
         return name, False
+
+    def _placement(self, name: str, data: dict[str, Any]) -> tuple[str, bool, str | Callable[[int], str]]:
+        """(namespace, adopted, interface name or how to name it from the endpoint id) of a new endpoint:
+        a namespace bpfnet makes, a named one it adopts (netns), one a runtime owns (netns_path), or
+        none yet (handoff: the runtime moves the peer)."""
+        ifname = str(data.get("ifname") or ENDPOINT_IFNAME)
+        if ifname == "lo" or is_host_veth_name(ifname):
+            raise InvalidArgument(f"ifname {ifname} is {'every namespace' if ifname == 'lo' else 'bpfnet'}'s own")
+        if data.get("handoff"):
+            if data.get("netns") or data.get("netns_path"):
+                raise InvalidArgument("handoff excludes netns and netns_path: the runtime moves the interface")
+            if not data.get("ifname"):  # the peer waits beside its host end, named after it
+                return "", True, lambda ep_id: f"{host_ifname(ep_id)}{HANDOFF_SUFFIX}"
+            if self.rt.kernel.link_index(ifname) is not None:
+                raise Conflict(f"interface {ifname} already exists in the managed namespace")
+            return "", True, ifname
+        if data.get("netns_path"):
+            return (*self._foreign_namespace(data, ifname), ifname)
+        return (*self._namespace(name, data.get("netns")), ifname)
 
     def _foreign_namespace(self, data: dict[str, Any], ifname: str) -> tuple[str, bool]:
         """A namespace someone else owns, by the path of its file (a container runtime's):

@@ -1,0 +1,105 @@
+"""A container's network set-up and teardown through CNI: bpfnet-cni vs the CNI bridge plugin.
+
+Boundary: ``python -m bench.cni [N]``, JSON on stdout. One ``bpfnet daemon`` (redirect-peer)
+manages a fresh namespace with a network; N container namespaces are given, in turn, an
+interface by ``bpfnet-cni`` and by Debian's ``bridge`` + ``host-local`` plugins (the
+baseline: what podman's default CNI network runs), both executed as a runtime executes them
+(a process per call, configuration on stdin) and, for the bridge plugin, inside the daemon's
+namespace where its bridge lives. The calls alternate, so drift hits both alike. Reported:
+ADD and DEL medians and p95 per plugin, and, for bpfnet, the daemon's own share (the same
+endpoint made through ``POST``/``DELETE /v1/endpoints`` directly), so the difference is
+the plugin process (a Python interpreter starting, imports, one API round trip).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from bpfnet.datapath import bpffs
+
+log = logging.getLogger(__name__)
+BRIDGE_PLUGIN = "/usr/lib/cni/bridge"
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1e3 for s in samples)
+    return {"median_ms": round(statistics.median(ms), 2), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 2),
+            "n": len(ms)}
+
+
+def _call(argv: list[str], command: str, conf: dict[str, Any], cid: str, netns: str) -> float:
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True, env=environ, timeout=60,
+                       check=False)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[-1]} {command} failed: {r.stdout} {r.stderr}")
+    return took
+
+
+def measure(n: int = 40) -> dict[str, Any]:
+    from . import env
+    from .topology import BpfnetDaemon
+
+    d = BpfnetDaemon("cni", "redirect-peer", "fd00:b0:c1::/64")
+    d.start()
+    d.client.post("/v1/networks", {"name": "cnib", "subnet4": "10.161.0.0/16"})
+    work = env.tmpdir("cni")
+    plugin = [os.path.join(os.path.dirname(sys.executable), "bpfnet-cni")]
+    if not os.path.exists(plugin[0]):
+        plugin = [sys.executable, "-m", "bpfnet.plugins.cni"]
+    bpfnet_conf = {"cniVersion": "1.0.0", "name": "cnib", "type": "bpfnet", "socket": d.sock}
+    bridge_conf = {"cniVersion": "1.0.0", "name": "cnibr", "type": "bridge", "bridge": "cnibr0", "isGateway": True,
+                   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.162.0.0/16"}]],
+                            "dataDir": f"{work}/ipam"}}
+    bridge = ["nsenter", f"--net=/run/netns/{d.netns}", BRIDGE_PLUGIN]
+    times: dict[str, list[float]] = {k: [] for k in ("bpfnet_add", "bpfnet_del", "bridge_add", "bridge_del",
+                                                     "api_add", "api_del")}
+    for i in range(n):
+        ns = env.add_netns(env.ns_name(f"cni-c{i}"))
+        path = f"/run/netns/{ns}"
+        cid = uuid.uuid4().hex
+        times["bpfnet_add"].append(_call(plugin, "ADD", bpfnet_conf, cid, path))
+        times["bpfnet_del"].append(_call(plugin, "DEL", bpfnet_conf, cid, path))
+        times["bridge_add"].append(_call(bridge, "ADD", bridge_conf, cid, path))
+        times["bridge_del"].append(_call(bridge, "DEL", bridge_conf, cid, path))
+        t0 = time.perf_counter()
+        d.client.post("/v1/endpoints", {"name": f"api{i}", "network": "cnib", "netns_path": path})
+        times["api_add"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        d.client.delete(f"/v1/endpoints/api{i}")
+        times["api_del"].append(time.perf_counter() - t0)
+        env.remove_namespaces([ns])
+    out: dict[str, Any] = {k: _stats(v) for k, v in times.items()}
+    for op in ("add", "del"):
+        out[f"bpfnet_over_bridge_{op}"] = round(out[f"bpfnet_{op}"]["median_ms"] / out[f"bridge_{op}"]["median_ms"], 2)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    from . import env
+
+    logging.basicConfig(level=logging.WARNING)
+    n = int(argv[0]) if argv else 40
+    env.install_handlers()
+    env.sweep_dead_runs()
+    try:
+        with bpffs.mounted():
+            print(json.dumps(measure(n), indent=2))
+    finally:
+        env.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
