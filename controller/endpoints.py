@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
-from .config import NetworkConfig, check_name
+from .config import NetworkConfig, check_ifname, check_name
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
 from .links import ENDPOINT_IFNAME
@@ -280,9 +280,10 @@ class EndpointService:
         """(namespace, adopted, interface name or how to name it from the endpoint id) of a new endpoint:
         a namespace bpfnet makes, a named one it adopts (netns), one a runtime owns (netns_path), or
         none yet (handoff: the runtime moves the peer)."""
-        ifname = str(data.get("ifname") or ENDPOINT_IFNAME)
-        if ifname == "lo" or is_host_veth_name(ifname):
-            raise InvalidArgument(f"ifname {ifname} is {'every namespace' if ifname == 'lo' else 'bpfnet'}'s own")
+        ifname = check_ifname(str(data.get("ifname") or ENDPOINT_IFNAME), "ifname")
+        if ifname in ("lo", "all", "default") or is_host_veth_name(ifname):
+            # lo is in every namespace; all and default name sysctl directories; bnvN are bpfnet's host veths
+            raise InvalidArgument(f"ifname {ifname} is reserved (lo, all, default, bnv<N>)")
         if data.get("handoff"):
             if data.get("netns") or data.get("netns_path"):
                 raise InvalidArgument("handoff excludes netns and netns_path: the runtime moves the interface")

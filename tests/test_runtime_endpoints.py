@@ -69,8 +69,10 @@ def test_external_namespace_refusals(env: Env) -> None:
         ({"netns_path": "relative"}, InvalidArgument, "not an absolute path"),
         ({"netns_path": CPATH, "netns": "x"}, InvalidArgument, "exclude each other"),
         ({"handoff": True, "netns_path": CPATH}, InvalidArgument, "handoff excludes"),
-        ({"ifname": "lo"}, InvalidArgument, "every namespace's own"),
-        ({"handoff": True, "ifname": "bnv7"}, InvalidArgument, "bpfnet's own"),
+        ({"ifname": "lo"}, InvalidArgument, "ifname lo is reserved"),
+        ({"ifname": "all"}, InvalidArgument, "ifname all is reserved"),
+        ({"ifname": ".."}, InvalidArgument, "invalid ifname"),
+        ({"handoff": True, "ifname": "bnv7"}, InvalidArgument, "ifname bnv7 is reserved"),
         ({"handoff": True, "ifname": "br-n6"}, Conflict, "already exists in the managed namespace"),
     ):
         with pytest.raises(error, match=words):
