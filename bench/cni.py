@@ -6,9 +6,10 @@ interface by ``bpfnet-cni`` and by Debian's ``bridge`` + ``host-local`` plugins 
 baseline: what podman's default CNI network runs), both executed as a runtime executes them
 (a process per call, configuration on stdin) and, for the bridge plugin, inside the daemon's
 namespace where its bridge lives. The calls alternate, so drift hits both alike. Reported:
-ADD and DEL medians and p95 per plugin, and, for bpfnet, the daemon's own share (the same
-endpoint made through ``POST``/``DELETE /v1/endpoints`` directly), so the difference is
-the plugin process (a Python interpreter starting, imports, one API round trip).
+ADD and DEL medians and p95 per plugin, the CPU time of each ADD's process (user + system:
+less sensitive to a loaded machine than wall time), and, for bpfnet, the daemon's own share
+(the same endpoint made through ``POST``/``DELETE /v1/endpoints`` directly), so the rest is
+the plugin process (a Python interpreter starting, imports, two API round trips).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,16 +37,19 @@ def _stats(samples: list[float]) -> dict[str, float]:
             "n": len(ms)}
 
 
-def _call(argv: list[str], command: str, conf: dict[str, Any], cid: str, netns: str) -> float:
+def _call(argv: list[str], command: str, conf: dict[str, Any], cid: str, netns: str) -> tuple[float, float]:
+    """(wall time, CPU time of the plugin process) of one CNI call."""
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
                "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True, env=environ, timeout=60,
                        check=False)
     took = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"{argv[-1]} {command} failed: {r.stdout} {r.stderr}")
-    return took
+    return took, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def measure(n: int = 40) -> dict[str, Any]:
@@ -64,15 +69,16 @@ def measure(n: int = 40) -> dict[str, Any]:
                             "dataDir": f"{work}/ipam"}}
     bridge = ["nsenter", f"--net=/run/netns/{d.netns}", BRIDGE_PLUGIN]
     times: dict[str, list[float]] = {k: [] for k in ("bpfnet_add", "bpfnet_del", "bridge_add", "bridge_del",
-                                                     "api_add", "api_del")}
+                                                     "api_add", "api_del", "bpfnet_add_cpu", "bridge_add_cpu")}
     for i in range(n):
         ns = env.add_netns(env.ns_name(f"cni-c{i}"))
         path = f"/run/netns/{ns}"
         cid = uuid.uuid4().hex
-        times["bpfnet_add"].append(_call(plugin, "ADD", bpfnet_conf, cid, path))
-        times["bpfnet_del"].append(_call(plugin, "DEL", bpfnet_conf, cid, path))
-        times["bridge_add"].append(_call(bridge, "ADD", bridge_conf, cid, path))
-        times["bridge_del"].append(_call(bridge, "DEL", bridge_conf, cid, path))
+        for kind, argv, conf in (("bpfnet", plugin, bpfnet_conf), ("bridge", bridge, bridge_conf)):
+            wall, cpu = _call(argv, "ADD", conf, cid, path)
+            times[f"{kind}_add"].append(wall)
+            times[f"{kind}_add_cpu"].append(cpu)
+            times[f"{kind}_del"].append(_call(argv, "DEL", conf, cid, path)[0])
         t0 = time.perf_counter()
         d.client.post("/v1/endpoints", {"name": f"api{i}", "network": "cnib", "netns_path": path})
         times["api_add"].append(time.perf_counter() - t0)
