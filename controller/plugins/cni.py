@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_interface
 from typing import Any, TextIO
 
-from ..client import Client, ClientError
+from ..client import Client, ClientError, object_path
 from ..config import DEFAULT_SOCKET, check_ifname, check_name
 from ..errors import BpfnetError
 
@@ -320,7 +320,7 @@ class Plugin:
         if ep is None:
             return  # nothing of ours: DEL is idempotent
         try:
-            client.delete(f"/v1/endpoints/{ep['name']}")
+            client.delete(object_path("endpoints", ep["name"]))
         except ClientError as exc:
             if exc.status != 404:  # removed meanwhile
                 raise _cni_error(exc) from None
@@ -336,7 +336,7 @@ class Plugin:
         problems = check_against(conf.prev_result, ep, self.env.ifname)
         if ep["netns"] != self.env.netns:
             problems.append(f"the endpoint is in namespace {ep['netns']}, not {self.env.netns}")
-        problems += _call(client.get, f"/v1/endpoints/{ep['name']}/check")["problems"]
+        problems += _call(client.get, object_path("endpoints", ep["name"]) + "/check")["problems"]
         if problems:
             raise CniError(DAEMON_REFUSED, f"endpoint {ep['name']}: {problems[0]}", "; ".join(problems))
 
