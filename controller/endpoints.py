@@ -500,6 +500,19 @@ class EndpointService:
         self.rt.store.remove_endpoint(row.name)
         return failed
 
+    def joined(self, name: str, sandbox: str) -> None:
+        """A handoff endpoint's peer goes to the runtime's namespace SANDBOX (the path of its file,
+        which need not exist yet: dockerd joins before runc makes the namespace), or is back
+        beside its host end (""): recorded for inspection only, as bpfnet never configures,
+        checks or deletes it."""
+        with self.rt.lock:
+            row = self._row(name)
+            if not row.handoff:
+                raise InvalidArgument(f"endpoint {name!r} is not a handoff endpoint")
+            if sandbox and not os.path.isabs(sandbox):
+                raise InvalidArgument(f"sandbox {sandbox!r} is not an absolute path")
+            self.rt.store.set_endpoint_netns(name, sandbox)
+
     def check(self, name: str) -> dict[str, Any]:
         """What differs between endpoint NAME and the kernel, without repairing anything
         (CNI's CHECK; the start-up reconcile repairs the same differences)."""

@@ -376,6 +376,10 @@ class Store:
                 c.execute("INSERT INTO leases (network, address, family, endpoint) VALUES (?, ?, ?, ?)",
                           (row.network, address, family, row.name))
 
+    def set_endpoint_netns(self, name: str, netns: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE endpoints SET netns = ? WHERE name = ?", (netns, name))
+
     def set_endpoint_state(self, name: str, state: str) -> None:
         with self.tx() as c:
             c.execute("UPDATE endpoints SET state = ? WHERE name = ?", (state, name))

@@ -175,6 +175,7 @@ def test_network_containers_ping_inspect_counters(docker: Docker) -> None:
         assert f"{info['GlobalIPv6Address']}/{info['GlobalIPv6PrefixLen']}" == ep["ipv6"][0]
         assert info["MacAddress"] == ep["mac"] and info["Gateway"] == ep["gateway4"]
         assert ep["name"] == info["EndpointID"][:12] and ep["handoff"] and ep["state"] == "ready"
+        assert ep["netns"] == dk.inspect(name)["NetworkSettings"]["SandboxKey"]  # where dockerd moved it
         inside = dk("exec", name, "ip", "-o", "addr", "show", "eth0").stdout
         assert ep["ipv4"] in inside and ep["ipv6"][0] in inside
     ib = dk.inspect(b)["NetworkSettings"]["Networks"][net]

@@ -101,8 +101,15 @@ def test_handoff_endpoint_and_its_reconcile(env: Env) -> None:
     env.kernel.links["bnv0"].up = False
     assert env.eps.check("h1")["problems"] == ["host veth bnv0 is down"]
     assert env.reconciler().endpoints()["repaired"] == 1 and env.kernel.links["bnv0"].up
+    with pytest.raises(InvalidArgument, match="not an absolute path"):
+        env.eps.joined("h1", "netns/c")
+    env.eps.joined("h1", "/var/run/docker/netns/c")  # need not exist yet: runc makes it later
+    assert env.eps.inspect("h1")["netns"] == "/var/run/docker/netns/c" and env.eps.check("h1")["ok"]
     env.eps.remove("h1")
     assert "bnv0" not in env.kernel.links and env.store.leases() == []
+    env.eps.add({"name": "plain", "network": "n6"})
+    with pytest.raises(InvalidArgument, match="not a handoff endpoint"):
+        env.eps.joined("plain", "")
 
 
 def test_held_addresses(env: Env) -> None:
@@ -163,11 +170,14 @@ def test_docker_network_and_container_lifecycle(env: Env) -> None:
     assert ep is not None and ep["name"] == EID[:12] and ep["handoff"]
     assert res == {"Interface": {"MacAddress": ep["mac"]}}  # only what Docker did not give
     join = ok(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/var/run/docker/netns/x"})
+    assert env.eps.by_owner(f"docker:{EID}")["netns"] == "/var/run/docker/netns/x"  # type: ignore[index]
     assert join == {"InterfaceName": {"SrcName": ep["ifname"], "DstPrefix": "eth"}, "Gateway": "10.9.0.1",
                     "GatewayIPv6": "fe80::1", "StaticRoutes": [], "DisableGatewayService": False}
     assert ok(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})["Value"][
         "bpfnet.endpoint"] == EID[:12]
-    for path in ("/NetworkDriver.Leave", "/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
+    assert ok(p, "/NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": EID}) == {}
+    assert env.eps.by_owner(f"docker:{EID}")["netns"] == ""  # type: ignore[index]  # back beside bnv0
+    for path in ("/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete",
                  "/NetworkDriver.ProgramExternalConnectivity", "/NetworkDriver.RevokeExternalConnectivity",
                  "/NetworkDriver.FreeNetwork", "/IpamDriver.ReleasePool"):
         assert ok(p, path, {"NetworkID": NID, "EndpointID": EID}) == {}
@@ -206,6 +216,8 @@ def test_docker_release_frees_a_held_address(env: Env) -> None:
     ("/NetworkDriver.CreateNetwork", {"NetworkID": "../x", "IPv4Data": [{"Pool": "10.9.0.0/24"}]}, "NetworkID"),
     ("/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {}}, "IPv4 address"),
     ("/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID}, "not one of bpfnet's"),
+    ("/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "nope"}},
+     "Interface.Address 'nope' is not an address"),
     ("/NetworkDriver.CreateNetwork", b"{nope", "the body: Invalid JSON"),
     ("/NetworkDriver.CreateNetwork", b"[]", "the body: Input should be an object"),
     ("/NetworkDriver.CreateNetwork", b'{"IPv4Data": [{"Pool": 7}]}', "IPv4Data.0.Pool: Input should be a valid string"),

@@ -20,7 +20,8 @@ How Docker's model maps onto bpfnet's:
   ``docker:<endpoint id>``, named after the first 12 characters of that id): the veth's
   peer waits in the managed namespace (dockerd's) until ``Join`` names it, and dockerd
   moves it into the container, names it ``eth0`` (``eth1``…), sets the addresses and MAC
-  and the default routes via the gateways ``Join`` returns. ``Leave`` needs nothing;
+  and the default routes via the gateways ``Join`` returns; the endpoint records the
+  sandbox as its ``netns`` until ``Leave`` (dockerd moves the interface back itself).
   ``DeleteEndpoint`` removes the veth, the leases and the datapath entries.
 - Errors are answered as Docker's structures carry them: ``{"Err": message}`` for the
   network driver, ``{"Error": message}`` for the IPAM driver (both keys are sent).
@@ -217,7 +218,7 @@ _ROUTES: dict[str, tuple[type[_Request], str]] = {
     "/NetworkDriver.EndpointOperInfo": (EndpointRequest, "endpoint_info"),
     "/NetworkDriver.DeleteEndpoint": (EndpointRequest, "delete_endpoint"),
     "/NetworkDriver.Join": (EndpointRequest, "join"),
-    "/NetworkDriver.Leave": (Empty, "nothing"),  # dockerd moves the interface out itself
+    "/NetworkDriver.Leave": (EndpointRequest, "leave"),
     "/NetworkDriver.DiscoverNew": (Empty, "nothing"),
     "/NetworkDriver.DiscoverDelete": (Empty, "nothing"),
     "/NetworkDriver.ProgramExternalConnectivity": (Empty, "nothing"),
@@ -368,8 +369,16 @@ class DockerPlugin:
                                "Gateway": ep["gateway4"], "StaticRoutes": [], "DisableGatewayService": False}
         if ep.get("gateway6"):
             out["GatewayIPv6"] = ep["gateway6"]
+        if req.SandboxKey:
+            self.endpoints.joined(ep["name"], req.SandboxKey)
         log.info("docker endpoint %s joins sandbox %s as %s", ep["name"], req.SandboxKey, ep["ifname"])
         return out
+
+    def leave(self, req: EndpointRequest) -> dict[str, Any]:
+        ep = self.endpoints.by_owner(owner(req.EndpointID))
+        if ep is not None:  # dockerd moves the interface back beside its host end itself
+            self.endpoints.joined(ep["name"], "")
+        return {}
 
     def delete_endpoint(self, req: EndpointRequest) -> dict[str, Any]:
         ep = self.endpoints.by_owner(owner(req.EndpointID))
