@@ -273,3 +273,14 @@ def test_docker_any_body_is_an_answer_never_a_crash(env: Env, body: bytes, path:
     if "Err" in doc:
         assert doc["Err"] and "\n" not in doc["Err"] and not doc["Err"].startswith("internal error")
     assert [n["name"] for n in env.nets.list_all()] == before
+
+
+def test_docker_network_options_map_to_bpfnet_settings() -> None:
+    req = docker.NetworkRequest(NetworkID=NID, Options={docker.GENERIC: {
+        "com.docker.network.bridge.enable_icc": "false", "mtu": 1450, "com.docker.network.bridge.name": "dk0"}},
+        IPv4Data=[docker.IpamData(Pool="10.9.0.0/24", Gateway="10.9.0.254/24")])
+    body = docker.network_request(req)
+    assert (body["name"], body["icc"], body["mtu"], body["bridge"], body["gateway4"]) == (
+        NID[:12], False, 1450, "dk0", "10.9.0.254")
+    assert docker.network_request(docker.NetworkRequest(NetworkID=NID, IPv4Data=[docker.IpamData(
+        Pool="10.9.0.0/24")]))["icc"] is True  # Docker's default
