@@ -159,9 +159,11 @@ def host_prefixes(ipr: Any, skip_ifindexes: set[int] | None = None) -> list[Any]
 
 
 def create_veth(
-    ipr: Any, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int, up: bool
+    ipr: Any, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int, up: bool,
+    peer_ifname: str = ENDPOINT_IFNAME,
 ) -> tuple[int, int]:
-    """Create veth HOST, a port of BRIDGE_INDEX (and up if UP), <-> eth0 inside PEER_NS with PEER_MAC.
+    """Create veth HOST, a port of BRIDGE_INDEX (and up if UP), <-> PEER_IFNAME inside PEER_NS
+    (a namespace name, or the path of a namespace file) with PEER_MAC.
 
     Returns (HOST's ifindex, eth0's ifindex inside PEER_NS). One RTM_NEWLINK
     carries the bridge and the state, and NLM_F_ECHO makes the kernel answer
@@ -177,7 +179,8 @@ def create_veth(
         kind="veth",
         mtu=mtu,
         master=bridge_index,
-        peer={"ifname": ENDPOINT_IFNAME, "net_ns_fd": peer_ns, "address": peer_mac, "mtu": mtu},
+        # No PEER_NS: the peer stays beside HOST, in IPR's namespace.
+        peer={"ifname": peer_ifname, "address": peer_mac, "mtu": mtu, **({"net_ns_fd": peer_ns} if peer_ns else {})},
         **extra,
     )
     found = _veth_indexes(echoed, host)
