@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable
 from ipaddress import IPv6Address, ip_network
@@ -255,11 +256,18 @@ def _configure_here(index: int, cfg: InterfaceConfig) -> None:
 
 
 def interface_state(ns: str, ifname: str) -> InterfaceState | None:
-    """Interface IFNAME inside namespace NS (MAC, up, addresses, default gateways), or None if missing."""
-    return netns.run_in(ns, lambda: _interface_state_here(ifname))
+    """Interface IFNAME inside namespace NS (MAC, up, addresses, default gateways), or None if missing.
+
+    ``peer_in_caller`` says whether a veth's peer lives in the calling thread's namespace.
+    """
+    caller = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return netns.run_in(ns, lambda: _interface_state_here(ifname, caller))
+    finally:
+        os.close(caller)
 
 
-def _interface_state_here(ifname: str) -> InterfaceState | None:
+def _interface_state_here(ifname: str, caller_fd: int) -> InterfaceState | None:
     # Three requests (reconcile makes them for every endpoint): the link, the addresses, the routes.
     with IPRoute() as ipr:
         try:
@@ -276,9 +284,15 @@ def _interface_state_here(ifname: str) -> InterfaceState | None:
             if route["dst_len"] == 0 and route.get("RTA_TABLE") == MAIN_TABLE
             and route.get("RTA_OIF") == index and route.get("RTA_GATEWAY")
         )
+        peer = int(link.get("IFLA_LINK") or 0) or None
+        peer_in_caller = None
+        link_nsid = link.get("IFLA_LINK_NETNSID")
+        if peer is not None and link_nsid is not None:
+            # The peer's namespace, as this namespace numbers it, against the caller's number here.
+            caller = ipr.get_netnsid(fd=caller_fd) or {}
+            peer_in_caller = caller.get("nsid") == link_nsid
         return InterfaceState(index=index, mac=str(link.get("IFLA_ADDRESS")), up=bool(link["flags"] & IFF_UP),
-                              addresses=addrs, gateways=gateways,
-                              peer=int(link.get("IFLA_LINK") or 0) or None)
+                              addresses=addrs, gateways=gateways, peer=peer, peer_in_caller=peer_in_caller)
 
 
 def _ensure_route(ipr: Any, **kwargs: Any) -> None:

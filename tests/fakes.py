@@ -213,7 +213,8 @@ class FakeKernel:
             if link.name == ifname:
                 host = next((h.index for h in self.links.values() if h.peer == (ns, link.index)), None)
                 return InterfaceState(link.index, link.mac, link.up, frozenset(link.addresses),
-                                      frozenset(link.gateways), peer=host)
+                                      frozenset(link.gateways), peer=host,
+                                      peer_in_caller=None if host is None else True)
         return None
 
     def eth0(self, ns: str) -> FakeLink:
