@@ -175,6 +175,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
         "reconcile": args.reconcile, "default_address_pool": args.default_address_pool,
         "ip_masq": args.ip_masq, "ip6_masq": args.ip6_masq, "ip_forward": args.ip_forward,
+        "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--metrics-addr", help="Prometheus /metrics address (default 127.0.0.1:9523)")
     d.add_argument("--allow-public-metrics", action="store_true", help="allow a non-loopback metrics address")
     d.add_argument("--log-level", help="debug, info (default), warning, error")
+    d.add_argument("--docker-plugin", metavar="NAME",
+                   help="serve Docker's network and IPAM driver API as plugin NAME (docker network create "
+                        "-d NAME --ipam-driver NAME)")
+    d.add_argument("--docker-plugin-dir", metavar="DIR",
+                   help="where the plugin's socket NAME.sock goes (default /run/docker/plugins, where dockerd "
+                        "looks)")
     d.add_argument("--cleanup", action="store_true",
                    help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
     d.add_argument("--reconcile", choices=RECONCILE_MODES,

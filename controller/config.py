@@ -546,6 +546,9 @@ def parse_host(text: str, allow_public: bool = False) -> Listener:
     raise InvalidArgument(f"-H {text}: expected unix:///path or tcp://HOST:PORT")
 
 
+DOCKER_PLUGIN_DIR = "/run/docker/plugins"
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     hosts: tuple[str, ...] = (DEFAULT_SOCKET,)
@@ -582,6 +585,13 @@ class DaemonConfig:
     ip_masq: bool = True  # masquerade networks' IPv4 traffic leaving the host (bpfnet.outside)
     ip6_masq: bool = False  # and their IPv6 traffic
     ip_forward: bool = True  # turn on forwarding in the managed namespace
+    docker_plugin: str | None = None  # serve Docker's network + IPAM driver API as this plugin name
+    docker_plugin_dir: str = DOCKER_PLUGIN_DIR  # where dockerd looks for plugin sockets
+
+    @property
+    def docker_plugin_socket(self) -> str | None:
+        """The Docker plugin's socket, DIR/NAME.sock (what dockerd finds as plugin NAME)."""
+        return f"{self.docker_plugin_dir.rstrip('/')}/{self.docker_plugin}.sock" if self.docker_plugin else None
 
     def listeners(self) -> list[Listener]:
         return [parse_host(h, self.allow_public_api) for h in self.hosts]
@@ -705,5 +715,12 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
         check_ifname(cfg.ndp_proxy_iface, "--ndp-proxy-iface")
         if not cfg.ipv6:
             raise InvalidArgument("--ndp-proxy-iface needs --ipv6")
+    if cfg.docker_plugin is not None:
+        check_name(cfg.docker_plugin, "--docker-plugin")
+        if not cfg.docker_plugin_dir.startswith("/"):
+            raise InvalidArgument(f"--docker-plugin-dir {cfg.docker_plugin_dir!r} is not an absolute path")
+        if len(cfg.docker_plugin_socket or "") > 107:
+            raise InvalidArgument(f"--docker-plugin socket {cfg.docker_plugin_socket} is longer than a Unix "
+                                  "socket path may be (107 bytes)")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidArgument(f"--log-level {cfg.log_level!r}: expected debug, info, warning or error")

@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__, links, netns
 from .api import routes
 from .api.server import ApiServer, Request
-from .config import DaemonConfig
+from .config import DaemonConfig, Listener
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
 from .datapath import Datapath, abi, make_datapath, tcx
 from .endpoints import EndpointService
@@ -36,6 +36,7 @@ from .netlink import IPRoute
 from .networks import NetworkService
 from .outside.nft import NftKernel
 from .outside.service import OutsideService, OutsideSettings
+from .plugins import docker
 from .reconcile import migrate_stored_networks, reconcile_all
 from .recovery import check_fresh_state
 from .runtime import Runtime
@@ -85,7 +86,15 @@ class Daemon:
                          key=cfg.tlskey)
         self.servers = ApiServer(cfg.listeners(), self._app, lambda r, m, s: self.on_request(r, m, s),
                                  tls=tls, group=cfg.group, allow=self.router.allowed)
+        self.docker_server: ApiServer | None = None
+        self.made_dirs: list[Path] = []  # the plugin socket's directories this daemon created
         try:
+            if cfg.docker_plugin_socket:
+                self.made_dirs = missing_dirs(Path(cfg.docker_plugin_socket).parent)
+                # Bound here, like the API's listeners; answered once the services exist.
+                self.docker_server = ApiServer([Listener("unix", path=cfg.docker_plugin_socket)],
+                                               self._docker_app, lambda r, m, s: None, group=cfg.group,
+                                               content_type=docker.CONTENT_TYPE)
             if cfg.metrics_addr:
                 try:
                     self.metrics_sock = bind_metrics_socket(cfg.metrics_addr, allow_public=cfg.allow_public_metrics)
@@ -96,6 +105,9 @@ class Daemon:
             self._enter_and_build()
         except BaseException:
             self.servers.close()
+            if self.docker_server is not None:
+                self.docker_server.close()
+            remove_empty_dirs(self.made_dirs)
             if self.metrics_sock is not None:
                 self.metrics_sock.close()
             if self.created_netns and cfg.netns:
@@ -109,9 +121,13 @@ class Daemon:
         self.rt.outer_prefixes = outer_prefixes
         routes.install(self.router, networks=self.networks, endpoints=self.endpoints,
                        info=self.info, snapshot=self.snapshot)
+        self.docker = docker.DockerPlugin(self.networks, self.endpoints)
 
     def _app(self, req: Request) -> tuple[int, Any, str]:
         return self.router.dispatch(req.method, req.path, req.body)
+
+    def _docker_app(self, req: Request) -> tuple[int, Any, str]:
+        return self.docker.handle(req.method, req.path, req.body)
 
     def _enter_and_build(self) -> None:
         cfg = self.cfg
@@ -196,6 +212,9 @@ class Daemon:
             self.metrics_server = serve_metrics(None, self.registry, sock=self.metrics_sock)
             log.info("metrics on %s", self.metrics_server.url)
         self.servers.serve()
+        if self.docker_server is not None:
+            self.docker_server.serve()
+            log.info("Docker network and IPAM driver %s on %s", self.cfg.docker_plugin, self.cfg.docker_plugin_socket)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         log.info("bpfnet %s ready (datapath %s)", __version__, self.rt.datapath.mode)
@@ -206,6 +225,9 @@ class Daemon:
 
     def close(self) -> None:
         self.servers.close()
+        if self.docker_server is not None:
+            self.docker_server.close()  # unlinks the plugin's socket: dockerd must not find a dead one
+        remove_empty_dirs(self.made_dirs)
         if self.metrics_server is not None:
             self.metrics_server.close()
         elif self.metrics_sock is not None:
@@ -271,6 +293,24 @@ def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
     finally:
         daemon.close()
     return 0
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """PATH and those of its parents that do not exist yet, deepest first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_empty_dirs(paths: list[Path]) -> None:
+    """Remove the directories (deepest first) a daemon created, those still empty."""
+    for path in paths:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (someone else's socket is there) or gone: its parents stay too
 
 
 def remove_pins(path: str) -> None:

@@ -16,14 +16,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
-from .config import NetworkConfig, check_name
+from .config import NetworkConfig, check_ifname, check_name
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
 from .links import ENDPOINT_IFNAME
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
+HANDOFF_SUFFIX = "p"  # a handed-off peer waits as bnvNp until the runtime moves it
 BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
 
 # Sysctls of a new (or adopted) endpoint namespace of an IPv6 network, written
@@ -55,10 +56,13 @@ ENDPOINT_NETNS_SYSCTLS_V6 = {
     "net/ipv6/conf/default/router_solicitations": "0",
     "net/ipv6/conf/all/router_solicitations": "0",
 }
-# An IPv4-only network (as Docker does): no IPv6 on eth0, so no link-local
-# address and none of the MLD reports and router solicitations the bridge
-# would flood to every other endpoint.
-ETH0_SYSCTLS_V4_ONLY = ((f"net/ipv6/conf/{ENDPOINT_IFNAME}/disable_ipv6", "1"),)
+
+
+def v4_only_sysctls(ifname: str) -> tuple[tuple[str, str], ...]:
+    """An IPv4-only network (as Docker does): no IPv6 on the endpoint's interface, so no
+    link-local address and none of the MLD reports and router solicitations the bridge
+    would flood to every other endpoint."""
+    return ((f"net/ipv6/conf/{ifname}/disable_ipv6", "1"),)
 
 
 def debug_pause(stage: str) -> None:
@@ -106,6 +110,10 @@ class EndpointService:
         # (network, range) -> (store.lease_generation, offset): when last searched, every
         # address of the range below offset was leased; valid while no lease was deleted.
         self._leased_below: dict[tuple[str, IPNetwork], tuple[int, int]] = {}
+        # network -> addresses handed out before their endpoint exists (Docker's IPAM hands out an
+        # address before CreateEndpoint): no other endpoint gets them until claimed or released.
+        # In memory: a restart forgets them, and the runtime's CreateEndpoint then asks for the address.
+        self._held: dict[str, set[str]] = {}
 
     # queries
     def _row(self, name: str) -> EndpointRow:
@@ -157,6 +165,9 @@ class EndpointService:
             "network": row.network,
             "netns": row.netns,
             "adopted_netns": row.adopted,
+            "ifname": row.ifname,
+            "owner": row.owner or None,
+            "handoff": row.handoff,
             "host_ifname": row.host_ifname,
             "host_ifindex": host_ifindex,
             "mac": row.mac,
@@ -178,11 +189,17 @@ class EndpointService:
     def inspect(self, name: str) -> dict[str, Any]:
         return self.describe(self._row(name))
 
+    def by_owner(self, owner: str) -> dict[str, Any] | None:
+        """The endpoint a runtime made under OWNER (its unique key), if any."""
+        row = self.rt.store.endpoint_by_owner(owner)
+        return None if row is None else self.describe(row)
+
     # add
     def add(self, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidArgument("endpoint: expected a JSON object")
-        unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "publish"}
+        unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "netns_path", "ifname", "owner",
+                               "handoff", "publish"}
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
@@ -196,14 +213,21 @@ class EndpointService:
                     f"network {net_name} has {BRIDGE_MAX_PORTS} endpoints, the most a Linux bridge can hold "
                     "(BR_MAX_PORTS); create another network"
                 )
-            ns, adopted = self._namespace(name, data.get("netns"))
+            owner = str(data.get("owner") or "")
+            if owner:
+                other = self.rt.store.endpoint_by_owner(owner)
+                if other is not None:
+                    raise Conflict(f"endpoint {other.name!r} already exists for {owner}")
+            ns, adopted, ifname = self._placement(name, data)
+            self._claim_held(net_name, data)
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             self._check_mac(net_name, cfg, mac)
             publish = self._check_publish(net_name, cfg, data.get("publish"), bool(v6))
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]
             try:
                 row = self.rt.store.reserve_endpoint(
-                    name, net_name, ns, adopted, mac, leases, self.rt.max_endpoints, time.time(), host_ifname
+                    name, net_name, ns, adopted, mac, leases, self.rt.max_endpoints, time.time(), host_ifname,
+                    ifname=ifname, owner=owner, handoff=bool(data.get("handoff")),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"an address of endpoint {name!r} was taken meanwhile; retry") from None
@@ -268,12 +292,49 @@ class EndpointService:
             )
         return name, False
 
+    def _placement(self, name: str, data: dict[str, Any]) -> tuple[str, bool, str | Callable[[int], str]]:
+        """(namespace, adopted, interface name or how to name it from the endpoint id) of a new endpoint:
+        a namespace bpfnet makes, a named one it adopts (netns), one a runtime owns (netns_path), or
+        none yet (handoff: the runtime moves the peer)."""
+        ifname = check_ifname(str(data.get("ifname") or ENDPOINT_IFNAME), "ifname")
+        if ifname in ("lo", "all", "default") or is_host_veth_name(ifname):
+            # lo is in every namespace; all and default name sysctl directories; bnvN are bpfnet's host veths
+            raise InvalidArgument(f"ifname {ifname} is reserved (lo, all, default, bnv<N>)")
+        if data.get("handoff"):
+            if data.get("netns") or data.get("netns_path"):
+                raise InvalidArgument("handoff excludes netns and netns_path: the runtime moves the interface")
+            if not data.get("ifname"):  # the peer waits beside its host end, named after it
+                return "", True, lambda ep_id: f"{host_ifname(ep_id)}{HANDOFF_SUFFIX}"
+            if self.rt.kernel.link_index(ifname) is not None:
+                raise Conflict(f"interface {ifname} already exists in the managed namespace")
+            return "", True, ifname
+        if data.get("netns_path"):
+            return (*self._foreign_namespace(data, ifname), ifname)
+        return (*self._namespace(name, data.get("netns")), ifname)
+
+    def _foreign_namespace(self, data: dict[str, Any], ifname: str) -> tuple[str, bool]:
+        """A namespace someone else owns, by the path of its file (a container runtime's):
+        bpfnet adds ITS interface IFNAME and never deletes the namespace."""
+        if data.get("netns"):
+            raise InvalidArgument("netns and netns_path exclude each other")
+        path = str(data["netns_path"])
+        if not os.path.isabs(path):
+            raise InvalidArgument(f"netns_path {path!r} is not an absolute path")
+        if not self.rt.kernel.netns_exists(path):
+            raise NotFound(f"network namespace {path} does not exist (or is not a network namespace's file)")
+        if self.rt.kernel.netns_is_managed(path):
+            raise InvalidArgument(f"namespace {path} is the daemon's host namespace")
+        for other in self.rt.store.endpoints():
+            if other.netns == path and other.ifname == ifname:
+                raise Conflict(f"{ifname} in namespace {path} already belongs to endpoint {other.name!r}")
+        return path, True
+
     def _plan_addresses(
         self, net_name: str, cfg: NetworkConfig, data: dict[str, Any]
     ) -> tuple[IPv4Address, str, list[IPv6Address]]:
         p4, p6 = pools(cfg)
         generation = self.rt.store.lease_generation  # read before the leases it vouches for
-        used = LeasedAddresses(self.rt.store.leased_addresses(net_name))
+        used = LeasedAddresses([*self.rt.store.leased_addresses(net_name), *self._held.get(net_name, ())])
         requested4 = parse_address(str(data["ip"]), "--ip") if data.get("ip") else None
         if requested4 is not None and requested4.version != 4:
             raise InvalidArgument(f"--ip {requested4} is not an IPv4 address (use --ip6)")
@@ -298,6 +359,38 @@ class EndpointService:
             v6.append(a6)
         return v4, mac, v6
 
+    def hold_address(self, net_name: str, family: int, requested: str | None = None) -> IPAddress:
+        """An address of NET_NAME for an endpoint that does not exist yet (REQUESTED, checked, or
+        the next free one), held until an add names it (``ip``/``ip6``) or ``release_held``."""
+        with self.rt.lock:
+            _, cfg = self.networks.config(net_name)
+            p4, p6 = pools(cfg)
+            pool = p4 if family == 4 else p6
+            if pool is None:
+                raise InvalidArgument(f"network {net_name} has no IPv6 subnet")
+            held = self._held.setdefault(net_name, set())
+            used = LeasedAddresses([*self.rt.store.leased_addresses(net_name), *held])
+            wanted = parse_address(requested, "address") if requested else None
+            address = pool.allocate(used, requested=wanted)
+            held.add(str(address))
+            return address
+
+    def release_held(self, net_name: str, address: str) -> bool:
+        """Forget a held address; False when it was not held (claimed by an endpoint, or unknown)."""
+        with self.rt.lock:
+            held = self._held.get(net_name, set())
+            if address not in held:
+                return False
+            held.discard(address)
+            return True
+
+    def _claim_held(self, net_name: str, data: dict[str, Any]) -> None:
+        """The held addresses this add names are its own now."""
+        held = self._held.get(net_name)
+        for key in ("ip", "ip6"):
+            if held and data.get(key):
+                held.discard(str(ip_address(str(data[key]))))
+
     def _search_from(self, net_name: str, pool: Pool, generation: int) -> int:
         """Where the search for a free address may begin: past what the last search
         found leased, unless a lease was deleted since (then from the start)."""
@@ -305,14 +398,14 @@ class EndpointService:
         return offset if seen == generation else 0
 
     def interface_config(self, cfg: NetworkConfig, v4: IPv4Address, v6: list[IPv6Address],
-                         mac: str | None = None) -> InterfaceConfig:
-        """What eth0 gets inside the endpoint namespace (MAC only when repairing it)."""
+                         mac: str | None = None, ifname: str = ENDPOINT_IFNAME) -> InterfaceConfig:
+        """What IFNAME gets inside the endpoint namespace (MAC only when repairing it)."""
         prefix6 = cfg.subnet6.prefixlen if cfg.subnet6 else 64
         routes = [RouteConfig("0.0.0.0/0", cfg.default_gateway4 or cfg.gateway4)]
         if cfg.ipv6:
             routes.append(RouteConfig("::/0", cfg.default_gateway6 or LINK_LOCAL_GATEWAY))
         return InterfaceConfig(
-            sysctls=() if cfg.ipv6 else ETH0_SYSCTLS_V4_ONLY,
+            sysctls=() if cfg.ipv6 else v4_only_sysctls(ifname),
             mac=mac,
             addresses=(AddressConfig(v4, cfg.subnet4.prefixlen),)
             + tuple(AddressConfig(a, prefix6, nodad=True) for a in v6),
@@ -328,23 +421,27 @@ class EndpointService:
         if bridge is None:
             raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
         ns_sysctls = ENDPOINT_NETNS_SYSCTLS_V6 if cfg.ipv6 else {}
-        if not row.adopted:
+        if row.handoff:
+            pass  # the peer stays beside its host end (netns ""): the runtime moves and configures it
+        elif not row.adopted:
             kernel.create_netns(row.netns, ns_sysctls)
             rb.push(f"netns {row.netns}", lambda: kernel.remove_netns(row.netns))
         else:
-            if kernel.netns_has_link(row.netns, ENDPOINT_IFNAME):
-                raise Conflict(f"namespace {row.netns!r} already has an {ENDPOINT_IFNAME}")
+            if kernel.netns_has_link(row.netns, row.ifname):
+                raise Conflict(f"namespace {row.netns!r} already has an {row.ifname}")
             if ns_sysctls:
                 kernel.write_netns_sysctls(row.netns, ns_sysctls)
         # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
-        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6)
+        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
+                                         peer_ifname=row.ifname)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
         rb.push(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         debug_pause("endpoint-add-after-veth")
         if not cfg.ipv6:
             kernel.write_sysctls({f"net/ipv6/conf/{row.host_ifname}/disable_ipv6": "1"})
             kernel.set_up(index)
-        kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6))
+        if not row.handoff:
+            kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6, ifname=row.ifname))
         proxy = self._proxy_iface()
         if proxy is not None and v6:
             for a in v6:
@@ -420,6 +517,62 @@ class EndpointService:
                              "it stays in state 'removing' and is retried at the next removal or start")
         self.rt.store.remove_endpoint(row.name)
         return failed
+
+    def joined(self, name: str, sandbox: str) -> None:
+        """A handoff endpoint's peer goes to the runtime's namespace SANDBOX (the path of its file,
+        which need not exist yet: dockerd joins before runc makes the namespace), or is back
+        beside its host end (""): recorded for inspection only, as bpfnet never configures,
+        checks or deletes it."""
+        with self.rt.lock:
+            row = self._row(name)
+            if not row.handoff:
+                raise InvalidArgument(f"endpoint {name!r} is not a handoff endpoint")
+            if sandbox and not os.path.isabs(sandbox):
+                raise InvalidArgument(f"sandbox {sandbox!r} is not an absolute path")
+            self.rt.store.set_endpoint_netns(name, sandbox)
+
+    def check(self, name: str) -> dict[str, Any]:
+        """What differs between endpoint NAME and the kernel, without repairing anything
+        (CNI's CHECK; the start-up reconcile repairs the same differences)."""
+        with self.rt.lock:
+            row = self._row(name)
+            problems: list[str] = []
+            if row.state != "ready":
+                problems.append(f"the endpoint is in state {row.state!r}")
+            net_row, cfg = self.networks.config(row.network)
+            kernel = self.rt.kernel
+            host = next((link for link in kernel.dump_links() if link.name == row.host_ifname), None)
+            bridge = kernel.link_index(cfg.bridge)
+            if host is None or host.kind != "veth":
+                problems.append(f"host veth {row.host_ifname} is missing")
+            else:
+                if host.master is None or host.master != bridge:
+                    problems.append(f"host veth {row.host_ifname} is not a port of bridge {cfg.bridge}")
+                if not host.up:
+                    problems.append(f"host veth {row.host_ifname} is down")
+            inside = (kernel.interface_state(row.netns, row.ifname)
+                      if not row.handoff and kernel.netns_exists(row.netns) else None)
+            if row.handoff:
+                pass  # the peer is the runtime's to configure and check
+            elif inside is None:
+                problems.append(f"{row.ifname} is missing in namespace {row.netns}")
+            else:
+                if host is not None and inside.peer != host.index:
+                    problems.append(f"{row.ifname} in {row.netns} is not the peer of {row.host_ifname}")
+                if inside.mac != row.mac:
+                    problems.append(f"{row.ifname} has MAC {inside.mac}, not {row.mac}")
+                if not inside.up:
+                    problems.append(f"{row.ifname} is down")
+                v4, v6 = self.addresses(row)
+                want = self.interface_config(cfg, v4, v6, ifname=row.ifname)
+                problems += [f"address {a.address}/{a.prefixlen} is missing on {row.ifname}"
+                             for a in want.addresses if (str(a.address), a.prefixlen) not in inside.addresses]
+                problems += [f"default route via {r.gateway} is missing" for r in want.routes
+                             if str(r.gateway) not in inside.gateways]
+            if host is not None and row.state == "ready":
+                missing = self.rt.datapath.check_endpoint(self.spec(row, cfg, net_row.id, host_ifindex=host.index))
+                problems += [f"datapath {what} are not in place" for what in missing]
+            return {"name": row.name, "ok": not problems, "problems": problems}
 
     def specs(self) -> list[EndpointSpec]:
         out = []

@@ -5,7 +5,9 @@ links, addresses, routes, sysctls, proxy neighbours); ``NetlinkKernel``
 delegates each to the adapter modules ``links`` and ``netns`` and decides
 nothing: what to configure arrives as data (``bpfnet.model``). Services hold a
 ``Kernel`` (``Runtime.kernel``), so tests drive them with a fake one, without root.
-Operations act on the managed namespace unless they name another one.
+Operations act on the managed namespace unless they name another one; another
+namespace is named as ``ip netns`` names it, or by the absolute path of its
+file (a container runtime's, e.g. CNI's ``CNI_NETNS``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .model import InterfaceConfig, InterfaceState, LinkState
 class Kernel(Protocol):
     # namespaces
     def netns_exists(self, name: str) -> bool: ...
+    def netns_is_managed(self, path: str) -> bool:
+        """PATH (a namespace file) is the managed namespace itself."""
     def create_netns(self, name: str, sysctls: Mapping[str, str]) -> None:
         """Create namespace NAME and write SYSCTLS inside it (before any interface arrives)."""
     def remove_netns(self, name: str) -> None:
@@ -50,8 +54,9 @@ class Kernel(Protocol):
         """Missing is success."""
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]: ...
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
-                    up: bool) -> tuple[int, int]:
-        """Veth HOST (port of BRIDGE_INDEX) <-> eth0 in PEER_NS; (host ifindex, eth0's ifindex there)."""
+                    up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
+        """Veth HOST (port of BRIDGE_INDEX) <-> PEER_IFNAME in PEER_NS ("": the managed namespace);
+        (host ifindex, the peer's ifindex there)."""
 
     # endpoint namespaces
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None: ...
@@ -71,6 +76,9 @@ class NetlinkKernel:
 
     def netns_exists(self, name: str) -> bool:
         return netns.exists(name)
+
+    def netns_is_managed(self, path: str) -> bool:
+        return netns.is_own(path)  # the daemon's threads live in the managed namespace
 
     def create_netns(self, name: str, sysctls: Mapping[str, str]) -> None:
         values = dict(sysctls)
@@ -131,8 +139,9 @@ class NetlinkKernel:
         return list(links.host_prefixes(self.ipr, skip_ifindexes=skip_ifindexes))
 
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
-                    up: bool) -> tuple[int, int]:
-        return links.create_veth(self.ipr, host, peer_ns, peer_mac, mtu, bridge_index, up=up)
+                    up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
+        return links.create_veth(self.ipr, host, peer_ns, peer_mac, mtu, bridge_index, up=up,
+                                 peer_ifname=peer_ifname)
 
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None:
         links.configure_interface(ns, index, cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable
 from ipaddress import IPv6Address, ip_network
@@ -159,9 +160,11 @@ def host_prefixes(ipr: Any, skip_ifindexes: set[int] | None = None) -> list[Any]
 
 
 def create_veth(
-    ipr: Any, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int, up: bool
+    ipr: Any, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int, up: bool,
+    peer_ifname: str = ENDPOINT_IFNAME,
 ) -> tuple[int, int]:
-    """Create veth HOST, a port of BRIDGE_INDEX (and up if UP), <-> eth0 inside PEER_NS with PEER_MAC.
+    """Create veth HOST, a port of BRIDGE_INDEX (and up if UP), <-> PEER_IFNAME inside PEER_NS
+    (a namespace name, or the path of a namespace file) with PEER_MAC.
 
     Returns (HOST's ifindex, eth0's ifindex inside PEER_NS). One RTM_NEWLINK
     carries the bridge and the state, and NLM_F_ECHO makes the kernel answer
@@ -177,7 +180,8 @@ def create_veth(
         kind="veth",
         mtu=mtu,
         master=bridge_index,
-        peer={"ifname": ENDPOINT_IFNAME, "net_ns_fd": peer_ns, "address": peer_mac, "mtu": mtu},
+        # No PEER_NS: the peer stays beside HOST, in IPR's namespace.
+        peer={"ifname": peer_ifname, "address": peer_mac, "mtu": mtu, **({"net_ns_fd": peer_ns} if peer_ns else {})},
         **extra,
     )
     found = _veth_indexes(echoed, host)
@@ -252,11 +256,18 @@ def _configure_here(index: int, cfg: InterfaceConfig) -> None:
 
 
 def interface_state(ns: str, ifname: str) -> InterfaceState | None:
-    """Interface IFNAME inside namespace NS (MAC, up, addresses, default gateways), or None if missing."""
-    return netns.run_in(ns, lambda: _interface_state_here(ifname))
+    """Interface IFNAME inside namespace NS (MAC, up, addresses, default gateways), or None if missing.
+
+    ``peer_in_caller`` says whether a veth's peer lives in the calling thread's namespace.
+    """
+    caller = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return netns.run_in(ns, lambda: _interface_state_here(ifname, caller))
+    finally:
+        os.close(caller)
 
 
-def _interface_state_here(ifname: str) -> InterfaceState | None:
+def _interface_state_here(ifname: str, caller_fd: int) -> InterfaceState | None:
     # Three requests (reconcile makes them for every endpoint): the link, the addresses, the routes.
     with IPRoute() as ipr:
         try:
@@ -273,9 +284,15 @@ def _interface_state_here(ifname: str) -> InterfaceState | None:
             if route["dst_len"] == 0 and route.get("RTA_TABLE") == MAIN_TABLE
             and route.get("RTA_OIF") == index and route.get("RTA_GATEWAY")
         )
+        peer = int(link.get("IFLA_LINK") or 0) or None
+        peer_in_caller = None
+        link_nsid = link.get("IFLA_LINK_NETNSID")
+        if peer is not None and link_nsid is not None:
+            # The peer's namespace, as this namespace numbers it, against the caller's number here.
+            caller = ipr.get_netnsid(fd=caller_fd) or {}
+            peer_in_caller = caller.get("nsid") == link_nsid
         return InterfaceState(index=index, mac=str(link.get("IFLA_ADDRESS")), up=bool(link["flags"] & IFF_UP),
-                              addresses=addrs, gateways=gateways,
-                              peer=int(link.get("IFLA_LINK") or 0) or None)
+                              addresses=addrs, gateways=gateways, peer=peer, peer_in_caller=peer_in_caller)
 
 
 def _ensure_route(ipr: Any, **kwargs: Any) -> None:

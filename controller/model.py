@@ -94,3 +94,6 @@ class InterfaceState:
     addresses: frozenset[tuple[str, int]]  # (address, prefixlen)
     gateways: frozenset[str]  # gateways of its default routes (main table), both families
     peer: int | None = None  # IFLA_LINK: a veth's peer ifindex (in the managed namespace)
+    # Whether that peer lives in the namespace that asked (the managed one): an ifindex alone is ambiguous,
+    # every fresh namespace numbers its links alike. None when unknown (not a veth).
+    peer_in_caller: bool | None = None

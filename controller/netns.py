@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +27,48 @@ RUN_DIR = Path("/run/netns")
 T = TypeVar("T")
 
 
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
+OWN_NETNS = "/proc/thread-self/ns/net"
+
+
 def exists(name: str) -> bool:
+    """Named namespace NAME exists; an absolute path must be a network namespace's file."""
+    if os.path.isabs(name):
+        return is_netns_file(name)
     return (RUN_DIR / name).exists()
 
 
-CLONE_NEWNET = 0x40000000
+def is_netns_file(path: str) -> bool:
+    """PATH is a network namespace's file (a bind mount like /run/netns/NAME, or /proc/PID/ns/net).
+
+    Checked by stat first (a file of the namespace filesystem, nsfs), so that nothing
+    else, a device or a FIFO, is ever opened; then its type by NS_GET_NSTYPE.
+    """
+    try:
+        st, own = os.stat(path), os.stat(OWN_NETNS)
+    except OSError:
+        return False
+    if st.st_dev != own.st_dev or not stat.S_ISREG(st.st_mode):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return int(fcntl.ioctl(fd, NS_GET_NSTYPE)) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def is_own(path: str) -> bool:
+    """PATH is the calling thread's network namespace (the daemon's: the managed one)."""
+    try:
+        return os.stat(path).st_ino == os.stat(OWN_NETNS).st_ino
+    except OSError:
+        return False
 
 
 def create(name: str, setup: Callable[[], None] | None = None) -> bool:

@@ -25,8 +25,7 @@ from typing import Any
 from .config import NetworkConfig, migrate_stored_network
 from .endpoints import EndpointService, is_host_veth_name
 from .errors import BpfnetError, InvalidArgument
-from .links import ENDPOINT_IFNAME
-from .model import LinkState
+from .model import InterfaceState, LinkState
 from .ndp import sync_proxy_neighbours
 from .networks import NetworkService
 from .runtime import Runtime
@@ -149,11 +148,15 @@ class Reconciler:
         """CHECK one ready endpoint and repair what differs; the kinds repaired, or None
         when it cannot be repaired (namespace, host veth or eth0 gone: reclaim it)."""
         kernel = self.rt.kernel
-        if link is None or link.kind != "veth" or not kernel.netns_exists(row.netns):
+        if link is None or link.kind != "veth":
             return None
-        state = kernel.interface_state(row.netns, ENDPOINT_IFNAME)
-        if state is None:
-            return None
+        state = None
+        if not row.handoff:  # a handed-off peer is the runtime's: only the host side is bpfnet's
+            if not kernel.netns_exists(row.netns):
+                return None
+            state = kernel.interface_state(row.netns, row.ifname)
+            if state is None:
+                return None
         net_row, cfg = self.networks.config(row.network)
         repairs: list[str] = []
         bridge = kernel.link_index(cfg.bridge)
@@ -165,14 +168,28 @@ class Reconciler:
             self._repair(row, "link_up", f"host veth {link.name} is down")
             kernel.set_up(link.index)
             repairs.append("link_up")
+        if state is not None:
+            repairs += self._check_inside(row, cfg, state)
+        spec = self.eps.spec(row, cfg, net_row.id, host_ifindex=link.index)
+        missing = self.rt.datapath.check_endpoint(spec)
+        if missing:
+            for what in missing:
+                self._repair(row, f"datapath_{what}", f"datapath {what} are not in place")
+            self.rt.datapath.add_endpoint(spec)  # idempotent: rewrites entries, replaces filters
+            repairs += [f"datapath_{what}" for what in missing]
+        return repairs
+
+    def _check_inside(self, row: EndpointRow, cfg: NetworkConfig, state: InterfaceState) -> list[str]:
+        """CHECK and repair the endpoint's interface inside its namespace; the kinds repaired."""
+        kernel = self.rt.kernel
         v4, v6 = self.eps.addresses(row)
-        want = self.eps.interface_config(cfg, v4, v6)
+        want = self.eps.interface_config(cfg, v4, v6, ifname=row.ifname)
         inside: list[str] = []
         if state.mac != row.mac:
-            self._repair(row, "mac", f"{ENDPOINT_IFNAME} has MAC {state.mac}, not {row.mac}")
+            self._repair(row, "mac", f"{row.ifname} has MAC {state.mac}, not {row.mac}")
             inside.append("mac")
         if not state.up:
-            self._repair(row, "eth0_up", f"{ENDPOINT_IFNAME} is down")
+            self._repair(row, "eth0_up", f"{row.ifname} is down")
             inside.append("eth0_up")
         for a in want.addresses:
             if (str(a.address), a.prefixlen) not in state.addresses:
@@ -186,15 +203,7 @@ class Reconciler:
             # Idempotent: re-applies the whole configuration; what is in place stays.
             kernel.configure_interface(row.netns, state.index,
                                        replace(want, mac=row.mac if "mac" in inside else None))
-            repairs += inside
-        spec = self.eps.spec(row, cfg, net_row.id, host_ifindex=link.index)
-        missing = self.rt.datapath.check_endpoint(spec)
-        if missing:
-            for what in missing:
-                self._repair(row, f"datapath_{what}", f"datapath {what} are not in place")
-            self.rt.datapath.add_endpoint(spec)  # idempotent: rewrites entries, replaces filters
-            repairs += [f"datapath_{what}" for what in missing]
-        return repairs
+        return inside
 
     def _repair(self, row: EndpointRow, kind: str, what: str) -> None:
         log.warning("reconcile: endpoint %s: %s; repairing", row.name, what)

@@ -116,7 +116,8 @@ def adopt(rt: Runtime, veths: tuple[LinkState, ...], default_bridge: str) -> int
     adopted = 0
     used_ids = {row.id for row in rt.store.endpoints()}
     for veth in veths:
-        found = [(ns, st) for ns, st in peers.get(veth.index, []) if st.index == veth.peer]
+        found = [(ns, st) for ns, st in peers.get(veth.index, [])
+                 if st.index == veth.peer and st.peer_in_caller is not False]
         bridge = links.get(veth.master) if veth.master else None
         ep_id = int(veth.name[len(HOST_VETH_PREFIX):])
         why = None

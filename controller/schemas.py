@@ -156,6 +156,11 @@ V6Gateway = Annotated[str, _field(_V6_ADDRESS + " (link-local allowed)", V6_ADDR
                                   examples=["fe80::1"]), _scope(parse_v6), _check(parse_v6, True)]
 
 
+NetnsPath = Annotated[str, _field("the absolute path of a network namespace's file, like /run/netns/NAME or "
+                                  "/proc/PID/ns/net", r"/[^\x00]*", 4096, examples=["/run/netns/netns-1"])]
+Owner = Annotated[str, _field("printable ASCII without spaces", r"[!-~]+", 256, examples=["cni:4f2a:eth0"])]
+
+
 class _Body(BaseModel):
     # strict: no "false" -> True, no 1500.5 -> 1500, no number where a string is expected.
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -229,6 +234,14 @@ class EndpointCreate(_Body):
     netns: Name | None = Field(None, description="adopt this existing namespace instead of making one")
     publish: list[Publish] | None = Field(None, max_length=MAX_PUBLISH,
                                           description="published ports, as docker run -p")
+    netns_path: NetnsPath | None = Field(None, description="a namespace someone else owns (a container "
+                                         "runtime's), by its file; never deleted by bpfnet; excludes netns")
+    ifname: IfName | None = Field(None, description="the endpoint's interface in its namespace; default eth0")
+    owner: Owner | None = Field(None, description="the runtime's key for this endpoint, e.g. "
+                                "cni:<container id>:<ifname>; unique")
+    handoff: bool | None = Field(None, description="leave the veth's peer in the managed namespace as ifname "
+                                 "(default bnv<id>p) for the runtime to move into its container and configure "
+                                 "(Docker's remote driver model); excludes netns and netns_path")
 
     def to_json(self) -> dict[str, Any]:
         """The fields given, as EndpointService.add takes them."""
@@ -240,6 +253,10 @@ _EXPECT = {
     "name": f"a name of {NAME_RULE}",
     "network": f"a network name of {NAME_RULE}",
     "netns": f"a namespace name of {NAME_RULE}",
+    "netns_path": "an absolute path like /run/netns/NAME",
+    "ifname": "an interface name of 1-15 letters, digits, '_', '.', '-'",
+    "owner": "a string of printable ASCII without spaces",
+    "handoff": "true or false",
     "bridge": "an interface name of 1-15 letters, digits, '_', '.', '-'",
     "subnet4": V4_CIDR_HINT,
     "ip_range4": V4_CIDR_HINT,
@@ -277,6 +294,7 @@ def _shown(value: Any) -> str:
 _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "name": check_name, "network": lambda v, w: check_name(v, "network name"),
     "netns": lambda v, w: check_name(v, "netns name"), "bridge": lambda v, w: check_ifname(v, "bridge name"),
+    "ifname": lambda v, w: check_ifname(v, "ifname"),
     "subnet4": parse_v4_network, "ip_range4": parse_v4_network, "subnet6": parse_v6_network,
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
@@ -412,6 +430,9 @@ class EndpointDoc(_Doc):
     network: str
     netns: str
     adopted_netns: bool
+    ifname: str = Field("eth0", description="the endpoint's interface inside netns")
+    owner: str | None = Field(None, description="the runtime's key (CNI, Docker) for endpoints it made")
+    handoff: bool = Field(False, description="the peer is the runtime's to move and configure")
     host_ifname: str
     host_ifindex: int | None
     mac: str
@@ -424,6 +445,13 @@ class EndpointDoc(_Doc):
     gateway6: str | None = Field(None, description="only on IPv6 networks")
     published: list[dict[str, Any]] = Field(default_factory=list, description="published ports: host_ip (null: "
                                             "every address), host_port, endpoint_port, proto")
+
+
+class EndpointCheckDoc(_Doc):
+    model_config = ConfigDict(title="EndpointCheck")
+    name: str
+    ok: bool
+    problems: list[str] = Field(description="one line per difference; empty when ok")
 
 
 # --- the OpenAPI document --------------------------------------------------------------------
@@ -440,7 +468,7 @@ _STATUS_TEXT = {
          "the disk holding the state)",
 }
 _MODELS: tuple[type[BaseModel], ...] = (NetworkCreate, EndpointCreate, ErrorDoc, InfoDoc, StatsDoc,
-                                        NetworkDoc, EndpointDoc)
+                                        NetworkDoc, EndpointDoc, EndpointCheckDoc)
 Method = Literal["get", "post", "delete"]
 
 
@@ -505,6 +533,10 @@ def openapi() -> dict[str, Any]:
             "get": _operation("listEndpoints", "Every endpoint", 200, _list_of(EndpointDoc)),
             "post": _operation("addEndpoint", "Add an endpoint (a namespace joined by a veth pair)", 201,
                                _ref(EndpointDoc), (400, 404, 409, 413, 507), body=EndpointCreate),
+        },
+        "/v1/endpoints/{name}/check": {
+            "get": _operation("checkEndpoint", "What differs between an endpoint and the kernel (nothing is "
+                              "repaired)", 200, _ref(EndpointCheckDoc), (400, 404), named="endpoint"),
         },
         "/v1/endpoints/{name}": {
             "get": _operation("inspectEndpoint", "One endpoint", 200, _ref(EndpointDoc), (400, 404),

@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,10 @@ CREATE TABLE IF NOT EXISTS endpoints (
     host_ifname TEXT NOT NULL,
     mac TEXT NOT NULL,
     state TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    ifname TEXT NOT NULL DEFAULT 'eth0',
+    owner TEXT NOT NULL DEFAULT '',
+    handoff INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS leases (
     network TEXT NOT NULL,
@@ -74,6 +77,12 @@ CREATE TABLE IF NOT EXISTS published_ports (
     PRIMARY KEY (proto, host_ip, host_port)
 );
 """
+# Columns added after the first release: (table, column, declaration), added to older files at open.
+ADDED_COLUMNS = (
+    ("endpoints", "ifname", "TEXT NOT NULL DEFAULT 'eth0'"),
+    ("endpoints", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("endpoints", "handoff", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,14 @@ class EndpointRow:
     mac: str
     state: str
     created: float
+    # The endpoint's interface inside NETNS (a container runtime may ask for another name).
+    ifname: str = "eth0"
+    # Who asked for an endpoint whose namespace belongs to someone else, e.g. "cni:<container id>:<ifname>"
+    # (bpfnet.plugins); "" for endpoints made through the API alone.
+    owner: str = ""
+    # The veth's peer was left in the managed namespace as IFNAME for the runtime to move into its
+    # container and configure (Docker's remote driver model): bpfnet never configures or checks it.
+    handoff: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,13 @@ class LeaseRow:
     address: str
     family: int
     endpoint: str
+
+
+_ENDPOINT_COLUMNS = "name, id, network, netns, adopted, host_ifname, mac, state, created, ifname, owner, handoff"
+
+
+def _endpoint_row(r: Any) -> EndpointRow:
+    return EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]))
 
 
 class StateError(BpfnetError):
@@ -180,12 +204,20 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._lock:
                 self._db.executescript(SCHEMA)
+                self._add_columns()
         except sqlite3.Error as exc:
             if _code(exc) == SQLITE_READONLY or "readonly" in str(exc):
                 raise StateError(f"state file {self.path} is read-only for the daemon") from None
             if _is_full(exc):
                 raise StateError(f"state file {self.path}: the disk is full") from None
             raise StateError(f"state file {self.path}: cannot write it: {exc}") from None
+
+    def _add_columns(self) -> None:
+        """Files written before a column existed get it, with its default for every row."""
+        for table, column, declaration in ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _has_meta(self) -> bool:
         try:
@@ -261,14 +293,14 @@ class Store:
 
     # endpoints
     def endpoints(self, network: str | None = None) -> list[EndpointRow]:
-        q = "SELECT name, id, network, netns, adopted, host_ifname, mac, state, created FROM endpoints"
+        q = f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints"
         args: tuple[Any, ...] = ()
         if network is not None:
             q += " WHERE network = ?"
             args = (network,)
         with self._lock:
             rows = self._db.execute(q + " ORDER BY created, name", args).fetchall()
-        return [EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+        return [_endpoint_row(r) for r in rows]
 
     def count_endpoints(self, network: str) -> int:
         with self._lock:
@@ -283,12 +315,15 @@ class Store:
 
     def endpoint(self, name: str) -> EndpointRow | None:
         with self._lock:
-            r = self._db.execute(
-                "SELECT name, id, network, netns, adopted, host_ifname, mac, state, created "
-                "FROM endpoints WHERE name = ?",
-                (name,),
-            ).fetchone()
-        return None if r is None else EndpointRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8])
+            r = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE name = ?", (name,)).fetchone()
+        return None if r is None else _endpoint_row(r)
+
+    def endpoint_by_owner(self, owner: str) -> EndpointRow | None:
+        """The endpoint a runtime's request made (OWNER as given to reserve_endpoint), if any."""
+        with self._lock:
+            r = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE owner = ? AND owner != ''",
+                                 (owner,)).fetchone()
+        return None if r is None else _endpoint_row(r)
 
     def reserve_endpoint(
         self,
@@ -301,6 +336,9 @@ class Store:
         max_id: int,
         created: float,
         host_ifname_for: Any,
+        ifname: str | Callable[[int], str] = "eth0",
+        owner: str = "",
+        handoff: bool = False,
     ) -> EndpointRow | None:
         """Insert an endpoint in state 'creating' with its leases, atomically.
 
@@ -315,17 +353,21 @@ class Store:
             if ep_id is None:
                 raise OverflowError(f"all {max_id} endpoint slots are in use")
             host_ifname = host_ifname_for(ep_id)
+            if callable(ifname):
+                ifname = ifname(ep_id)
             c.execute(
-                "INSERT INTO endpoints (name, id, network, netns, adopted, host_ifname, mac, state, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?)",
-                (name, ep_id, network, netns, int(adopted), host_ifname, mac, created),
+                "INSERT INTO endpoints (name, id, network, netns, adopted, host_ifname, mac, state, created, "
+                "ifname, owner, handoff) VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
+                (name, ep_id, network, netns, int(adopted), host_ifname, mac, created, ifname, owner,
+                 int(handoff)),
             )
             for address, family in leases:
                 c.execute(
                     "INSERT INTO leases (network, address, family, endpoint) VALUES (?, ?, ?, ?)",
                     (network, address, family, name),
                 )
-        return EndpointRow(name, ep_id, network, netns, adopted, host_ifname, mac, "creating", created)
+        return EndpointRow(name, ep_id, network, netns, adopted, host_ifname, mac, "creating", created, ifname,
+                           owner, handoff)
 
     def adopt_endpoint(self, row: EndpointRow, leases: list[tuple[str, int]]) -> None:
         """Insert an endpoint found in the kernel (``--reconcile=adopt``) as it is:
@@ -341,6 +383,10 @@ class Store:
             for address, family in leases:
                 c.execute("INSERT INTO leases (network, address, family, endpoint) VALUES (?, ?, ?, ?)",
                           (row.network, address, family, row.name))
+
+    def set_endpoint_netns(self, name: str, netns: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE endpoints SET netns = ? WHERE name = ?", (netns, name))
 
     def set_endpoint_state(self, name: str, state: str) -> None:
         with self.tx() as c:

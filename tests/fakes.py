@@ -79,6 +79,11 @@ class FakeKernel:
     def netns_exists(self, name: str) -> bool:
         return name in self.namespaces
 
+    def netns_is_managed(self, path: str) -> bool:
+        return path == self.managed_path
+
+    managed_path = "/proc/self/ns/net"  # what the fake calls the managed namespace's file
+
     def create_netns(self, name: str, sysctls: Mapping[str, str]) -> None:
         self._mutate("create_netns")
         if name not in self.namespaces:
@@ -135,6 +140,8 @@ class FakeKernel:
         link = self.links.pop(name, None)
         if link is not None and link.peer is not None and link.peer[0] in self.namespaces:
             self.namespaces[link.peer[0]].links.pop(link.peer[1], None)
+        if link is not None and link.peer is not None and link.peer[0] == "":  # its peer beside it
+            self.links = {n: other for n, other in self.links.items() if other.index != link.peer[1]}
         if link is not None:
             self.routes = {r for r in self.routes if r[1] != link.index}
 
@@ -176,13 +183,15 @@ class FakeKernel:
         return list(self.host_routes)
 
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
-                    up: bool) -> tuple[int, int]:
+                    up: bool, peer_ifname: str = "eth0") -> tuple[int, int]:
         self._mutate("create_veth")
         if host in self.links:
             raise OSError(17, f"{host} exists")
-        ns = self.namespaces[peer_ns]
-        eth0 = FakeLink("eth0", self._index(), "veth", mac=peer_mac)
-        ns.links[eth0.index] = eth0
+        eth0 = FakeLink(peer_ifname, self._index(), "veth", mac=peer_mac)
+        if peer_ns:
+            self.namespaces[peer_ns].links[eth0.index] = eth0
+        else:  # the peer stays in the managed namespace
+            self.links[peer_ifname] = eth0
         link = FakeLink(host, self._index(), "veth", master=bridge_index, up=up, peer=(peer_ns, eth0.index))
         self.links[host] = link
         return link.index, eth0.index
@@ -204,7 +213,8 @@ class FakeKernel:
             if link.name == ifname:
                 host = next((h.index for h in self.links.values() if h.peer == (ns, link.index)), None)
                 return InterfaceState(link.index, link.mac, link.up, frozenset(link.addresses),
-                                      frozenset(link.gateways), peer=host)
+                                      frozenset(link.gateways), peer=host,
+                                      peer_in_caller=None if host is None else True)
         return None
 
     def eth0(self, ns: str) -> FakeLink:

@@ -115,11 +115,22 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         ({"netns": "bad/name"}, "--netns"),
         ({"log_level": "loud"}, "--log-level"),
         ({"default_gateway": "10.0.0.1", "bip": "172.30.0.1/16"}, "not inside subnet"),
+        ({"docker_plugin": "bad/name"}, "--docker-plugin"),
+        ({"docker_plugin": "bpfnet", "docker_plugin_dir": "plugins"}, "not an absolute path"),
+        ({"docker_plugin": "b" * 60, "docker_plugin_dir": "/" + "d" * 60}, "longer than a Unix socket path"),
     ],
 )
 def test_daemon_validation(overrides: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidArgument, match=fragment.replace("(", r"\(").replace("+", r"\+")):
         load_daemon_config(None, overrides)
+
+
+def test_docker_plugin_socket() -> None:
+    assert load_daemon_config(None, {}).docker_plugin_socket is None
+    cfg = load_daemon_config(None, {"docker_plugin": "bpfnet"})
+    assert cfg.docker_plugin_socket == "/run/docker/plugins/bpfnet.sock"
+    cfg = load_daemon_config(None, {"docker_plugin": "b1", "docker_plugin_dir": "/etc/docker/plugins/"})
+    assert cfg.docker_plugin_socket == "/etc/docker/plugins/b1.sock"
 
 
 def test_public_api_allowed_with_flag() -> None:

@@ -20,8 +20,12 @@ ADAPTERS = {"kernel", "links", "netns", "outside.nft"}
 STORE = {"state", "daemonlock"}
 PURE = {"config", "ipam", "addressing", "model", "errors", "snapshot", "schemas", "datapath.abi",
         "datapath.counters", "datapath.drop_reasons", "outside", "outside.ports", "outside.ruleset"}
+# Runtime plugins (CNI, Docker) are clients of the services, like the CLI: never the kernel,
+# the store or the datapath directly, and never the daemon's wiring.
+PLUGINS = "plugins"
 # What may never be imported from each layer.
 FORBIDDEN = {
+    "plugins": WIRING | ADAPTERS | STORE | {"datapath", "cli", "top", "demo"},
     "services": FACE | WIRING,
     "adapters": FACE | WIRING | SERVICES | STORE,
     "store": FACE | WIRING | SERVICES | ADAPTERS,
@@ -42,6 +46,8 @@ def module_name(path: Path) -> str:
 def layer(name: str) -> str | None:
     if name in PURE:
         return "pure"
+    if name == PLUGINS or name.startswith(PLUGINS + "."):
+        return "plugins"
     if name.startswith("datapath"):
         return "datapath"
     for label, members in (("services", SERVICES), ("adapters", ADAPTERS), ("store", STORE)):
@@ -93,3 +99,5 @@ def test_the_rule_can_fail() -> None:
     assert "cli" in FORBIDDEN["services"] and layer("endpoints") == "services"
     assert "runtime" in imports(CONTROLLER / "endpoints.py")
     assert "ext:pyroute2" in imports(CONTROLLER / "links.py")
+    assert layer("plugins.cni") == "plugins" and "links" in FORBIDDEN["plugins"]
+    assert "client" in imports(CONTROLLER / "plugins" / "cni.py")

@@ -6,12 +6,14 @@ an empty one. The real-kernel versions are in test_daemon_hardening.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 from bpfnet.config import NetworkConfig, migrate_stored_network
 from bpfnet.errors import InvalidArgument
+from bpfnet.model import InterfaceState
 from bpfnet.reconcile import migrate_stored_networks
 from bpfnet.recovery import check_fresh_state, survey
 from bpfnet.state import StateError, StorageFull, Store
@@ -86,6 +88,27 @@ def test_adopt_leaves_a_veth_it_cannot_explain(tmp_path: Path) -> None:
     check_fresh_state(second.rt, "adopt", str(tmp_path / "no-pins"), "bpfnet0")
     assert [e.name for e in second.store.endpoints()] == ["e2"]
     assert "bnv2" in second.kernel.links  # left alone, not deleted
+
+
+def test_adopt_tells_its_peer_from_a_lookalike_in_another_managed_namespace(tmp_path: Path) -> None:
+    """Every fresh namespace numbers its links alike: another daemon's endpoint can show the same
+    (eth0 index, peer index) pair. Only the peer's namespace id tells them apart."""
+    first = populated(tmp_path)
+    second = with_lost_state(tmp_path, first)
+    kernel = second.kernel
+    real = kernel.interface_state
+    kernel.namespaces["foreign"] = kernel.namespaces["e3"]
+
+    def lookalike(ns: str, ifname: str) -> InterfaceState | None:
+        state = real("e3" if ns == "foreign" else ns, ifname)
+        if ns == "foreign" and state is not None:
+            return replace(state, mac="02:00:00:00:99:99", peer_in_caller=False)
+        return state
+
+    kernel.interface_state = lookalike  # type: ignore[method-assign]
+    check_fresh_state(second.rt, "adopt", str(tmp_path / "no-pins"), "bpfnet0")
+    rows = {e.name: e for e in second.store.endpoints()}
+    assert set(rows) == {"e2", "e3"} and rows["e3"].mac == "02:00:00:00:00:33"
 
 
 def test_wipe_lets_the_start_go_on(tmp_path: Path) -> None:

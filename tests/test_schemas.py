@@ -419,7 +419,7 @@ ROUTES = {
     ("get", "/v1/networks"), ("post", "/v1/networks"),
     ("get", "/v1/networks/{name}"), ("delete", "/v1/networks/{name}"),
     ("get", "/v1/endpoints"), ("post", "/v1/endpoints"),
-    ("get", "/v1/endpoints/{name}"), ("delete", "/v1/endpoints/{name}"),
+    ("get", "/v1/endpoints/{name}"), ("delete", "/v1/endpoints/{name}"), ("get", "/v1/endpoints/{name}/check"),
 }
 
 

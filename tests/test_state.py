@@ -108,3 +108,35 @@ def test_tx_rolls_back_on_error(store: Store) -> None:
         raise RuntimeError("boom")
     with store.tx() as c:
         assert c.execute("SELECT COUNT(*) FROM meta WHERE key = 'k'").fetchone()[0] == 0
+
+
+def test_a_file_of_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
+    """Endpoint rows written before ifname/owner/handoff existed read as eth0, no owner, no handoff."""
+    state = tmp_path / "old"
+    state.mkdir()
+    db = sqlite3.connect(state / "bpfnet.db")
+    db.executescript("""
+        CREATE TABLE networks (name TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL, config TEXT NOT NULL,
+                               is_default INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE endpoints (name TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL,
+                                network TEXT NOT NULL REFERENCES networks(name), netns TEXT NOT NULL,
+                                adopted INTEGER NOT NULL, host_ifname TEXT NOT NULL, mac TEXT NOT NULL,
+                                state TEXT NOT NULL, created REAL NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('hostns', '');
+        INSERT INTO endpoints VALUES ('a', 0, 'bridge', 'a', 0, 'bnv0', '02:42:ac:1e:00:02', 'ready', 1.0);
+    """)
+    db.close()
+    store = Store(str(state))
+    row = store.endpoint("a")
+    assert row is not None and (row.ifname, row.owner, row.handoff) == ("eth0", "", False)
+    assert store.endpoint_by_owner("") is None  # no owner is nobody's key
+    store.close()
+    Store(str(state)).close()  # a second open adds nothing
+
+
+def test_owner_and_handoff_are_stored(store: Store) -> None:
+    row = store.reserve_endpoint("d", "bridge", "", True, "02:42:ac:1e:00:05", [("172.30.0.5", 4)], 8, 1.0,
+                                 lambda i: f"bnv{i}", ifname=lambda i: f"bnv{i}p", owner="docker:e1", handoff=True)
+    assert row is not None and row.ifname == "bnv0p"
+    assert store.endpoint_by_owner("docker:e1") == store.endpoint("d") == row

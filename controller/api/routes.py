@@ -106,6 +106,7 @@ def install(router: Router, *, networks: NetworkService, endpoints: EndpointServ
         created, endpoints.add(schemas.parse_body(schemas.EndpointCreate, b).to_json())))
     r.add("GET", "/v1/endpoints/{name}", lambda p, b: (ok, endpoints.inspect(_name(p, "endpoint"))))
     r.add("DELETE", "/v1/endpoints/{name}", lambda p, b: _no_content(endpoints.remove, _name(p, "endpoint")))
+    r.add("GET", "/v1/endpoints/{name}/check", lambda p, b: (ok, endpoints.check(_name(p, "endpoint"))))
 
 
 def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None,

@@ -108,9 +108,9 @@ def error_body(message: str) -> bytes:
     return (json.dumps({"error": message}) + "\n").encode()
 
 
-def _json_response(status: int, data: bytes, headers: dict[str, str] | None = None) -> web.Response:
-    resp = web.Response(status=status, body=data, content_type="application/json",
-                        headers=headers)
+def _json_response(status: int, data: bytes, headers: dict[str, str] | None = None,
+                   content_type: str = "application/json") -> web.Response:
+    resp = web.Response(status=status, body=data, content_type=content_type, headers=headers)
     resp.headers["Server"] = "bpfnet"
     return resp
 
@@ -297,10 +297,12 @@ class ApiServer:
                  max_body: int = MAX_BODY, workers: int = WORKERS,
                  max_connections: int = MAX_CONNECTIONS, idle_timeout: float = IDLE_TIMEOUT,
                  body_timeout: float = BODY_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
-                 linger_timeout: float = LINGER_TIMEOUT) -> None:
+                 linger_timeout: float = LINGER_TIMEOUT, content_type: str = "application/json") -> None:
         """``allow(path)`` names the methods a path supports, for the Allow header
-        of a 405; without it the server's METHODS are named."""
+        of a 405; without it the server's METHODS are named. CONTENT_TYPE is the app's
+        answers' (a JSON media type: Docker's plugin protocol has its own)."""
         self.app = app
+        self.content_type = content_type
         self.on_request = on_request
         self.allow = allow
         self.max_body = max_body
@@ -456,7 +458,7 @@ class ApiServer:
             loop = asyncio.get_running_loop()
             status, data, route = await loop.run_in_executor(self._executor, self._call_app, req)
             headers = {"Allow": self._allowed(path)} if status == 405 else None
-            resp = _json_response(status, data, headers)
+            resp = _json_response(status, data, headers, self.content_type)
         except _Reject as rej:
             self.count(route, label, rej.status)
             log.debug("API %s %s: %d %s", method, request.raw_path[:_MAX_MESSAGE], rej.status, rej.message)
