@@ -225,8 +225,10 @@ def findings(doc: dict[str, Any]) -> list[str]:
     if len(pps) >= 2:
         levels = sorted(int(k) for k in pps)
         waits = sc.get("quiet_wait_s") or {}
-        noise = max((max(v["runs"]) / min(v["runs"]) - 1) for v in pps.values() if len(v["runs"]) > 1) \
-            if any(len(v["runs"]) > 1 for v in pps.values()) else 0.0
+        # a run that delivered nothing (a starved CPU in a quick run) says nothing about noise
+        spreads = [max(v["runs"]) / min(v["runs"]) - 1 for v in pps.values()
+                   if len(v["runs"]) > 1 and min(v["runs"]) > 0]
+        noise = max(spreads, default=0.0)
         out.append("Rate vs endpoints (best of the runs at each level; median in brackets): "
                    + ", ".join(f"{n}: {max(pps[str(n)]['runs']) / 1e6:.3f} M "
                                f"({pps[str(n)]['median'] / 1e6:.3f})" for n in levels)
@@ -422,11 +424,22 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
     if found:
         lines += ["## Findings", "", ("Derived from this run's figures and profiles (details in the "
                   "sections below)."), ""] + [f"- {f}" for f in found] + [""]
-    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _method_md(doc)
+    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
     lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
     return "\n".join(lines)
+
+
+def _outside_md() -> list[str]:
+    """The published-port figures of the last ``python -m bench.outside --write`` (bench/outside.json)."""
+    from . import outside
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), outside.OUT_JSON)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return outside.markdown(json.load(f))
 
 
 def _relative_rates(med: dict[str, dict[str, float]]) -> str:

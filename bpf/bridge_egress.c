@@ -5,7 +5,8 @@
  * known endpoint is redirected straight out of that endpoint's host veth with
  * its MAC as destination and counted as the endpoint's fast-path RX. Anything
  * else goes through the bridge; the endpoint egress program counts it when it
- * arrives.
+ * arrives. On an internal network, what comes from outside it (not the
+ * gateway) is dropped (DROP_INTERNAL) before it is redirected.
  */
 #include "forward.h"
 
@@ -13,6 +14,7 @@ int bridge_egress(struct __sk_buff *skb)
 {
 	struct packet p;
 	struct endpoint *dst;
+	struct network *net;
 	__u32 *network_id, key, len;
 	int verdict;
 
@@ -22,6 +24,15 @@ int bridge_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (skb->vlan_present)
 		return TC_ACT_OK;
+	/* Received on an endpoint's veth and sent out of the bridge device without
+	 * being routed by this host: br_netfilter's "bridged DNAT" (an endpoint
+	 * reaching a published port of its own network while
+	 * bridge-nf-call-iptables=1). Its POSTROUTING (masquerade, un-DNAT of the
+	 * replies) runs only on the bridge's own forwarding path, so leave the
+	 * packet to the bridge. Routed packets carry the bridge's or the uplink's
+	 * ifindex here. */
+	if (skb->ingress_ifindex && lookup_endpoint(skb->ingress_ifindex))
+		return TC_ACT_OK;
 	pull_headers(skb);
 	len = skb->len;
 	packet_start(&p, skb);
@@ -30,6 +41,9 @@ int bridge_egress(struct __sk_buff *skb)
 	dst = fast_target(*network_id, &p);
 	if (!dst)
 		return TC_ACT_OK;
+	net = lookup_network(*network_id);
+	if (net && net->internal && !internal_peer_allowed(*network_id, net, &p, 1))
+		return drop(skb, dst->id, DIR_RX, DROP_INTERNAL);
 	/* bpf_redirect_peer is only valid at tc ingress, so this is always a
 	 * plain redirect to the veth's egress (marked, see forward.h). */
 	verdict = redirect_to_endpoint(skb, p.eth, dst, 0);

@@ -7,7 +7,9 @@
  *
  * It also enforces icc=false for what reaches the endpoint through the bridge
  * from another endpoint of its network (unicast IP only, see icc_exempt()), so
- * the policy holds even for destinations the fast path does not know.
+ * the policy holds even for destinations the fast path does not know, and
+ * internal networks: unicast IP from outside the network is dropped
+ * (DROP_INTERNAL; bridge_egress checks what it redirects itself).
  */
 #include "forward.h"
 
@@ -23,13 +25,19 @@ int ep_egress(struct __sk_buff *skb)
 	ep = lookup_endpoint(skb->ifindex);
 	if (!ep)
 		return TC_ACT_OK;
+	net = lookup_network(ep->network_id);
+	if (net && net->internal) {
+		pull_headers(skb);
+		packet_start(&p, skb);
+		if (!internal_peer_allowed(ep->network_id, net, &p, 1))
+			return drop(skb, ep->id, DIR_RX, DROP_INTERNAL);
+	}
 	in_ifindex = skb->ingress_ifindex;
 	if (in_ifindex == 0 || in_ifindex == skb->ifindex)
 		goto kernel; /* sent by the host itself */
 	src = lookup_endpoint(in_ifindex);
 	if (!src || src->network_id != ep->network_id)
 		goto kernel;
-	net = lookup_network(ep->network_id);
 	if (!net || net->icc)
 		goto kernel;
 	pull_headers(skb);

@@ -8,7 +8,9 @@
  * 2. Unicast IPv4/IPv6 to another endpoint of the same network: drop if the
  *    network has icc=false (DROP_POLICY), else rewrite the destination MAC and
  *    redirect straight to it (fast path).
- * 3. Everything else goes to the kernel (bridge) unchanged.
+ * 3. On an internal network, unicast IP to anything but an endpoint of the
+ *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
+ * 4. Everything else goes to the kernel (bridge) unchanged.
  */
 #include "forward.h"
 #include "validate.h"
@@ -37,8 +39,12 @@ int ep_ingress(struct __sk_buff *skb)
 	if (mac_is_multicast(p.eth->h_dest))
 		goto kernel;
 	dst = fast_target(src->network_id, &p);
-	if (!dst || dst->ifindex == src->ifindex)
+	if (!dst || dst->ifindex == src->ifindex) {
+		net = lookup_network(src->network_id);
+		if (net && net->internal && !internal_peer_allowed(src->network_id, net, &p, 0))
+			return drop(skb, src->id, DIR_TX, DROP_INTERNAL);
 		goto kernel;
+	}
 	net = lookup_network(src->network_id);
 	if (!net)
 		goto kernel; /* network not configured (yet): the kernel decides */

@@ -144,6 +144,67 @@ static __always_inline int icc_exempt(struct packet *p)
 	return p->l4proto == IPPROTO_ICMPV6_ && icmp6_is_nd(&p->nh, p->data_end);
 }
 
+/* IPv6 address a is one of net's gateways. */
+static __always_inline int ipv6_is_gateway(const struct network *net, const __u32 *a)
+{
+#pragma unroll
+	for (int i = 0; i < MAX_GATEWAY6; i++) {
+		if (i >= net->n_gateway6)
+			break;
+		if (a[0] == net->gateway6[i][0] && a[1] == net->gateway6[i][1] &&
+		    a[2] == net->gateway6[i][2] && a[3] == net->gateway6[i][3])
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Internal networks (network create --internal): nothing leaves or enters.
+ * Whether the peer of a packet may talk to an endpoint of network_id: the
+ * destination of what the endpoint sends (from_peer=0) or the source of what
+ * it receives (from_peer=1). Allowed: anything that is not unicast IP (ARP,
+ * neighbour discovery, multicast, broadcast, too short to judge) and unicast
+ * IP whose peer is the network's gateway, an IPv6 link-local address (on the
+ * link by definition) or an endpoint of the network. p after packet_start();
+ * parse_ip() is run here if it has not been.
+ */
+static __always_inline int internal_peer_allowed(__u32 network_id, const struct network *net,
+						 struct packet *p, int from_peer)
+{
+	if (p->proto < 0 || mac_is_multicast(p->eth->h_dest))
+		return 1;
+	if (p->proto != ETH_P_IP_BE && p->proto != ETH_P_IPV6_BE)
+		return 1;
+	if (!p->iph && !p->ip6h && parse_ip(p) < 0)
+		return 1;
+	if (p->proto == ETH_P_IP_BE) {
+		struct ep_ipv4_key key = {};
+
+		if (!p->iph)
+			return 1;
+		key.addr = from_peer ? p->iph->saddr : p->iph->daddr;
+		if (key.addr == net->gateway4)
+			return 1;
+		key.network_id = network_id;
+		return endpoint_id_by_ipv4.lookup(&key) != NULL;
+	} else {
+		struct ep_ipv6_key key = {};
+		struct in6_addr *a;
+
+		if (!p->ip6h)
+			return 1;
+		a = from_peer ? &p->ip6h->saddr : &p->ip6h->daddr;
+		if (a->in6_u.u6_addr8[0] == 0xff ||
+		    (a->in6_u.u6_addr8[0] == 0xfe && (a->in6_u.u6_addr8[1] & 0xc0) == 0x80))
+			return 1; /* multicast, link-local */
+		__builtin_memcpy(key.addr, a, sizeof(key.addr));
+		if (ipv6_is_gateway(net, key.addr))
+			return 1;
+		key.network_id = network_id;
+		return endpoint_id_by_ipv6.lookup(&key) != NULL;
+	}
+}
+
 /*
  * Set the destination MAC and redirect to dst. peer=1: into dst's eth0 ingress
  * (only valid from a tc ingress hook); peer=0: out of dst's host veth, marked

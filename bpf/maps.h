@@ -63,6 +63,7 @@ struct network {
 	__u8 bridge_mac[6];
 	__be32 gateway4;     /* network byte order */
 	__u32 gateway6[MAX_GATEWAY6][4]; /* network byte order */
+	__u8 internal;       /* 1: nothing leaves or enters (network create --internal) */
 };
 
 /* Keys of the address maps. The network id is part of the key: the fast path

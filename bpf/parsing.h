@@ -152,6 +152,8 @@ static __always_inline void packet_start(struct packet *p, struct __sk_buff *skb
 	p->nh.pos = (void *)(long)skb->data;
 	p->data_end = (void *)(long)skb->data_end;
 	p->proto = parse_ethhdr(&p->nh, p->data_end, &p->eth);
+	p->iph = NULL; /* set by parse_ip(): NULL tells callers it has not run */
+	p->ip6h = NULL;
 }
 
 /* Parse the IPv4 or IPv6 header after the Ethernet header (p->proto says

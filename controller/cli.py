@@ -50,6 +50,11 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         lines.append(f"WARNING:      {warning}")
     for prog in dp.get("programs", []):
         lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}")
+    out = info.get("outside")
+    if out:
+        lines.append(f"Outside:      {out['mechanism']}; ip-masq {'on' if out['ip_masq'] else 'off'}, "
+                     f"ip6-masq {'on' if out['ip6_masq'] else 'off'}, ip-forward "
+                     f"{'on' if out['ip_forward'] else 'off'}; {out['published_ports']} published port(s)")
     emit(args, info, "\n".join(lines))
 
 
@@ -61,6 +66,10 @@ def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
             body[key] = value
     if args.ipv6:
         body["ipv6"] = True
+    if args.internal:
+        body["internal"] = True
+    if not args.masquerade:
+        body["masquerade"] = False
     net = c.post("/v1/networks", body)
     emit(args, net, net["name"])
 
@@ -95,7 +104,7 @@ def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
 def cmd_endpoint_add(args: argparse.Namespace, c: Client) -> None:
     body: dict[str, Any] = {"name": args.name}
     for key, value in (("network", args.network), ("ip", args.ip), ("ip6", args.ip6), ("mac", args.mac),
-                       ("netns", args.netns)):
+                       ("netns", args.netns), ("publish", args.publish)):
         if value is not None:
             body[key] = value
     ep = c.post("/v1/endpoints", body)
@@ -104,8 +113,18 @@ def cmd_endpoint_add(args: argparse.Namespace, c: Client) -> None:
 
 def _ep_rows(eps: list[dict[str, Any]]) -> str:
     rows = [[e["name"], e["network"], e["netns"], e["host_ifname"], e["mac"], e["ipv4"],
-             ", ".join(e.get("ipv6") or []) or "-"] for e in eps]
-    return table(rows, ["NAME", "NETWORK", "NETNS", "HOST VETH", "MAC", "IPV4", "IPV6"])
+             ", ".join(e.get("ipv6") or []) or "-", _ports(e.get("published") or [])] for e in eps]
+    return table(rows, ["NAME", "NETWORK", "NETNS", "HOST VETH", "MAC", "IPV4", "IPV6", "PORTS"])
+
+
+def _ports(published: list[dict[str, Any]]) -> str:
+    """As docker ps: 0.0.0.0:8080->80/tcp ([::]: for IPv6)."""
+    out = []
+    for p in published:
+        host = p["host_ip"] or "*"
+        host = f"[{host}]" if ":" in host else host
+        out.append(f"{host}:{p['host_port']}->{p['endpoint_port']}/{p['proto']}")
+    return ", ".join(out) or "-"
 
 
 def cmd_endpoint_ls(args: argparse.Namespace, c: Client) -> None:
@@ -155,6 +174,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "group": args.group, "tls": args.tls or None, "tlsverify": args.tlsverify or None,
         "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
         "reconcile": args.reconcile, "default_address_pool": args.default_address_pool,
+        "ip_masq": args.ip_masq, "ip6_masq": args.ip6_masq, "ip_forward": args.ip_forward,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
     }
     cfg = load_daemon_config(args.config, overrides)
@@ -163,6 +183,24 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 # parser ------------------------------------------------------------------
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _bool_flag(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    """dockerd's boolean flags: --NAME, --NAME=false, and --no-NAME."""
+    dest = name.replace("-", "_")
+    p.add_argument(f"--{name}", dest=dest, nargs="?", const=True, type=_boolean, default=None,
+                   metavar="BOOL", help=help_text)
+    p.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"same as --{name}=false")
+
+
+
 def _tls_client_options(p: argparse.ArgumentParser, after_command: bool) -> None:
     """docker's client TLS options, accepted before the command (dest global_*) and after it."""
     prefix = "" if after_command else "global_"
@@ -213,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--icc", dest="icc", action="store_true", default=None,
                    help="allow traffic between endpoints of the default network (default)")
     d.add_argument("--no-icc", dest="icc", action="store_false", help="isolate endpoints from each other")
+    _bool_flag(d, "ip-masq", "masquerade IPv4 traffic of networks leaving the host (default true)")
+    _bool_flag(d, "ip6-masq", "masquerade IPv6 traffic of networks leaving the host (default false)")
+    _bool_flag(d, "ip-forward", "turn on IPv4/IPv6 forwarding in the managed namespace (default true)")
     d.add_argument("--ndp-proxy-iface", help="answer NDP for endpoint IPv6 addresses on this interface")
     d.add_argument("--datapath", choices=REQUESTABLE_MODES,
                    help="force a datapath mode (default auto: the best the kernel offers)")
@@ -261,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     nc.add_argument("--mtu", type=int, help="MTU (default 1500)")
     nc.add_argument("--icc", dest="icc", action="store_true", default=True, help="allow endpoint-to-endpoint traffic (default)")
     nc.add_argument("--no-icc", dest="icc", action="store_false", help="isolate endpoints from each other")
+    nc.add_argument("--internal", action="store_true",
+                    help="no traffic leaves or enters the network (no masquerading, no published ports)")
+    nc.add_argument("--no-masquerade", dest="masquerade", action="store_false", default=True,
+                    help="do not masquerade the network's traffic leaving the host")
     nc.set_defaults(func=cmd_network_create)
     nl = net.add_parser("ls", parents=[client_opts], help="list networks")
     nl.set_defaults(func=cmd_network_ls)
@@ -279,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--ip6", help="static IPv6 address")
     ea.add_argument("--mac", help="MAC address (default 02:42 + the IPv4 address)")
     ea.add_argument("--netns", help="adopt this existing namespace instead of creating NAME")
+    ea.add_argument("-p", "--publish", action="append", metavar="[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]",
+                    help="publish a port of the endpoint on the host, as docker run -p (repeatable; ranges "
+                         "8000-8003:80-83; an IPv6 host address in brackets)")
     ea.set_defaults(func=cmd_endpoint_add)
     el = ep.add_parser("ls", parents=[client_opts], help="list endpoints")
     el.set_defaults(func=cmd_endpoint_ls)

@@ -305,6 +305,10 @@ class NetworkConfig:
     subnet_source: str | None = field(default=None, compare=False)
     subnet6_source: str | None = field(default=None, compare=False)
     owned: dict[str, Any] | None = field(default=None, compare=False)
+    # bpfnet.outside: nothing leaves or enters (network create --internal; enforced by the datapath),
+    # and whether the subnet is masqueraded when it leaves the host (network create --no-masquerade)
+    internal: bool = False
+    masquerade: bool = True
 
     @property
     def owns_bridge(self) -> bool:
@@ -377,7 +381,8 @@ class NetworkConfig:
         if any(not isinstance(v, (str, type(None))) for v in sources) or not isinstance(owned, (dict, type(None))):
             raise InvalidArgument("network: subnet_source/subnet6_source must be strings, owned an object")
         cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc,
-                  sources[0], sources[1], owned)
+                  sources[0], sources[1], owned, internal=_flag(given, "internal", False),
+                  masquerade=_flag(given, "masquerade", True))
         cfg.validate()
         return cfg
 
@@ -577,6 +582,9 @@ class DaemonConfig:
     tlscert: str | None = None
     tlskey: str | None = None
     reconcile: str = "check"  # what to do with kernel objects the state does not know (RECONCILE_MODES)
+    ip_masq: bool = True  # masquerade networks' IPv4 traffic leaving the host (bpfnet.outside)
+    ip6_masq: bool = False  # and their IPv6 traffic
+    ip_forward: bool = True  # turn on forwarding in the managed namespace
     docker_plugin: str | None = None  # serve Docker's network + IPAM driver API as this plugin name
     docker_plugin_dir: str = DOCKER_PLUGIN_DIR  # where dockerd looks for plugin sockets
 

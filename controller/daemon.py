@@ -30,9 +30,12 @@ from .datapath import Datapath, abi, make_datapath, tcx
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import build_registry
+from .metrics.outside import OutsideCollector
 from .metrics.server import MetricsServer, bind_metrics_socket, serve_metrics
 from .netlink import IPRoute
 from .networks import NetworkService
+from .outside.nft import NftKernel
+from .outside.service import OutsideService, OutsideSettings
 from .plugins import docker
 from .reconcile import migrate_stored_networks, reconcile_all
 from .recovery import check_fresh_state
@@ -111,6 +114,8 @@ class Daemon:
                 netns.remove(cfg.netns)  # a failed start leaves nothing it made
             raise
         self.registry, self.controller_metrics = build_registry(self.snapshot)
+        if self.outside is not None:
+            self.registry.register(OutsideCollector(self.outside.counters))
         self.on_request = self.controller_metrics.api_request
         self.rt.observer = self.controller_metrics
         self.rt.outer_prefixes = outer_prefixes
@@ -146,9 +151,18 @@ class Daemon:
                 "run scripts/setup or pass --datapath bridge"
             ) from None
         self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
-                          ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools)
+                          ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools,
+                          ip_forward=cfg.ip_forward)
         self.networks = NetworkService(self.rt)
         self.endpoints = EndpointService(self.rt, self.networks)
+        self.outside: OutsideService | None = None
+        nft = NftKernel(self.rt.ipr)
+        why_not = nft.unusable()
+        if why_not is None:
+            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward))
+            self.networks.outside = self.endpoints.outside = self.outside
+        else:
+            log.warning("no masquerading and no published ports: %s", why_not)
 
     def _check_state_owner(self, store: Store) -> None:
         owner = self.cfg.netns or ""
@@ -165,8 +179,11 @@ class Daemon:
         cfg = self.cfg
         migrate_stored_networks(self.rt)
         check_fresh_state(self.rt, cfg.reconcile, pin_dir(cfg.netns), cfg.bridge)
-        return reconcile_all(self.rt, self.networks, self.endpoints, cfg.default_network(),
-                             delete_leaks=cfg.reconcile != "adopt")
+        repairs = reconcile_all(self.rt, self.networks, self.endpoints, cfg.default_network(),
+                                delete_leaks=cfg.reconcile != "adopt")
+        if self.outside is not None:
+            self.outside.start()  # adopts a previous daemon's table: rebuilt in one transaction
+        return repairs
 
     def undo_failed_start(self) -> None:
         """A start that failed after building: remove the pins and namespace it created."""
@@ -181,8 +198,10 @@ class Daemon:
 
     # what the API and the metrics read ----------------------------------
     def info(self) -> dict[str, Any]:
-        return routes.info_document(self.cfg, self.rt, self.metrics_server.url if self.metrics_server else None,
-                                    self.servers.warnings)
+        doc = routes.info_document(self.cfg, self.rt, self.metrics_server.url if self.metrics_server else None,
+                                   self.servers.warnings)
+        doc["outside"] = self.outside.info() if self.outside is not None else None
+        return doc
 
     def snapshot(self) -> MetricsSnapshot:
         return take_snapshot(self.rt, self.cfg.datapath)
@@ -235,6 +254,8 @@ class Daemon:
             datapath = EbpfDatapath(mode=abi.MODE_REDIRECT, pin_dir=pin_dir(self.cfg.netns),
                                     max_endpoints=self.rt.max_endpoints, attach=abi.ATTACH_TC)
         datapath.cleanup()
+        if self.outside is not None and self.outside.cleanup():
+            log.info("removed bpfnet's nftables table")
         try:
             PIN_ROOT.rmdir()
         except OSError:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_ifname, check_name
@@ -32,6 +32,9 @@ from .networks import LINK_LOCAL_GATEWAY, NetworkService, pools
 from .rollback import Rollback
 from .runtime import Runtime
 from .state import EndpointRow
+
+if TYPE_CHECKING:
+    from .outside.service import OutsideService
 
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
@@ -103,6 +106,7 @@ class EndpointService:
     def __init__(self, rt: Runtime, networks: NetworkService) -> None:
         self.rt = rt
         self.networks = networks
+        self.outside: OutsideService | None = None  # published ports (bpfnet.outside), set by the daemon
         # (network, range) -> (store.lease_generation, offset): when last searched, every
         # address of the range below offset was leased; valid while no lease was deleted.
         self._leased_below: dict[tuple[str, IPNetwork], tuple[int, int]] = {}
@@ -171,6 +175,7 @@ class EndpointService:
             "gateway4": str(cfg.default_gateway4 or cfg.gateway4),
             "state": row.state,
             "created": row.created,
+            "published": self.outside.published(row.name) if self.outside is not None else [],
         }
         if cfg.ipv6:
             out["ipv6"] = [f"{a}/{cfg.subnet6.prefixlen if cfg.subnet6 else 64}" for a in v6]
@@ -194,7 +199,7 @@ class EndpointService:
         if not isinstance(data, dict):
             raise InvalidArgument("endpoint: expected a JSON object")
         unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "netns_path", "ifname", "owner",
-                               "handoff"}
+                               "handoff", "publish"}
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
@@ -217,6 +222,7 @@ class EndpointService:
             self._claim_held(net_name, data)
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             self._check_mac(net_name, cfg, mac)
+            publish = self._check_publish(net_name, cfg, data.get("publish"), bool(v6))
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]
             try:
                 row = self.rt.store.reserve_endpoint(
@@ -237,6 +243,9 @@ class EndpointService:
                     spec = self.spec(row, cfg, net_row.id, host_ifindex=index)
                     self.rt.datapath.add_endpoint(spec)
                     rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
+                    if publish and self.outside is not None:
+                        self.outside.publish(name, publish)
+                        rb.push("published ports", partial(self.outside.unpublish, name))
                     self.rt.store.set_endpoint_state(name, "ready")
                 ok = True
             finally:
@@ -252,6 +261,13 @@ class EndpointService:
         other = self.rt.store.endpoint_with_mac(net_name, mac)
         if other is not None:
             raise Conflict(f"MAC {mac} is already used by endpoint {other!r} on network {net_name}")
+
+    def _check_publish(self, net_name: str, cfg: NetworkConfig, specs: Any, has_ipv6: bool) -> list[Any]:
+        if not specs:
+            return []
+        if self.outside is None:
+            raise InvalidArgument("--publish: this daemon has no published ports (no nftables)")
+        return self.outside.check_publish(net_name, cfg, specs, has_ipv6)
 
     def _default_network(self) -> str:
         for row in self.rt.store.networks():
@@ -480,6 +496,8 @@ class EndpointService:
         if net is not None and any(lease.family == 4 for lease in mine):
             step("datapath entries", lambda: self.rt.datapath.remove_endpoint(
                 self.spec(row, NetworkConfig.from_json(net.config), net.id)))
+        if self.outside is not None:
+            step("published ports", partial(self.outside.unpublish, row.name))
         proxy = kernel.link_index(self.rt.ndp_proxy_iface) if self.rt.ndp_proxy_iface else None
         if proxy is not None:
             for a in v6:

@@ -22,6 +22,7 @@ class NetworkSpec:
     gateway4: IPv4Address
     gateway6: tuple[IPv6Address, ...] = ()  # global gateway and fe80::1
     icc: bool = True  # inter-container communication allowed
+    internal: bool = False  # nothing leaves or enters the network (network create --internal)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ipaddress import (
     IPv6Network,
     ip_interface,
 )
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .addressing import mac_from_ipv4
 from .config import (
@@ -32,7 +32,7 @@ from .config import (
     bridge_name_for,
     check_name,
 )
-from .datapath.abi import MAX_NETWORKS
+from .datapath.abi import MAX_NETWORKS, MODE_BRIDGE
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
 from .kernel import Kernel
@@ -40,6 +40,9 @@ from .model import LinkState, NetworkSpec
 from .rollback import Rollback
 from .runtime import Runtime
 from .state import NetworkRow
+
+if TYPE_CHECKING:
+    from .outside.service import OutsideService
 
 log = logging.getLogger(__name__)
 LINK_LOCAL_GATEWAY = IPv6Address("fe80::1")
@@ -62,6 +65,7 @@ def _deleter(kernel: Kernel, index: int, address: str, prefixlen: int) -> Callab
 class NetworkService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.outside: OutsideService | None = None  # masquerading follows the networks; set by the daemon
 
     # queries
     def config(self, name: str) -> tuple[NetworkRow, NetworkConfig]:
@@ -85,6 +89,7 @@ class NetworkService:
             gateway4=cfg.gateway4,
             gateway6=gw6,
             icc=cfg.icc,
+            internal=cfg.internal,
         )
 
     def describe(self, row: NetworkRow, host: list[IPv4Network | IPv6Network] | None = None) -> dict[str, Any]:
@@ -119,6 +124,8 @@ class NetworkService:
             "bridge_ifindex": self.rt.kernel.link_index(cfg.bridge),
             "mtu": cfg.mtu,
             "icc": cfg.icc,
+            "internal": cfg.internal,
+            "masquerade": cfg.masquerade,
             "ipv6": cfg.ipv6,
             "ipam": ipam,
             "endpoints": [e.name for e in eps],
@@ -321,6 +328,9 @@ class NetworkService:
                 raise Exhausted(f"there are {count} networks, the most the datapath holds (MAX_NETWORKS); "
                                 "remove one first")
             self.check_overlaps(cfg)
+            if cfg.internal and self.rt.datapath.mode == MODE_BRIDGE:
+                raise InvalidArgument("an internal network needs an eBPF datapath, which enforces it; this daemon "
+                                      "runs --datapath bridge (no programs)")
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
                 rb.push("state row", lambda: self.rt.store.remove_network(cfg.name))
@@ -332,6 +342,8 @@ class NetworkService:
                 spec = self.spec(row, cfg)
                 self.rt.datapath.attach_network(spec)
                 rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
+                if self.outside is not None:
+                    self.outside.sync()
             log.info("network %s created: bridge %s (ifindex %d), %s%s", cfg.name, cfg.bridge, index,
                      cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
             return self.describe(row)
@@ -350,10 +362,12 @@ class NetworkService:
             mac = next((li.mac for li in kernel.dump_links() if li.index == index), "")
             if mac:
                 owned["mac"] = mac  # the datapath answers with the bridge's own MAC
-        sysctls = {"net/ipv4/ip_forward": "1"}
+        # --ip-forward=false (dockerd's): the host's forwarding is left as it is
+        sysctls = {"net/ipv4/ip_forward": "1"} if self.rt.ip_forward else {}
         if cfg.ipv6:
+            if self.rt.ip_forward:
+                sysctls["net/ipv6/conf/all/forwarding"] = "1"
             sysctls.update({
-                "net/ipv6/conf/all/forwarding": "1",
                 f"net/ipv6/conf/{cfg.bridge}/accept_dad": "0",
                 f"net/ipv6/conf/{cfg.bridge}/disable_ipv6": "0",
             })
@@ -415,6 +429,8 @@ class NetworkService:
             self.rt.datapath.detach_network(self.spec(row, cfg))
             self._remove_bridge(cfg)
             self.rt.store.remove_network(name)
+            if self.outside is not None:
+                self.outside.sync()
             self.rt.observer.network_overlaps(name, 0)
             log.info("network %s removed", name)
 

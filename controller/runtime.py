@@ -32,6 +32,7 @@ class Runtime:
     # where networks created without a subnet get one (--default-address-pool)
     address_pools: tuple[AddressPool, ...] = DEFAULT_ADDRESS_POOLS
     max_endpoints: int = DEFAULT_MAX_ENDPOINTS  # endpoint slots; the datapath gets the same value
+    ip_forward: bool = True  # --ip-forward: networks turn on the namespace's forwarding
     # One lock for every mutation: kernel state and SQLite move together.
     lock: threading.RLock = field(default_factory=threading.RLock)
     kernel: Kernel = None  # type: ignore[assignment]  # filled in from ipr below

@@ -62,6 +62,7 @@ from .config import (
     parse_v6_network,
 )
 from .errors import InvalidArgument
+from .outside.ports import MAX_PUBLISH, parse_publish
 
 # Longest address texts: "255.255.255.255/32" is 18 characters, a full IPv6 CIDR 43. The limits
 # leave room for spelling variants while keeping every string in a body bounded.
@@ -126,6 +127,21 @@ IfName = Annotated[str, _field("a Linux interface name, at most 15 characters", 
                                examples=["br-web"])]
 Mac = Annotated[str, _field("a unicast MAC address like 02:42:ac:11:00:02", MAC_PATTERN, 17),
                 AfterValidator(_mac)]
+
+
+def _publish(value: str) -> str:
+    try:
+        parse_publish(value)
+    except InvalidArgument as exc:
+        raise PydanticCustomError(ERROR_TYPE, "{message}", {"message": f"publish: {exc.message}"}) from None
+    return value
+
+
+PUBLISH_PATTERN = r"(\[[0-9A-Fa-f:.]{2,45}\]:|[0-9.]{7,15}:)?[0-9]{1,5}(-[0-9]{1,5})?:[0-9]{1,5}(-[0-9]{1,5})?(/[A-Za-z]{1,8})?"
+Publish = Annotated[str, _field("[HOST_IP:]HOST_PORT:ENDPOINT_PORT[/tcp|/udp], ranges as 8000-8003:80-83, "
+                                "an IPv6 host address in brackets", PUBLISH_PATTERN, 80,
+                                examples=["8080:80", "127.0.0.1:5353:53/udp"]),
+                    AfterValidator(_publish)]
 V4Net = Annotated[str, _field(f"{V4_CIDR_HINT}; never loopback, link-local, multicast, reserved or "
                               "0.0.0.0/8 space", V4_CIDR_PATTERN, examples=["172.30.0.0/16"]),
                   _check(parse_v4_network)]
@@ -169,6 +185,10 @@ class NetworkCreate(_Body):
     default_gateway6: V6Gateway | None = Field(None, description="the endpoints' IPv6 default route; needs IPv6")
     mtu: int = Field(1500, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6")
     icc: bool = Field(True, description="inter-container communication on the bridge")
+    internal: bool = Field(False, description="no traffic leaves or enters the network (enforced by the "
+                                              "datapath); no masquerading, no published ports")
+    masquerade: bool = Field(True, description="masquerade traffic from the network leaving the host "
+                                               "(with the daemon's --ip-masq / --ip6-masq)")
 
     _config: NetworkConfig | None = PrivateAttr(None)
 
@@ -212,6 +232,8 @@ class EndpointCreate(_Body):
     ip6: V6 | None = Field(None, description="a static IPv6 address inside the network's subnet6")
     mac: Mac | None = Field(None, description="default: 02:42 + the IPv4 address")
     netns: Name | None = Field(None, description="adopt this existing namespace instead of making one")
+    publish: list[Publish] | None = Field(None, max_length=MAX_PUBLISH,
+                                          description="published ports, as docker run -p")
     netns_path: NetnsPath | None = Field(None, description="a namespace someone else owns (a container "
                                          "runtime's), by its file; never deleted by bpfnet; excludes netns")
     ifname: IfName | None = Field(None, description="the endpoint's interface in its namespace; default eth0")
@@ -250,6 +272,9 @@ _EXPECT = {
     "mtu": f"an integer from {MTU_MIN} to {MTU_MAX}",
     "ipv6": "true or false",
     "icc": "true or false",
+    "internal": "true or false",
+    "masquerade": "true or false",
+    "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
 }
 
 
@@ -273,6 +298,7 @@ _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "subnet4": parse_v4_network, "ip_range4": parse_v4_network, "subnet6": parse_v6_network,
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
+    "publish": lambda v, w: parse_publish(v),
 }
 _STRING_SHAPE = ("string_pattern_mismatch", "string_too_long", "string_too_short")
 
@@ -417,6 +443,8 @@ class EndpointDoc(_Doc):
     ipv6: list[str] = Field(default_factory=list, description="only on IPv6 networks")
     link_local: str | None = Field(None, description="only on IPv6 networks")
     gateway6: str | None = Field(None, description="only on IPv6 networks")
+    published: list[dict[str, Any]] = Field(default_factory=list, description="published ports: host_ip (null: "
+                                            "every address), host_port, endpoint_port, proto")
 
 
 class EndpointCheckDoc(_Doc):

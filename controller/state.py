@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_by_endpoint ON leases (endpoint);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS published_ports (
+    endpoint TEXT NOT NULL,
+    proto TEXT NOT NULL,
+    host_ip TEXT NOT NULL,  -- '' = every address
+    host_port INTEGER NOT NULL,
+    endpoint_port INTEGER NOT NULL,
+    PRIMARY KEY (proto, host_ip, host_port)
+);
 """
 # Columns added after the first release: (table, column, declaration), added to older files at open.
 ADDED_COLUMNS = (
@@ -387,6 +395,7 @@ class Store:
     def remove_endpoint(self, name: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM leases WHERE endpoint = ?", (name,))
+            c.execute("DELETE FROM published_ports WHERE endpoint = ?", (name,))
             c.execute("DELETE FROM endpoints WHERE name = ?", (name,))
             self.lease_generation += 1
 
@@ -423,3 +432,25 @@ class Store:
             c.execute("DELETE FROM leases WHERE endpoint NOT IN (SELECT name FROM endpoints)")
             self.lease_generation += 1
         return [LeaseRow(*r) for r in rows]
+
+    # published ports (bpfnet.outside): rows of (endpoint, proto, host_ip or "", host_port, endpoint_port)
+    def published_ports(self, endpoint: str | None = None) -> list[tuple[str, str, str, int, int]]:
+        q = "SELECT endpoint, proto, host_ip, host_port, endpoint_port FROM published_ports"
+        args: tuple[Any, ...] = ()
+        if endpoint is not None:
+            q += " WHERE endpoint = ?"
+            args = (endpoint,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY proto, host_port, host_ip", args).fetchall()
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+    def add_published_ports(self, endpoint: str, ports: list[tuple[str, str, int, int]]) -> None:
+        """(proto, host_ip or "", host_port, endpoint_port) rows, all or none;
+        sqlite3.IntegrityError when one is taken."""
+        with self.tx() as c:
+            c.executemany("INSERT INTO published_ports (endpoint, proto, host_ip, host_port, endpoint_port) "
+                          "VALUES (?, ?, ?, ?, ?)", [(endpoint, *p) for p in ports])
+
+    def remove_published_ports(self, endpoint: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM published_ports WHERE endpoint = ?", (endpoint,))

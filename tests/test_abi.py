@@ -23,7 +23,7 @@ def test_struct_layouts_are_c_layouts() -> None:
     # against the compiler and BTF in tests/bpf)
     assert abi.ENDPOINT.size == 88 and abi.ENDPOINT.offsets["ipv4"] == 20
     assert abi.ENDPOINT.offsets["ipv6"] == 24
-    assert abi.NETWORK.size == 52 and abi.NETWORK.offsets["gateway4"] == 16
+    assert abi.NETWORK.size == 56 and abi.NETWORK.offsets["internal"] == 52 and abi.NETWORK.offsets["gateway4"] == 16
     assert (abi.EP_IPV4_KEY.size, abi.EP_IPV6_KEY.size) == (8, 20)
     assert abi.PATH_COUNTERS.size == 8 * (4 + len(DropReason))
     assert abi.ENDPOINT_COUNTERS.size == 2 * abi.PATH_COUNTERS.size

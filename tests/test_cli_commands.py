@@ -57,12 +57,14 @@ def test_tables(d: DaemonProcess) -> None:
     assert r.returncode == 0, r.stderr
     try:
         header, row = r.stdout.splitlines()
-        assert header.split() == ["NAME", "NETWORK", "NETNS", "HOST", "VETH", "MAC", "IPV4", "IPV6"]
+        assert header.split() == ["NAME", "NETWORK", "NETNS", "HOST", "VETH", "MAC", "IPV4", "IPV6", "PORTS"]
         cells = row.split()
+        assert cells[-1] == "-"  # no published ports
         assert cells[0] == d.name("t1") and cells[1] == "bridge" and "02:00:00:00:00:50" in cells
         assert "10.251.0.50/24" in cells and "fd00:251::200:0:50/64" in cells
         info = d.cli("info").stdout
         assert f"Host netns:   {d.netns}" in info and "Datapath:     bridge" in info
+        assert "Outside:      nftables table inet bpfnet; ip-masq on, ip6-masq off, ip-forward on" in info
     finally:
         assert d.cli("endpoint", "rm", d.name("t1")).stdout.strip() == d.name("t1")
 

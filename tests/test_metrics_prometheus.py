@@ -183,6 +183,14 @@ tests:
         values: '1x30'
       - series: 'bpfnet_datapath_info{{instance="h2",mode="bridge",requested_mode="bridge"}}'
         values: '1x30'
+      - series: 'bpfnet_published_port_packets_total{{instance="h",network="n",endpoint="web",proto="tcp",host_ip="",host_port="8080",endpoint_port="80",direction="in"}}'
+        values: '0+60x30'
+      - series: 'bpfnet_published_port_packets_total{{instance="h",network="n",endpoint="web",proto="tcp",host_ip="",host_port="8080",endpoint_port="80",direction="out"}}'
+        values: '0x30'
+      - series: 'bpfnet_published_port_packets_total{{instance="h",network="n",endpoint="ok",proto="udp",host_ip="",host_port="53",endpoint_port="53",direction="in"}}'
+        values: '0+60x30'
+      - series: 'bpfnet_published_port_packets_total{{instance="h",network="n",endpoint="ok",proto="udp",host_ip="",host_port="53",endpoint_port="53",direction="out"}}'
+        values: '0+60x30'
     alert_rule_test:
       - eval_time: 20m
         alertname: BpfnetEndpointDropsRising
@@ -205,6 +213,13 @@ tests:
             exp_annotations:
               summary: "bpfnet on h fell back to bridge mode"
               description: "The eBPF datapath (requested mode redirect-peer) is not running; the Linux bridge forwards all traffic (slower path, no per-endpoint counters). Check the daemon log for the program load or attach error."
+      - eval_time: 20m
+        alertname: BpfnetPublishedPortUnanswered
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: h, network: n, endpoint: web, proto: tcp, host_port: "8080"}}
+            exp_annotations:
+              summary: "published port 8080/tcp of web gets no answers"
+              description: "Packets reach the published port :8080/tcp of endpoint web (network n, instance h) but none come back, for 10 minutes: is its service listening?"
 """
 
 

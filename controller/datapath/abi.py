@@ -203,6 +203,7 @@ NETWORK = Struct("network", (
     Field("bridge_mac", U8, (6,), as_bytes=True),
     Field("gateway4", BE32, as_bytes=True),
     Field("gateway6", U32, (MAX_GATEWAY6, 4), as_bytes=True),
+    Field("internal", U8),
 ))
 
 EP_IPV4_KEY = Struct("ep_ipv4_key", (

@@ -18,6 +18,7 @@ class DropReason(IntEnum):
 
     SPOOFED_SOURCE = 0
     POLICY = 1
+    INTERNAL = 2
 
     @property
     def label(self) -> str:

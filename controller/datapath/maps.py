@@ -113,7 +113,8 @@ def pack_network(net: NetworkSpec) -> bytes:
     return abi.NETWORK.pack(id=net.id, bridge_ifindex=net.bridge_ifindex,
                             icc=1 if net.icc else 0, n_gateway6=len(gw6),
                             bridge_mac=mac_bytes(net.bridge_mac), gateway4=net.gateway4.packed,
-                            gateway6=b"".join(a.packed for a in gw6))
+                            gateway6=b"".join(a.packed for a in gw6),
+                            internal=1 if net.internal else 0)
 
 
 def ipv4_key(network_id: int, addr: IPv4Address) -> bytes:

@@ -376,7 +376,7 @@ def test_counters_shape(env):
                         "tx_kernel_bytes", "rx_fast_packets", "rx_fast_bytes",
                         "rx_kernel_packets", "rx_kernel_bytes", "drops"}
     assert set(one["drops"]) == {"tx", "rx"}
-    assert set(one["drops"]["tx"]) == {"spoofed_source", "policy"}
+    assert set(one["drops"]["tx"]) == {"spoofed_source", "policy", "internal"}
 
 
 def test_info_lists_attached_programs(env):
