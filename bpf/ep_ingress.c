@@ -10,9 +10,13 @@
  *    redirect straight to it (fast path).
  * 3. On an internal network, unicast IP to anything but an endpoint of the
  *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
- * 4. Everything else goes to the kernel (bridge) unchanged.
+ * 4. A reply of an established flow through a published port (nat.h): source
+ *    translated back to the host's address and port, straight out through the
+ *    uplink.
+ * 5. Everything else goes to the kernel (bridge) unchanged.
  */
 #include "forward.h"
+#include "nat.h"
 #include "validate.h"
 
 int ep_ingress(struct __sk_buff *skb)
@@ -43,6 +47,11 @@ int ep_ingress(struct __sk_buff *skb)
 		net = lookup_network(src->network_id);
 		if (net && net->internal && !internal_peer_allowed(src->network_id, net, &p, 0))
 			return drop(skb, src->id, DIR_TX, DROP_INTERNAL);
+		if (!dst) {
+			verdict = published_out(skb, src, &p);
+			if (verdict >= 0)
+				return verdict;
+		}
 		goto kernel;
 	}
 	net = lookup_network(src->network_id);
