@@ -40,8 +40,9 @@
  * - An idle entry is dropped when its next packet comes: that packet takes
  *   the kernel's path, which still knows the flow, and learning starts over.
  * Anything not positively recognised (fragments, IPv4 options, IPv6
- * extension headers, TTL <= 1, a FIB lookup that does not succeed) goes to
- * the kernel unchanged.
+ * extension headers, TTL <= 1, a packet larger than the endpoint's MTU, a FIB
+ * lookup that does not succeed, which includes the uplink's MTU) goes to the
+ * kernel unchanged.
  */
 #ifndef BPFNET_NAT_H
 #define BPFNET_NAT_H
@@ -324,7 +325,7 @@ static __always_inline int published_in(struct __sk_buff *skb)
 	struct published_port *pp;
 	struct endpoint *ep;
 	struct network *net;
-	__u32 pkts, len;
+	__u32 pkts, len, mtu;
 	__u64 now;
 	void *data, *data_end;
 	struct ethhdr *eth;
@@ -353,6 +354,9 @@ static __always_inline int published_in(struct __sk_buff *skb)
 		flow_end(&n.key, f); /* the endpoint went away */
 		return TC_ACT_OK;
 	}
+	mtu = 0;
+	if (bpf_check_mtu(skb, ep->ifindex, &mtu, 0, 0))
+		return TC_ACT_OK; /* too big for the endpoint's link: the kernel sends the ICMP error */
 	f->last_ns = now;
 	pkts = skb_packets(skb);
 	len = skb->len;

@@ -211,3 +211,13 @@ def test_uplink_program_is_listed_and_attached(fp) -> None:
     progs = [p for p in fp.dp.info()["programs"] if p["name"] == "uplink_ingress"]
     assert [p["attach"] for p in progs] == [f"{UP}/ingress"]
     assert socket.if_nametoindex(UP) == fp.up
+
+
+def test_larger_than_the_endpoints_mtu_goes_to_the_kernel(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 47000)
+    big = ip_l4(client, host, 17, 47000, 9000, payload=b"z" * 1600)  # h-a1's MTU is 1500
+    r = run(fp.dp, "uplink_ingress", frame(4, UP_MAC, CLIENT_MAC, big), fp.up)
+    assert r.verdict == TC_ACT_OK and r.data == frame(4, UP_MAC, CLIENT_MAC, big)
+    small = ip_l4(client, host, 17, 47000, 9000, payload=b"z" * 1400)
+    assert run(fp.dp, "uplink_ingress", frame(4, UP_MAC, CLIENT_MAC, small), fp.up).verdict == TC_ACT_REDIRECT
