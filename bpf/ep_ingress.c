@@ -10,8 +10,11 @@
  *    redirect straight to it (fast path).
  * 3. On an internal network, unicast IP to anything but an endpoint of the
  *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
- * 4. Everything else goes to the kernel (bridge) unchanged.
+ * 4. Multicast DNS from an endpoint of an icc=false network: drop (DROP_POLICY,
+ *    see dns.h); other multicast goes to the bridge.
+ * 5. Everything else goes to the kernel (bridge) unchanged.
  */
+#include "dns.h"
 #include "forward.h"
 #include "validate.h"
 
@@ -36,8 +39,11 @@ int ep_ingress(struct __sk_buff *skb)
 	case SOURCE_VALID_IP:
 		break;
 	}
-	if (mac_is_multicast(p.eth->h_dest))
+	if (mac_is_multicast(p.eth->h_dest)) {
+		if (mdns_blocked(lookup_network(src->network_id), &p))
+			return drop(skb, src->id, DIR_TX, DROP_POLICY);
 		goto kernel;
+	}
 	dst = fast_target(src->network_id, &p);
 	if (!dst || dst->ifindex == src->ifindex) {
 		net = lookup_network(src->network_id);
