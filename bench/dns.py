@@ -230,10 +230,14 @@ def main(argv: list[str]) -> int:
         env.cleanup()
     print(json.dumps(doc, indent=1))
     if write:
+        from . import report
+
         here = os.path.dirname(os.path.abspath(__file__))
         with open(os.path.join(here, OUT_JSON), "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")
+        with open(os.path.join(here, "results.json"), encoding="utf-8") as f:
+            report.write(json.load(f), here)
     return 0
 
 
