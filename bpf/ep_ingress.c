@@ -10,6 +10,8 @@
  *    redirect straight to it (fast path).
  * 3. On an internal network, unicast IP to anything but an endpoint of the
  *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
+ * 3a. A DNS query to the network's gateway: answered here for the network's
+ *    endpoint names (dns.h), else passed to the resolver process.
  * 4. Multicast DNS from an endpoint of an icc=false network: drop (DROP_POLICY,
  *    see dns.h); other multicast goes to the bridge.
  * 5. Everything else goes to the kernel (bridge) unchanged.
@@ -37,6 +39,14 @@ int ep_ingress(struct __sk_buff *skb)
 	case SOURCE_KERNEL:
 		goto kernel;
 	case SOURCE_VALID_IP:
+		break;
+	}
+	switch (dns_reply(skb, src, &p)) { /* a query to the gateway's resolver? */
+	case DNS_ANSWERED:
+		return redirect_back(skb, src, BPFNET_REDIRECT_PEER);
+	case DNS_PASSED:
+		goto kernel; /* p is stale: nothing below may read it */
+	default:
 		break;
 	}
 	if (mac_is_multicast(p.eth->h_dest)) {

@@ -281,3 +281,27 @@ def test_no_icc_endpoints_still_resolve(daemons: DaemonFactory, tmp_path: Path) 
     assert getent(b["netns"], a["name"]) == [v4(a)]
     r = run("ip", "netns", "exec", b["netns"], "ping", "-c1", "-W1", v4(a), check=False)
     assert r.returncode != 0  # --no-icc holds: the name resolves, the endpoint stays unreachable
+
+
+def test_the_datapath_answers_names_with_no_user_space_at_all(daemons: DaemonFactory, tmp_path: Path) -> None:
+    """eBPF datapath: A/AAAA for endpoint names are answered by ep_ingress itself, so they resolve
+    with the daemon AND the resolver process SIGKILLed; other names wait for the resolver."""
+    d = daemons.start("--bip", "10.158.0.1/24", "--ipv6", "--fixed-cidr-v6", "fd58:1::/64",
+                      "--resolv-conf", resolv_conf(tmp_path), datapath=None)
+    assert d.client.get("/v1/info")["datapath"]["mode"] != "bridge"
+    a, b = d.add_endpoint("a", aliases=["www"]), d.add_endpoint("b")
+    d.kill()
+    d.stop_resolver()
+    for name in (a["name"], "www", "WWW.bridge"):
+        assert dig(b["netns"], name, "A", "10.158.0.1") == [v4(a)], name
+    assert dig(b["netns"], "www", "AAAA", "10.158.0.1") == [v6(a)]
+    assert getent(b["netns"], "www") == sorted([v4(a), v6(a)])
+    assert dig_status(b["netns"], "nothing", "10.158.0.1") == "no answer"  # the resolver's part: nobody there now
+    d.start()
+    wait_until(lambda: dig_status(b["netns"], "nothing", "10.158.0.1") == "NXDOMAIN", timeout=10, what="the new resolver")
+    url = d.client.get("/v1/info")["metrics_url"]
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'bpfnet_dns_queries_total{network="bridge",result="datapath",type="A"}' in text

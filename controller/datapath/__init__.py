@@ -9,12 +9,16 @@ everything) and the eBPF datapath in ``bpfnet.datapath.ebpf``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec
 from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
 
-__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "make_datapath"]
+__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "DnsAddresses", "make_datapath"]
+
+# A name's addresses for the datapath's DNS answers: (IPv4s, IPv6s), each packed (4 / 16 bytes).
+DnsAddresses = tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
 
 class Datapath(Protocol):
@@ -40,6 +44,13 @@ class Datapath(Protocol):
 
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
+
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
+        """The names the datapath answers itself: (network id, wire-form name) -> addresses;
+        the whole set (entries not in it are removed). Names that do not fit are left out."""
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        """Per network id: DNS queries the datapath answered (answered_a, answered_aaaa) and passed."""
 
     def info(self) -> dict[str, Any]:
         """Mode, attach mechanism ("tcx", "tc"; None without programs), loaded programs (id, tag, attach point), pin directory."""
@@ -75,6 +86,12 @@ class BridgeDatapath:
         return []
 
     def counters(self) -> dict[int, dict[str, Any]]:
+        return {}
+
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
+        return None
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
         return {}
 
     def info(self) -> dict[str, Any]:

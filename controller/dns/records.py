@@ -109,3 +109,16 @@ def local_suffixes(networks: Iterable[dict[str, Any]]) -> tuple[bytes, ...]:
     such a name that a network does not know is NXDOMAIN there, never forwarded, so names of
     other networks are neither disclosed nor sent upstream."""
     return tuple(wire.encode_name(str(n["name"])) for n in networks)
+
+
+def datapath_names(state: dict[str, Any]) -> dict[tuple[int, bytes], tuple[tuple[bytes, ...], tuple[bytes, ...]]]:
+    """What the datapath answers itself (bpf/dns.h): (network id, name in wire form) -> (IPv4s,
+    IPv6s) packed, for every name of the state document. The datapath leaves out what does not
+    fit its map; the resolver process answers those."""
+    out: dict[tuple[int, bytes], tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
+    for net in state.get("networks", []):
+        for name, addresses in net.get("names", {}).items():
+            v4 = tuple(ip_address(a).packed for a in addresses if ":" not in a)
+            v6 = tuple(ip_address(a).packed for a in addresses if ":" in a)
+            out[(int(net["id"]), wire.encode_name(name))] = (v4, v6)
+    return out

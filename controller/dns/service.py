@@ -118,10 +118,16 @@ class DnsService:
             self.files.remove(row.netns)
 
     def changed(self) -> None:
-        """Something the resolver answers changed: hand it the new state (and wait until loaded)."""
+        """Something the resolver answers changed: hand it the new state (and wait until loaded),
+        and the datapath the names it answers itself."""
+        state = self.state()
+        try:
+            self.rt.datapath.set_dns_names(records.datapath_names(state))
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not give the datapath its DNS names (the resolver answers them): %s", exc)
         try:
             with self.lock:
-                self.resolver.push(self.state())
+                self.resolver.push(state)
         except OSError as exc:
             log.warning("could not hand the DNS resolver its state: %s", exc)
 
@@ -239,5 +245,19 @@ class DnsService:
                 "generation": stats.get("generation"), "restarts": self.restarts}
 
     def stats(self) -> dict[str, Any]:
-        """What the resolver last wrote, and whether it runs now."""
-        return {**(self.resolver.stats() or {}), "running": self.resolver.pid() is not None}
+        """What the resolver last wrote, whether it runs now, and the datapath's answers
+        (result "datapath", by network and type) read from its counters now."""
+        doc = {**(self.resolver.stats() or {}), "running": self.resolver.pid() is not None}
+        try:
+            counts = self.rt.datapath.dns_counters()
+        except (OSError, RuntimeError):
+            counts = {}
+        if counts:
+            names = {net.id: net.name for net in self.rt.store.networks()}
+            rows = list(doc.get("queries", []))
+            for network_id, c in sorted(counts.items()):
+                for qtype, key in (("A", "answered_a"), ("AAAA", "answered_aaaa")):
+                    if c.get(key) and network_id in names:
+                        rows.append([names[network_id], qtype, "datapath", c[key]])
+            doc["queries"] = rows
+        return doc

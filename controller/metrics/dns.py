@@ -40,7 +40,8 @@ class DnsCollector(Collector):
         yield restarts
         queries = CounterMetricFamily(
             "bpfnet_dns_queries", "DNS queries to the embedded resolver by network, query type and result: "
-            "local (answered from the endpoints' names), nxdomain (a name of the network's own that does not "
+            "datapath (answered by the eBPF program on the endpoint's veth), local (answered by the resolver "
+            "process from the endpoints' names), nxdomain (a name of the network's own that does not "
             "exist, or a single label), forwarded (answered by an upstream), servfail (no upstream answered), "
             "formerr (not a query).", labels=["network", "type", "result"])
         for network, qtype, result, count in doc.get("queries", []):
