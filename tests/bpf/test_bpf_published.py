@@ -221,3 +221,38 @@ def test_larger_than_the_endpoints_mtu_goes_to_the_kernel(fp) -> None:
     assert r.verdict == TC_ACT_OK and r.data == frame(4, UP_MAC, CLIENT_MAC, big)
     small = ip_l4(client, host, 17, 47000, 9000, payload=b"z" * 1400)
     assert run(fp.dp, "uplink_ingress", frame(4, UP_MAC, CLIENT_MAC, small), fp.up).verdict == TC_ACT_REDIRECT
+
+
+def _age(fp, client: str, cport: int, field: str) -> None:
+    """Set FIELD (last_ns or kernel_ns) of the flow's in-entry to boot time: long ago."""
+    from bpfnet.datapath import abi
+    from bpfnet.datapath.maps import PinnedMaps
+
+    [f] = [f for f in fp.dp.flows() if f.direction == "in" and str(f.saddr) == client and f.sport == cport]
+    maps = PinnedMaps(fp.pins, 4096)
+    try:
+        raw = bytearray(maps.get("published_flows", f.key) or b"")
+        raw[abi.FLOW.offsets[field]:abi.FLOW.offsets[field] + 8] = bytes(8)
+        maps.put("published_flows", f.key, bytes(raw))
+    finally:
+        maps.close()
+
+
+def test_an_idle_flow_leaves_the_fast_path_and_is_learnt_anew(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 48000)
+    _age(fp, client, 48000, "last_ns")  # idle longer than FLOW_UDP_IDLE
+    pkt = frame(4, UP_MAC, CLIENT_MAC, ip_l4(client, host, 17, 48000, 9000))
+    assert run(fp.dp, "uplink_ingress", pkt, fp.up).verdict == TC_ACT_OK
+    assert _flows(fp, client, 48000) == {"in": "new", "out": "new"}
+
+
+def test_udp_lets_one_packet_refresh_the_kernels_entry(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 49000)
+    _age(fp, client, 49000, "kernel_ns")  # the kernel last saw the flow more than FLOW_REFRESH ago
+    pkt = frame(4, UP_MAC, CLIENT_MAC, ip_l4(client, host, 17, 49000, 9000))
+    r = run(fp.dp, "uplink_ingress", pkt, fp.up)
+    assert r.verdict == TC_ACT_OK and r.data == pkt  # this one goes the kernel's way, unchanged
+    assert _flows(fp, client, 49000) == {"in": "established", "out": "established"}
+    assert run(fp.dp, "uplink_ingress", pkt, fp.up).verdict == TC_ACT_REDIRECT  # the next ones do not
