@@ -464,12 +464,12 @@ static __always_inline void published_learn(struct __sk_buff *skb, struct packet
 	out_key.proto = n.proto;
 	out_key.family = n.family;
 	out = published_flows.lookup(&out_key);
-	if (!out || out->dir != FLOW_OUT || out->state == FLOW_ESTABLISHED ||
-	    out->endpoint_id != dst->id)
+	if (!out || out->dir != FLOW_OUT || out->endpoint_id != dst->id)
 		return;
 	flow_twin_key(&out_key, out, &in_key);
 	in = published_flows.lookup(&in_key);
-	if (!in || in->dir != FLOW_IN)
+	if (!in || in->dir != FLOW_IN ||
+	    (in->state == FLOW_ESTABLISHED && out->state == FLOW_ESTABLISHED))
 		return;
 	in->state = FLOW_ESTABLISHED;
 	out->state = FLOW_ESTABLISHED;
