@@ -278,3 +278,12 @@ def test_the_controller_prunes_idle_flows(fp) -> None:
         fp.dp.set_published(fp.dp.published())
     assert _flows(fp, client, 50001) == {}
 
+
+
+def test_frames_for_another_host_are_left_alone(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 51000)
+    pkt = ip_l4(client, host, 17, 51000, 9000)
+    other = frame(4, "02:00:00:00:99:99", CLIENT_MAC, pkt)  # seen in promiscuous mode only
+    assert run(fp.dp, "uplink_ingress", other, fp.up).verdict == TC_ACT_OK
+    assert run(fp.dp, "uplink_ingress", frame(4, UP_MAC, CLIENT_MAC, pkt), fp.up).verdict == TC_ACT_REDIRECT
