@@ -55,6 +55,10 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         lines.append(f"Outside:      {out['mechanism']}; ip-masq {'on' if out['ip_masq'] else 'off'}, "
                      f"ip6-masq {'on' if out['ip6_masq'] else 'off'}, ip-forward "
                      f"{'on' if out['ip_forward'] else 'off'}; {out['published_ports']} published port(s)")
+    dns = info.get("dns")
+    if dns:
+        lines.append(f"DNS:          resolver pid {dns['resolver_pid'] or '- (not running)'}, upstreams "
+                     f"{' '.join(dns['upstreams']) or 'none'} (from {dns['resolv_conf']} and --dns)")
     emit(args, info, "\n".join(lines))
 
 
