@@ -14,10 +14,14 @@
  *    endpoint names (dns.h), else passed to the resolver process.
  * 4. Multicast DNS from an endpoint of an icc=false network: drop (DROP_POLICY,
  *    see dns.h); other multicast goes to the bridge.
+ * 4b. A reply of an established flow through a published port (nat.h): source
+ *    translated back to the host's address and port, straight out through the
+ *    uplink.
  * 5. Everything else goes to the kernel (bridge) unchanged.
  */
 #include "dns.h"
 #include "forward.h"
+#include "nat.h"
 #include "validate.h"
 
 int ep_ingress(struct __sk_buff *skb)
@@ -59,6 +63,11 @@ int ep_ingress(struct __sk_buff *skb)
 		net = lookup_network(src->network_id);
 		if (net && net->internal && !internal_peer_allowed(src->network_id, net, &p, 0))
 			return drop(skb, src->id, DIR_TX, DROP_INTERNAL);
+		if (!dst) {
+			verdict = published_out(skb, src, &p);
+			if (verdict >= 0)
+				return verdict;
+		}
 		goto kernel;
 	}
 	net = lookup_network(src->network_id);

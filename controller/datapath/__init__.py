@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec
 from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
+from .published import Flow, PublishedPort
 
 __all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "DnsAddresses", "make_datapath"]
 
@@ -44,6 +45,22 @@ class Datapath(Protocol):
 
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
+
+    # published ports' fast path (bpf/nat.h); the outside service drives it
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
+
+    def uplinks(self) -> dict[int, str]: ...
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        """Make the published_ports map hold exactly PORTS (their flows go when they do)."""
+
+    def published(self) -> list[PublishedPort]: ...
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        """Counter slot -> fast-pathed in/out packets and bytes."""
+
+    def flows(self) -> list[Flow]: ...
 
     def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
         """The names the datapath answers itself: (network id, wire-form name) -> addresses;
@@ -87,6 +104,24 @@ class BridgeDatapath:
 
     def counters(self) -> dict[int, dict[str, Any]]:
         return {}
+
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        return None
+
+    def uplinks(self) -> dict[int, str]:
+        return {}
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        return None
+
+    def published(self) -> list[PublishedPort]:
+        return []
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        return {}
+
+    def flows(self) -> list[Flow]:
+        return []
 
     def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
         return None
