@@ -183,9 +183,13 @@ class DnsService:
         """At daemon start, after the reconcile: adopt or start the resolver, rewrite every
         endpoint's files (the flags may have changed), remove the files of endpoints that are
         gone (a crash between removal and cleanup), hand the resolver its state."""
-        with self.lock:
-            pid, started = self.resolver.ensure()
-        log.info("DNS resolver: %s pid %d", "started" if started else "adopted", pid)
+        try:
+            with self.lock:
+                pid, started = self.resolver.ensure()
+            log.info("DNS resolver: %s pid %d", "started" if started else "adopted", pid)
+        except (OSError, RuntimeError) as exc:
+            # Not fatal: the datapath still answers endpoint names, and watch() keeps trying.
+            log.error("DNS resolver: %s", exc)
         upstreams = rules.effective(self.options.host, self.options.settings, rules.DnsSettings()).nameservers
         if not upstreams:
             log.warning("DNS: no upstream nameserver an endpoint could use (from %s and --dns): the resolver "
