@@ -59,6 +59,10 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         if fast.get("enabled"):
             lines.append(f"  fast path:  uplink_ingress on {', '.join(fast['uplinks']) or 'no uplink yet'}; "
                          f"{fast['flows']} flow direction(s), {fast['established']} established")
+    dns = info.get("dns")
+    if dns:
+        lines.append(f"DNS:          resolver pid {dns['resolver_pid'] or '- (not running)'}, upstreams "
+                     f"{' '.join(dns['upstreams']) or 'none'} (from {dns['resolv_conf']} and --dns)")
     emit(args, info, "\n".join(lines))
 
 

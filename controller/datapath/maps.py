@@ -15,6 +15,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 
 from ..addressing import link_local_from_mac
@@ -126,11 +127,13 @@ def ipv6_key(network_id: int, addr: IPv6Address) -> bytes:
     return abi.EP_IPV6_KEY.pack(network_id=network_id, addr=addr.packed)
 
 
+@lru_cache(maxsize=1 << 16)  # the DNS service hands over every name on every change
 def dns_name_key(network_id: int, wire: bytes) -> bytes:
     """Key of dns_names: the network id and the name in wire form, zero-padded."""
     return abi.DNS_NAME_KEY.pack(network_id=network_id, name=wire)
 
 
+@lru_cache(maxsize=1 << 16)
 def pack_dns_addrs(v4: tuple[bytes, ...], v6: tuple[bytes, ...]) -> bytes:
     return abi.DNS_ADDRS.pack(n_ipv4=len(v4), n_ipv6=len(v6), ipv4=b"".join(v4), ipv6=b"".join(v6))
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from ..config import NetworkConfig
+from ..datapath.abi import MODE_BRIDGE
 from ..errors import Conflict, InvalidArgument
 from ..rollback import Rollback
 from ..runtime import Runtime
@@ -125,9 +125,13 @@ class DnsService:
             self.rt.datapath.set_dns_names(records.datapath_names(state))
         except (OSError, RuntimeError) as exc:
             log.warning("could not give the datapath its DNS names (the resolver answers them): %s", exc)
+        # With the eBPF datapath the new names answer (A/AAAA) as soon as dns_names has them, so
+        # an endpoint add does not also wait for the resolver to load the state (~10 ms at 1000
+        # endpoints); without programs the resolver is the only answer, and the add waits for it.
+        wait = self.rt.datapath.mode == MODE_BRIDGE
         try:
             with self.lock:
-                self.resolver.push(state)
+                self.resolver.push(state, wait=wait)
         except OSError as exc:
             log.warning("could not hand the DNS resolver its state: %s", exc)
 
@@ -156,11 +160,12 @@ class DnsService:
         networks = []
         for net in self.rt.store.networks():
             cfg = NetworkConfig.from_json(net.config)
-            networks.append(records.NetworkView(net.id, net.name, listen_addresses(cfg)))
+            subnets = (str(cfg.subnet4),) + ((str(cfg.subnet6),) if cfg.subnet6 is not None else ())
+            networks.append(records.NetworkView(net.id, net.name, listen_addresses(cfg), subnets))
         configs = self.rt.store.endpoint_dns()
         addresses: dict[str, list[str]] = {}
         for lease in self.rt.store.leases():
-            if not ip_address(lease.address).is_link_local:
+            if not lease.address.lower().startswith("fe80:"):  # link-local: not for DNS
                 addresses.setdefault(lease.endpoint, []).append(lease.address)
         endpoints = []
         for row in self.rt.store.endpoints():
@@ -178,9 +183,13 @@ class DnsService:
         """At daemon start, after the reconcile: adopt or start the resolver, rewrite every
         endpoint's files (the flags may have changed), remove the files of endpoints that are
         gone (a crash between removal and cleanup), hand the resolver its state."""
-        with self.lock:
-            pid, started = self.resolver.ensure()
-        log.info("DNS resolver: %s pid %d", "started" if started else "adopted", pid)
+        try:
+            with self.lock:
+                pid, started = self.resolver.ensure()
+            log.info("DNS resolver: %s pid %d", "started" if started else "adopted", pid)
+        except (OSError, RuntimeError) as exc:
+            # Not fatal: the datapath still answers endpoint names, and watch() keeps trying.
+            log.error("DNS resolver: %s", exc)
         upstreams = rules.effective(self.options.host, self.options.settings, rules.DnsSettings()).nameservers
         if not upstreams:
             log.warning("DNS: no upstream nameserver an endpoint could use (from %s and --dns): the resolver "
