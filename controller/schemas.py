@@ -64,7 +64,7 @@ from .config import (
     parse_v6_network,
 )
 from .errors import InvalidArgument
-from .outside.ports import MAX_PUBLISH, parse_publish
+from .outside.ports import MAX_PUBLISH, parse_spec
 
 # Longest address texts: "255.255.255.255/32" is 18 characters, a full IPv6 CIDR 43. The limits
 # leave room for spelling variants while keeping every string in a body bounded.
@@ -135,13 +135,13 @@ Mac = Annotated[str, _field("a unicast MAC address like 02:42:ac:11:00:02", MAC_
 
 def _publish(value: str) -> str:
     try:
-        parse_publish(value)
+        parse_spec(value)
     except InvalidArgument as exc:
         raise PydanticCustomError(ERROR_TYPE, "{message}", {"message": f"publish: {exc.message}"}) from None
     return value
 
 
-PUBLISH_PATTERN = r"(\[[0-9A-Fa-f:.]{2,45}\]:|[0-9.]{7,15}:)?[0-9]{1,5}(-[0-9]{1,5})?:[0-9]{1,5}(-[0-9]{1,5})?(/[A-Za-z]{1,8})?"
+PUBLISH_PATTERN = r"(\[[0-9A-Fa-f:.]{2,45}\]:|[0-9.]{7,15}:)?(([0-9]{1,5}(-[0-9]{1,5})?)?:)?[0-9]{1,5}(-[0-9]{1,5})?(/[A-Za-z]{1,8})?"
 Publish = Annotated[str, _field("[HOST_IP:]HOST_PORT:ENDPOINT_PORT[/tcp|/udp], ranges as 8000-8003:80-83, "
                                 "an IPv6 host address in brackets", PUBLISH_PATTERN, 80,
                                 examples=["8080:80", "127.0.0.1:5353:53/udp"]),
@@ -311,7 +311,7 @@ _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "subnet4": parse_v4_network, "ip_range4": parse_v4_network, "subnet6": parse_v6_network,
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
-    "publish": lambda v, w: parse_publish(v), "driver": lambda v, w: check_driver_name(v),
+    "publish": lambda v, w: parse_spec(v), "driver": lambda v, w: check_driver_name(v),
 }
 _STRING_SHAPE = ("string_pattern_mismatch", "string_too_long", "string_too_short")
 
