@@ -232,6 +232,7 @@ class Daemon:
         doc["cluster"] = None if self.overlay is None else {
             "store": self.overlay.cluster.url, "node": self.overlay.node, "advertise_addr": str(self.overlay.advertise),
             "connected": self.overlay.cluster.connected, "ttl": self.overlay.cluster.ttl,
+            "store_requests": self.overlay.cluster.requests, "store_keepalives": self.overlay.cluster.keepalives,
             "remote_endpoints": len(self.overlay.cluster.view.remote(self.overlay.node)),
             "tunnel": self.rt.datapath.tunnel_counters(),
         }
