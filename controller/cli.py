@@ -372,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--iterations", type=int, default=None, help="stop after N refreshes (default: until Ctrl-C)")
     tp.set_defaults(func=cmd_top)
 
-    sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm.add_argument("--cluster", action="store_true",
+                    help="two hosts, etcd and an overlay network instead (make demo-cluster)")
     return p
 
 
@@ -382,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "daemon":
             return cmd_daemon(args)
         if args.cmd == "demo":
+            if args.cluster:
+                from .demo_cluster import run_cluster_demo
+
+                return int(run_cluster_demo())
             from .demo import run_demo
 
             return int(run_demo())
