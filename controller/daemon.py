@@ -173,7 +173,8 @@ class Daemon:
         nft = NftKernel(self.rt.ipr)
         why_not = nft.unusable()
         if why_not is None:
-            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward))
+            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward,
+                                                                          cfg.published_fastpath, cfg.uplinks))
             self.networks.outside = self.endpoints.outside = self.outside
         else:
             log.warning("no masquerading and no published ports: %s", why_not)
