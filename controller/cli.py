@@ -80,6 +80,8 @@ def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
         body["masquerade"] = False
     if args.driver != "bridge":
         body["driver"] = args.driver
+    if args.vni is not None:
+        body["vni"] = args.vni
     net = c.post("/v1/networks", body)
     emit(args, net, net["name"])
 
@@ -156,6 +158,13 @@ def cmd_endpoint_rm(args: argparse.Namespace, c: Client) -> None:
             print(name)
 
 
+def cmd_node_ls(args: argparse.Namespace, c: Client) -> None:
+    nodes = c.get("/v1/nodes")
+    rows = [[n["name"] + (" *" if n.get("self") else ""), n.get("address") or "-", n["state"], n.get("endpoints", 0)]
+            for n in nodes]
+    emit(args, nodes, table(rows, ["NODE", "ADDRESS", "STATE", "ENDPOINTS"]))
+
+
 def cmd_stats(args: argparse.Namespace, c: Client) -> None:
     stats = c.get("/v1/stats")
     emit(args, stats, stats_table(stats))
@@ -190,6 +199,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "published_fastpath": args.published_fastpath, "uplinks": args.uplink,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
         "dns": args.dns, "dns_search": args.dns_search, "dns_opt": args.dns_opt, "resolv_conf": args.resolv_conf,
+        "cluster_store": args.cluster_store, "advertise_addr": args.advertise_addr, "node_name": args.node_name,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -303,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resolv-conf", metavar="PATH",
                    help="the resolv.conf endpoints' files start from (default /etc/resolv.conf of the namespace "
                         "the daemon starts in)")
+    d.add_argument("--cluster-store", metavar="etcd://HOST:PORT[,HOST:PORT...]",
+                   help="join a cluster: overlay networks, their addresses and endpoints live in this etcd")
+    d.add_argument("--advertise-addr", metavar="IP",
+                   help="with --cluster-store: this host's IPv4 address the other hosts send VXLAN to (the VTEP)")
+    d.add_argument("--node-name", metavar="NAME", help="with --cluster-store: this host's name in the cluster "
+                                                       "(default: the host name)")
     d.add_argument("--cleanup", action="store_true",
                    help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
     d.add_argument("--reconcile", choices=RECONCILE_MODES,
@@ -325,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     nc.add_argument("name")
     nc.add_argument("-d", "--driver", default="bridge",
                     help="network driver: bridge (default; this host), overlay (every host of the cluster)")
+    nc.add_argument("--vni", type=int, help="overlay: the VXLAN network identifier (default: the lowest free "
+                                            "one from 4096)")
     nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "
                                      "daemon's address pools)")
     nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")
@@ -377,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("names", nargs="+")
     er.set_defaults(func=cmd_endpoint_rm)
 
+    node = sub.add_parser("node", help="the cluster's nodes (--cluster-store)").add_subparsers(dest="sub",
+                                                                                              required=True)
+    nl2 = node.add_parser("ls", parents=[client_opts], help="list the cluster's nodes and their state")
+    nl2.set_defaults(func=cmd_node_ls)
+
     st = sub.add_parser("stats", parents=[client_opts], help="per-endpoint counters from the BPF maps")
     st.set_defaults(func=cmd_stats)
 
@@ -385,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--iterations", type=int, default=None, help="stop after N refreshes (default: until Ctrl-C)")
     tp.set_defaults(func=cmd_top)
 
-    sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm.add_argument("--cluster", action="store_true",
+                    help="two hosts, etcd and an overlay network instead (make demo-cluster)")
     return p
 
 
@@ -395,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "daemon":
             return cmd_daemon(args)
         if args.cmd == "demo":
+            if args.cluster:
+                from .demo_cluster import run_cluster_demo
+
+                return int(run_cluster_demo())
             from .demo import run_demo
 
             return int(run_demo())

@@ -200,7 +200,8 @@ class NetworkCreate(_Body):
     ip_range6: V6Net | None = Field(None, description="inside subnet6")
     default_gateway4: V4 | None = Field(None, description="the endpoints' default route, if not the bridge")
     default_gateway6: V6Gateway | None = Field(None, description="the endpoints' IPv6 default route; needs IPv6")
-    mtu: int = Field(1500, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6")
+    mtu: int | None = Field(None, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6; default 1500, "
+                            "on an overlay network the uplink's MTU - 50 (VXLAN's overhead)")
     icc: bool = Field(True, description="inter-container communication on the bridge")
     internal: bool = Field(False, description="no traffic leaves or enters the network (enforced by the "
                                               "datapath); no masquerading, no published ports")
@@ -208,6 +209,8 @@ class NetworkCreate(_Body):
                                                "(with the daemon's --ip-masq / --ip6-masq)")
     driver: DriverName = Field("bridge", description="the network driver: bridge (one host), overlay (every "
                                "host of the cluster, VXLAN between them; needs --cluster-store)")
+    vni: int | None = Field(None, ge=1, le=(1 << 24) - 1, description="overlay networks: the VXLAN network "
+                            "identifier (default: the lowest free one from 4096)")
 
     _config: NetworkConfig | None = PrivateAttr(None)
 
@@ -236,7 +239,9 @@ class NetworkCreate(_Body):
     def to_json(self) -> dict[str, Any]:
         """The network as NetworkService.create takes it: validated and defaulted when complete,
         else the fields given (the service picks the subnet)."""
-        return self._config.to_json() if self._config is not None else self.model_dump(exclude_none=True)
+        if self._config is not None and self.driver == "bridge":
+            return self._config.to_json()
+        return self.model_dump(exclude_none=True)  # the driver completes it (overlay: VNI, MTU)
 
 
 _STAND_IN = "10.0.0.0/24"  # any valid subnet: only the other fields are being checked
@@ -302,6 +307,7 @@ _EXPECT = {
     "internal": "true or false",
     "masquerade": "true or false",
     "driver": "a driver name like bridge or overlay",
+    "vni": "an integer from 1 to 16777215",
     "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
     "dns": "a list of IP address strings",
     "dns_search": "a list of domain names",
@@ -489,6 +495,15 @@ class EndpointDoc(_Doc):
                                        "the embedded resolver; upstreams, search, options) and its files")
 
 
+class NodeDoc(_Doc):
+    model_config = ConfigDict(extra="allow", title="Node")
+    name: str
+    address: str | None = Field(description="its --advertise-addr (the VTEP)")
+    state: str = Field(description="alive: its lease is held; down: expired, its endpoints kept in etcd")
+    self: bool = Field(description="this daemon's node")
+    endpoints: int
+
+
 class EndpointCheckDoc(_Doc):
     model_config = ConfigDict(title="EndpointCheck")
     name: str
@@ -506,11 +521,12 @@ _STATUS_TEXT = {
     404: "Not Found: no such network, endpoint or namespace",
     409: "Conflict: already exists, overlaps, in use, or has endpoints",
     413: "Payload Too Large: the body is over the limit",
+    503: "Service Unavailable: the cluster store (etcd) cannot be reached; nothing was changed",
     507: "Insufficient Storage: a limit is reached (addresses, endpoint slots, networks, bridge ports, "
          "the disk holding the state)",
 }
 _MODELS: tuple[type[BaseModel], ...] = (NetworkCreate, EndpointCreate, ErrorDoc, InfoDoc, StatsDoc,
-                                        NetworkDoc, EndpointDoc, EndpointCheckDoc)
+                                        NetworkDoc, EndpointDoc, EndpointCheckDoc, NodeDoc)
 Method = Literal["get", "post", "delete"]
 
 
@@ -560,6 +576,8 @@ def openapi() -> dict[str, Any]:
         "/v1/info": {"get": _operation("getInfo", "Daemon, kernel, listeners and datapath", 200, _ref(InfoDoc))},
         "/v1/stats": {"get": _operation("getStats", "Datapath counters per endpoint", 200, _ref(StatsDoc))},
         "/v1/openapi.json": {"get": _operation("getOpenapi", "This document", 200, {"type": "object"})},
+        "/v1/nodes": {"get": _operation("listNodes", "The cluster's nodes (--cluster-store)", 200, _list_of(NodeDoc),
+                                        (400, 503))},
         "/v1/networks": {
             "get": _operation("listNetworks", "Every network", 200, _list_of(NetworkDoc)),
             "post": _operation("createNetwork", "Create a network (a bridge)", 201, _ref(NetworkDoc),
