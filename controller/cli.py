@@ -61,7 +61,8 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
 def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
     body: dict[str, Any] = {"name": args.name, "icc": args.icc}
     for key, value in (("subnet4", args.subnet), ("bridge", args.bridge), ("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
-                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu)):
+                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu),
+                       ("parent", args.parent), ("ipvlan_mode", args.ipvlan_mode)):
         if value is not None:
             body[key] = value
     if args.ipv6:
@@ -292,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     nc = net.add_parser("create", parents=[client_opts], help="create a network")
     nc.add_argument("name")
     nc.add_argument("-d", "--driver", default="bridge",
-                    help="network driver: bridge (default; this host), overlay (every host of the cluster)")
+                    help="network driver: bridge (default; this host), overlay (every host of the cluster), "
+                         "macvlan, ipvlan (endpoints on a physical interface: --parent)")
+    nc.add_argument("--parent", metavar="IFACE[.VLAN]",
+                    help="macvlan, ipvlan: the physical interface; IFACE.VLAN makes an 802.1q sub-interface "
+                         "(removed with the last network on it)")
+    nc.add_argument("--ipvlan-mode", choices=("l2", "l3"), help="ipvlan: l2 (default) or l3")
     nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "
                                      "daemon's address pools)")
     nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")

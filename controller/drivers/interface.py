@@ -8,6 +8,7 @@ store). Every method that makes something registers its undo on the caller's ``R
 The calls, in libnetwork's words and order:
 
 ===================  ========================================================================
+``prepare``          complete the config with what the driver implies (before the checks)
 ``check_network``    before anything is made: refuse a config this driver cannot serve
 ``create_network``   the network's kernel objects (a bridge, a VXLAN device, ...);
                      returns what it added (``NetworkConfig.owned``)
@@ -59,6 +60,22 @@ class NetworkDriver(ABC):
     name: ClassVar[str]
     # True: the network exists on every host of a cluster (its record lives in the cluster store).
     scope: ClassVar[str] = "local"
+    # True: each endpoint has a host-side veth, where the datapath's programs attach (and the
+    # network a bridge, where its bridge program attaches). False (macvlan, ipvlan): the endpoint's
+    # link hangs on a physical interface and has no host-side peer; the datapath is not involved.
+    host_side: ClassVar[bool] = True
+    # True: the endpoint's interface carries the endpoint's own MAC (ipvlan's share the parent's).
+    own_mac: ClassVar[bool] = True
+
+    def prepare(self, cfg: NetworkConfig) -> NetworkConfig:
+        """CFG completed with what this driver implies (e.g. no masquerading for an underlay
+        network); called before ``check_network``."""
+        return cfg
+
+    def host_links(self, cfg: NetworkConfig) -> list[str]:
+        """Links of the managed namespace whose routes and addresses belong to CFG (its bridge; an
+        underlay network's parent): not counted as the host's when checking for overlaps."""
+        return [cfg.bridge]
 
     def check_network(self, cfg: NetworkConfig) -> None:
         """Raise ``InvalidArgument``/``Conflict`` for a config this driver cannot serve."""
