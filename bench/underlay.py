@@ -146,7 +146,7 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             r = doc["ratios_over_plain"][n]["udp_pps"]
             lines.append(f"Goal: {NAMES[n]} ≥ {goal}x plain routing's packet rate: "
                          f"**{'met' if r >= goal else 'missed'}** ({r:.2f}x).")
-    notes = doc.get("notes", [])
+    notes: list[str] = list(doc.get("notes", []))
     return lines + [""] + notes + ([""] if notes else [])
 
 
