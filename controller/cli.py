@@ -73,6 +73,8 @@ def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
         body["masquerade"] = False
     if args.driver != "bridge":
         body["driver"] = args.driver
+    if args.vni is not None:
+        body["vni"] = args.vni
     net = c.post("/v1/networks", body)
     emit(args, net, net["name"])
 
@@ -147,6 +149,13 @@ def cmd_endpoint_rm(args: argparse.Namespace, c: Client) -> None:
             print(name)
 
 
+def cmd_node_ls(args: argparse.Namespace, c: Client) -> None:
+    nodes = c.get("/v1/nodes")
+    rows = [[n["name"] + (" *" if n.get("self") else ""), n.get("address") or "-", n["state"], n.get("endpoints", 0)]
+            for n in nodes]
+    emit(args, nodes, table(rows, ["NODE", "ADDRESS", "STATE", "ENDPOINTS"]))
+
+
 def cmd_stats(args: argparse.Namespace, c: Client) -> None:
     stats = c.get("/v1/stats")
     emit(args, stats, stats_table(stats))
@@ -179,6 +188,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "reconcile": args.reconcile, "default_address_pool": args.default_address_pool,
         "ip_masq": args.ip_masq, "ip6_masq": args.ip6_masq, "ip_forward": args.ip_forward,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
+        "cluster_store": args.cluster_store, "advertise_addr": args.advertise_addr, "node_name": args.node_name,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -272,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--docker-plugin-dir", metavar="DIR",
                    help="where the plugin's socket NAME.sock goes (default /run/docker/plugins, where dockerd "
                         "looks)")
+    d.add_argument("--cluster-store", metavar="etcd://HOST:PORT[,HOST:PORT...]",
+                   help="join a cluster: overlay networks, their addresses and endpoints live in this etcd")
+    d.add_argument("--advertise-addr", metavar="IP",
+                   help="with --cluster-store: this host's IPv4 address the other hosts send VXLAN to (the VTEP)")
+    d.add_argument("--node-name", metavar="NAME", help="with --cluster-store: this host's name in the cluster "
+                                                       "(default: the host name)")
     d.add_argument("--cleanup", action="store_true",
                    help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
     d.add_argument("--reconcile", choices=RECONCILE_MODES,
@@ -299,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="macvlan, ipvlan: the physical interface; IFACE.VLAN makes an 802.1q sub-interface "
                          "(removed with the last network on it)")
     nc.add_argument("--ipvlan-mode", choices=("l2", "l3"), help="ipvlan: l2 (default) or l3")
+    nc.add_argument("--vni", type=int, help="overlay: the VXLAN network identifier (default: the lowest free "
+                                            "one from 4096)")
     nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "
                                      "daemon's address pools)")
     nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")
@@ -346,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     er = ep.add_parser("rm", parents=[client_opts], help="remove endpoints")
     er.add_argument("names", nargs="+")
     er.set_defaults(func=cmd_endpoint_rm)
+
+    node = sub.add_parser("node", help="the cluster's nodes (--cluster-store)").add_subparsers(dest="sub",
+                                                                                              required=True)
+    nl2 = node.add_parser("ls", parents=[client_opts], help="list the cluster's nodes and their state")
+    nl2.set_defaults(func=cmd_node_ls)
 
     st = sub.add_parser("stats", parents=[client_opts], help="per-endpoint counters from the BPF maps")
     st.set_defaults(func=cmd_stats)

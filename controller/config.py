@@ -281,6 +281,20 @@ def parse_bip(text: Any) -> IPv4Interface:
     return iface
 
 
+VNI_MAX = (1 << 24) - 1
+
+
+def _vni(given: dict[str, Any]) -> int | None:
+    vni = given.get("vni")
+    if vni is None:
+        return None
+    if given.get("driver") != "overlay":
+        raise InvalidArgument("vni: only overlay networks (driver overlay) have a VNI")
+    if not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= VNI_MAX:
+        raise InvalidArgument(f"vni: expected an integer from 1 to {VNI_MAX}, got {vni!r}")
+    return vni
+
+
 def check_driver_name(value: Any) -> str:
     """A network driver's name: lower-case letters, digits, '-' and '_', starting with a letter.
     Whether this daemon has such a driver is the network service's question."""
@@ -360,6 +374,8 @@ class NetworkConfig:
     # and ipvlan's mode (l2, l3)
     parent: str | None = None
     ipvlan_mode: str | None = None
+    # overlay networks: the VXLAN network identifier, one per network in the cluster
+    vni: int | None = None
 
     @property
     def owns_bridge(self) -> bool:
@@ -434,7 +450,7 @@ class NetworkConfig:
         cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc,
                   sources[0], sources[1], owned, internal=_flag(given, "internal", False),
                   masquerade=_flag(given, "masquerade", True),
-                  driver=check_driver_name(given.get("driver", "bridge")),
+                  driver=check_driver_name(given.get("driver", "bridge")), vni=_vni(given),
                   parent=check_parent(given["parent"]) if "parent" in given else None,
                   ipvlan_mode=check_ipvlan_mode(given["ipvlan_mode"]) if "ipvlan_mode" in given else None)
         cfg.validate()
@@ -648,6 +664,11 @@ class DaemonConfig:
     ip_forward: bool = True  # turn on forwarding in the managed namespace
     docker_plugin: str | None = None  # serve Docker's network + IPAM driver API as this plugin name
     docker_plugin_dir: str = DOCKER_PLUGIN_DIR  # where dockerd looks for plugin sockets
+    # multi-host (bpfnet.cluster, bpfnet.drivers.overlay): etcd://HOST:PORT[,...], this host's VTEP
+    # address, and its name in the cluster (default: the host name)
+    cluster_store: str | None = None
+    advertise_addr: str | None = None
+    node_name: str | None = None
 
     @property
     def docker_plugin_socket(self) -> str | None:
@@ -783,5 +804,17 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
         if len(cfg.docker_plugin_socket or "") > 107:
             raise InvalidArgument(f"--docker-plugin socket {cfg.docker_plugin_socket} is longer than a Unix "
                                   "socket path may be (107 bytes)")
+    if cfg.cluster_store is not None:
+        from .cluster.model import check_advertise_addr, parse_store_url
+
+        parse_store_url(cfg.cluster_store)
+        if not cfg.advertise_addr:
+            raise InvalidArgument("--cluster-store needs --advertise-addr: the IPv4 address of this host that the "
+                                  "other hosts send VXLAN packets to")
+        check_advertise_addr(cfg.advertise_addr)
+        if cfg.node_name is not None:
+            check_name(cfg.node_name, "--node-name")
+    elif cfg.advertise_addr or cfg.node_name:
+        raise InvalidArgument("--advertise-addr and --node-name need --cluster-store etcd://HOST:PORT")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidArgument(f"--log-level {cfg.log_level!r}: expected debug, info, warning or error")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_ifname, check_name
-from .drivers import EndpointAddresses
+from .drivers import AddressTaken, EndpointAddresses
 from .drivers.bridge import LINK_LOCAL_GATEWAY
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
 HANDOFF_SUFFIX = "p"  # a handed-off peer waits as bnvNp until the runtime moves it
-BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
+BRIDGE_MAX_PORTS = 1023
+# A driver's claim (overlay: an etcd transaction) may lose a race with another host: pick again.
+ADDRESS_ATTEMPTS = 8  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
 
 # Sysctls of a new (or adopted) endpoint namespace of an IPv6 network, written
 # before its eth0 arrives: the default.* values are copied to eth0 when it
@@ -197,6 +199,16 @@ class EndpointService:
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
+        for attempt in range(1, ADDRESS_ATTEMPTS + 1):
+            try:
+                return self._add(name, data)
+            except AddressTaken as exc:
+                if data.get("ip") or data.get("ip6") or attempt == ADDRESS_ATTEMPTS:
+                    raise Conflict(f"{exc.message}; retry") from None
+                log.info("endpoint %s: %s; picking again (attempt %d)", name, exc.message, attempt + 1)
+        raise AssertionError("unreachable")
+
+    def _add(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         with self.rt.lock:
             net_name = data.get("network") or self._default_network()
             net_row, cfg = self.networks.config(net_name)

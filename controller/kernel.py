@@ -42,6 +42,9 @@ class Kernel(Protocol):
         """(ifindex, created) of bridge NAME, up; Conflict if NAME is another kind of link."""
     def delete_link(self, name: str) -> None:
         """Missing is success."""
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> tuple[int, bool]:
+        """(ifindex, created) of the collect-metadata VXLAN device NAME, up."""
+    def link_mtu(self, index: int) -> int | None: ...
     def set_up(self, index: int) -> None: ...
     def set_master(self, index: int, master: int) -> None: ...
     def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None: ...
@@ -143,6 +146,12 @@ class NetlinkKernel:
 
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]:
         return list(links.host_prefixes(self.ipr, skip_ifindexes=skip_ifindexes))
+
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> tuple[int, bool]:
+        return links.ensure_vxlan(self.ipr, name, port, mtu)
+
+    def link_mtu(self, index: int) -> int | None:
+        return links.link_mtu(self.ipr, index)
 
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
                     up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:

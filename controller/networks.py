@@ -87,6 +87,7 @@ class NetworkService:
             gateway6=gw6,
             icc=cfg.icc,
             internal=cfg.internal,
+            vni=cfg.vni or 0,
         )
 
     def describe(self, row: NetworkRow, host: list[IPv4Network | IPv6Network] | None = None) -> dict[str, Any]:
@@ -118,7 +119,7 @@ class NetworkService:
             "id": row.id,
             "default": row.is_default,
             "driver": cfg.driver,
-            "scope": self.drivers.get(cfg.driver).scope,
+            "scope": self.drivers.get(cfg.driver).scope if cfg.driver in self.drivers.names() else None,
             "bridge": cfg.bridge,
             "bridge_ifindex": self.rt.kernel.link_index(cfg.bridge),
             "mtu": cfg.mtu,
@@ -133,7 +134,7 @@ class NetworkService:
             "subnet6_source": cfg.subnet6_source if cfg.subnet6 is not None else None,
             "overlaps": self.overlaps(cfg, host),
             "config": cfg.to_json(),
-            "driver_state": self.drivers.get(cfg.driver).describe(cfg),
+            "driver_state": self.drivers.get(cfg.driver).describe(cfg) if cfg.driver in self.drivers.names() else {},
         }
 
     def list_all(self) -> list[dict[str, Any]]:
@@ -298,6 +299,7 @@ class NetworkService:
         """DATA with every subnet decided: given, from a user's bridge, or picked from the pools."""
         data = {k: v for k, v in data.items() if v is not None}
         name = check_name(data.get("name"), "network name")  # type: ignore[arg-type]  # checked there
+        data = self.drivers.get(str(data.get("driver", "bridge"))).complete(data)
         data.setdefault("bridge", bridge_name_for(name))
         data = self._from_user_bridge(data, is_default)
         if "subnet4" in data:
@@ -327,7 +329,6 @@ class NetworkService:
                 raise Conflict(f"network {data.get('name')!r} already exists")
             cfg = NetworkConfig.from_json(self._complete(data, is_default))
             driver = self.drivers.get(cfg.driver)
-            cfg = driver.prepare(cfg)
             if self.rt.store.network(cfg.name) is not None:
                 raise Conflict(f"network {cfg.name!r} already exists")
             count = len(self.rt.store.networks())
@@ -368,6 +369,19 @@ class NetworkService:
                 out.append(self.spec(row, cfg))
         return out
 
+    # the cluster (overlay networks): bpfnet.drivers.overlay.ClusterNetworks
+    def adopt_cluster_network(self, config: dict[str, Any]) -> None:
+        """Make a network another host of the cluster created (its stored config) here too."""
+        with self.rt.lock:
+            if self.rt.store.network(str(config.get("name"))) is None:
+                self.create(dict(config))
+
+    def forget_cluster_network(self, name: str) -> None:
+        """Remove a network the cluster no longer has (refused while it has endpoints here)."""
+        with self.rt.lock:
+            if self.rt.store.network(name) is not None:
+                self._remove(name)
+
     def ensure_present(self, row: NetworkRow) -> None:
         """At start-up: make sure a stored network's bridge and addresses exist (adopt or recreate)."""
         cfg = NetworkConfig.from_json(row.config)
@@ -403,6 +417,7 @@ class NetworkService:
                     f"({', '.join(e.name for e in eps[:5])}{'…' if len(eps) > 5 else ''}); remove them first"
                 )
             driver = self.drivers.get(cfg.driver)
+            driver.prepare_delete_network(cfg)
             if driver.host_side:
                 self.rt.datapath.detach_network(self.spec(row, cfg))
             driver.delete_network(cfg, row.id)

@@ -188,7 +188,8 @@ class NetworkCreate(_Body):
     ip_range6: V6Net | None = Field(None, description="inside subnet6")
     default_gateway4: V4 | None = Field(None, description="the endpoints' default route, if not the bridge")
     default_gateway6: V6Gateway | None = Field(None, description="the endpoints' IPv6 default route; needs IPv6")
-    mtu: int = Field(1500, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6")
+    mtu: int | None = Field(None, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6; default 1500, "
+                            "on an overlay network the uplink's MTU - 50 (VXLAN's overhead)")
     icc: bool = Field(True, description="inter-container communication on the bridge")
     internal: bool = Field(False, description="no traffic leaves or enters the network (enforced by the "
                                               "datapath); no masquerading, no published ports")
@@ -197,6 +198,8 @@ class NetworkCreate(_Body):
     driver: DriverName = Field("bridge", description="the network driver: bridge (one host), overlay (every "
                                "host of the cluster, VXLAN between them; needs --cluster-store), macvlan, ipvlan "
                                "(endpoints on a physical interface: needs parent)")
+    vni: int | None = Field(None, ge=1, le=(1 << 24) - 1, description="overlay networks: the VXLAN network "
+                            "identifier (default: the lowest free one from 4096)")
     parent: IfName | None = Field(None, description="macvlan, ipvlan: the physical interface, IFACE or IFACE.VLAN "
                                   "(an 802.1q sub-interface, made and removed by bpfnet)")
     ipvlan_mode: Literal["l2", "l3"] | None = Field(None, description="ipvlan: l2 (default) or l3")
@@ -228,7 +231,9 @@ class NetworkCreate(_Body):
     def to_json(self) -> dict[str, Any]:
         """The network as NetworkService.create takes it: validated and defaulted when complete,
         else the fields given (the service picks the subnet)."""
-        return self._config.to_json() if self._config is not None else self.model_dump(exclude_none=True)
+        if self._config is not None and self.driver == "bridge":
+            return self._config.to_json()
+        return self.model_dump(exclude_none=True)  # the driver completes it (overlay: VNI, MTU)
 
 
 _STAND_IN = "10.0.0.0/24"  # any valid subnet: only the other fields are being checked
@@ -287,6 +292,7 @@ _EXPECT = {
     "masquerade": "true or false",
     "driver": "a driver name like bridge or overlay",
     "parent": "an interface name like eth0, or eth0.10 for VLAN 10 on it",
+    "vni": "an integer from 1 to 16777215",
     "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..model import EndpointSpec, NetworkSpec
+from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
 
 __all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "make_datapath"]
@@ -40,6 +40,22 @@ class Datapath(Protocol):
 
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
+
+    def set_tunnel(self, ifindex: int) -> None:
+        """The overlay's VXLAN device (0: none): tunnel_ingress on its ingress, its ifindex
+        where the endpoint programs encapsulate to. Idempotent."""
+
+    def add_remote(self, r: RemoteEndpointSpec) -> None:
+        """Forward to an endpoint on another host. Idempotent."""
+
+    def remove_remote(self, r: RemoteEndpointSpec) -> None:
+        """Stop forwarding to it. Idempotent."""
+
+    def set_remotes(self, remotes: list[RemoteEndpointSpec]) -> None:
+        """Exactly these remote endpoints (a resync): add the missing, remove the rest."""
+
+    def tunnel_counters(self) -> dict[str, int]:
+        """What arrived through the tunnel: rx_packets, rx_bytes, rx_unknown, rx_not_ip."""
 
     def info(self) -> dict[str, Any]:
         """Mode, attach mechanism ("tcx", "tc"; None without programs), loaded programs (id, tag, attach point), pin directory."""
@@ -75,6 +91,21 @@ class BridgeDatapath:
         return []
 
     def counters(self) -> dict[int, dict[str, Any]]:
+        return {}
+
+    def set_tunnel(self, ifindex: int) -> None:
+        return None
+
+    def add_remote(self, r: RemoteEndpointSpec) -> None:
+        return None
+
+    def remove_remote(self, r: RemoteEndpointSpec) -> None:
+        return None
+
+    def set_remotes(self, remotes: list[RemoteEndpointSpec]) -> None:
+        return None
+
+    def tunnel_counters(self) -> dict[str, int]:
         return {}
 
     def info(self) -> dict[str, Any]:

@@ -8,12 +8,14 @@ store). Every method that makes something registers its undo on the caller's ``R
 The calls, in libnetwork's words and order:
 
 ===================  ========================================================================
-``prepare``          complete the config with what the driver implies (before the checks)
+``complete``         fill in the driver's defaults of a new network (overlay: VNI, MTU)
 ``check_network``    before anything is made: refuse a config this driver cannot serve
 ``create_network``   the network's kernel objects (a bridge, a VXLAN device, ...);
                      returns what it added (``NetworkConfig.owned``)
 ``restore_network``  at start-up: make sure they exist again (adopt or recreate); returns
                      what it added, as ``create_network``
+``prepare_delete_    before anything is removed: refuse, or drop what lives outside this
+network``            host (overlay: the network's record in the cluster store)
 ``delete_network``   remove what ``create_network`` added, and nothing else
 ``reserved``         addresses the network's pool must not hand out (held elsewhere, e.g.
                      by other hosts of a cluster); the services pick from the rest
@@ -40,9 +42,15 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, ClassVar
 
 from ..config import NetworkConfig
+from ..errors import Conflict
 from ..model import InterfaceConfig
 from ..rollback import Rollback
 from ..state import EndpointRow
+
+
+class AddressTaken(Conflict):
+    """``create_endpoint`` lost a race: another host leased one of the addresses between the
+    services' read (``reserved``) and the driver's claim. The services pick again."""
 
 
 @dataclass(frozen=True)
@@ -67,18 +75,21 @@ class NetworkDriver(ABC):
     # True: the endpoint's interface carries the endpoint's own MAC (ipvlan's share the parent's).
     own_mac: ClassVar[bool] = True
 
-    def prepare(self, cfg: NetworkConfig) -> NetworkConfig:
-        """CFG completed with what this driver implies (e.g. no masquerading for an underlay
-        network); called before ``check_network``."""
-        return cfg
-
     def host_links(self, cfg: NetworkConfig) -> list[str]:
         """Links of the managed namespace whose routes and addresses belong to CFG (its bridge; an
         underlay network's parent): not counted as the host's when checking for overlaps."""
         return [cfg.bridge]
 
+    def complete(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A new network's settings with this driver's defaults filled in (before validation)."""
+        return data
+
     def check_network(self, cfg: NetworkConfig) -> None:
         """Raise ``InvalidArgument``/``Conflict`` for a config this driver cannot serve."""
+
+    def prepare_delete_network(self, cfg: NetworkConfig) -> None:
+        """Before anything of the network is removed: refuse (raise), or drop what lives outside
+        this host (the overlay driver: the network's record in the cluster store)."""
 
     @abstractmethod
     def create_network(self, cfg: NetworkConfig, network_id: int, rb: Rollback) -> dict[str, Any]:

@@ -25,7 +25,7 @@ What this driver cannot do, and why (README "Multi-host"):
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from ipaddress import IPv6Network
 from typing import Any, ClassVar
 
 from ..config import NetworkConfig, split_parent
@@ -59,11 +59,19 @@ class MacvlanDriver(NetworkDriver):
         return row.mac
 
     # networks
-    def prepare(self, cfg: NetworkConfig) -> NetworkConfig:
-        # Nothing of an underlay network passes through the host: no masquerading; IPv6's default
+    def complete(self, data: dict[str, Any]) -> dict[str, Any]:
+        # Nothing of an underlay network passes through the host: no masquerading. IPv6's default
         # route is the physical gateway (there is no fe80::1 on a bridge here).
-        return replace(cfg, masquerade=False,
-                       default_gateway6=cfg.default_gateway6 or (cfg.gateway6 if cfg.ipv6 else None))
+        data = {**data, "masquerade": False}
+        if data.get("subnet6") and not data.get("default_gateway6"):
+            gateway6 = data.get("gateway6")
+            if gateway6 is None:
+                try:
+                    gateway6 = str(IPv6Network(str(data["subnet6"]), strict=False)[1])
+                except ValueError:
+                    return data  # validation names the bad subnet
+            data["default_gateway6"] = gateway6
+        return data
 
     def host_links(self, cfg: NetworkConfig) -> list[str]:
         assert cfg.parent is not None
