@@ -374,6 +374,12 @@ class NetworkConfig:
     # and ipvlan's mode (l2, l3)
     parent: str | None = None
     ipvlan_mode: str | None = None
+    # routed networks (bpfnet.drivers.routed): the subnet shared by the cluster, of which this
+    # node's block (subnet4/subnet6 here) is one /host_prefix (/host_prefix6)
+    cluster_subnet4: IPv4Network | None = None
+    cluster_subnet6: IPv6Network | None = None
+    host_prefix: int | None = None
+    host_prefix6: int | None = None
     # overlay networks: the VXLAN network identifier, one per network in the cluster
     vni: int | None = None
 
@@ -392,7 +398,8 @@ class NetworkConfig:
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if v is not None and not isinstance(v, (bool, int, dict)) else v)
                for k, v in asdict(self).items()}
-        for key in ("subnet_source", "subnet6_source", "owned", "parent", "ipvlan_mode"):
+        for key in ("subnet_source", "subnet6_source", "owned", "parent", "ipvlan_mode", "cluster_subnet4",
+                    "cluster_subnet6", "host_prefix", "host_prefix6"):
             if out[key] is None:
                 del out[key]  # stored and answered only when known
         return out
@@ -452,7 +459,12 @@ class NetworkConfig:
                   masquerade=_flag(given, "masquerade", True),
                   driver=check_driver_name(given.get("driver", "bridge")), vni=_vni(given),
                   parent=check_parent(given["parent"]) if "parent" in given else None,
-                  ipvlan_mode=check_ipvlan_mode(given["ipvlan_mode"]) if "ipvlan_mode" in given else None)
+                  ipvlan_mode=check_ipvlan_mode(given["ipvlan_mode"]) if "ipvlan_mode" in given else None,
+                  cluster_subnet4=(parse_v4_network(given["cluster_subnet4"], "cluster subnet")
+                                   if "cluster_subnet4" in given else None),
+                  cluster_subnet6=(parse_v6_network(given["cluster_subnet6"], "cluster IPv6 subnet")
+                                   if "cluster_subnet6" in given else None),
+                  host_prefix=_prefix(given, "host_prefix", 32), host_prefix6=_prefix(given, "host_prefix6", 128))
         cfg.validate()
         return cfg
 
@@ -462,6 +474,9 @@ class NetworkConfig:
         if self.parent is not None and self.driver not in UNDERLAY_DRIVERS:
             raise InvalidArgument(f"parent: only the {' and '.join(UNDERLAY_DRIVERS)} drivers take a parent "
                                   f"interface, not {self.driver}")
+        routed = (self.cluster_subnet4, self.cluster_subnet6, self.host_prefix, self.host_prefix6)
+        if self.driver != "routed" and any(v is not None for v in routed):
+            raise InvalidArgument(f"host_prefix, host_prefix6: only for the routed driver, not {self.driver}")
         if self.ipvlan_mode is not None and self.driver != "ipvlan":
             raise InvalidArgument(f"ipvlan_mode: only for the ipvlan driver, not {self.driver}")
         s4 = self.subnet4
@@ -484,6 +499,15 @@ class NetworkConfig:
             self.default_gateway6 in s6 or self.default_gateway6.is_link_local
         ):
             raise InvalidArgument(f"IPv6 default gateway {self.default_gateway6} is neither in {s6} nor link-local")
+
+
+def _prefix(data: dict[str, Any], key: str, top: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+        raise InvalidArgument(f"{key}: expected a prefix length from 1 to {top}, got {value!r}")
+    return value
 
 
 def _flag(data: dict[str, Any], key: str, default: bool) -> bool:

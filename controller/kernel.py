@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Protocol
 
-from . import links, netns, sublinks
+from . import links, netns, routes, sublinks
 from .model import InterfaceConfig, InterfaceState, LinkState
 
 
@@ -69,6 +69,10 @@ class Kernel(Protocol):
     def create_sublink(self, kind: str, parent: int, ns: str, ifname: str, mtu: int, mac: str | None,
                        options: Mapping[str, Any]) -> int: ...
     def delete_link_in(self, ns: str, ifname: str) -> None: ...
+    # bpfnet's own routes (bpfnet.routes: the routed driver), marked with routes.PROTO
+    def own_routes(self) -> dict[str, str]: ...
+    def replace_own_route(self, dst: str, gateway: str, oif: int | None = None) -> None: ...
+    def delete_own_route(self, dst: str) -> None: ...
     def interface_state(self, ns: str, ifname: str) -> InterfaceState | None: ...
 
     # NDP proxy entries
@@ -177,6 +181,15 @@ class NetlinkKernel:
 
     def delete_link_in(self, ns: str, ifname: str) -> None:
         sublinks.delete_in(ns, ifname)
+
+    def own_routes(self) -> dict[str, str]:
+        return routes.dump(self.ipr)
+
+    def replace_own_route(self, dst: str, gateway: str, oif: int | None = None) -> None:
+        routes.replace(self.ipr, dst, gateway, oif)
+
+    def delete_own_route(self, dst: str) -> None:
+        routes.delete(self.ipr, dst)
 
     def proxy_neighbours(self, iface: int) -> list[str]:
         return links.proxy_neighbours(self.ipr, iface)

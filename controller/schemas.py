@@ -203,6 +203,10 @@ class NetworkCreate(_Body):
     parent: IfName | None = Field(None, description="macvlan, ipvlan: the physical interface, IFACE or IFACE.VLAN "
                                   "(an 802.1q sub-interface, made and removed by bpfnet)")
     ipvlan_mode: Literal["l2", "l3"] | None = Field(None, description="ipvlan: l2 (default) or l3")
+    host_prefix: int | None = Field(None, ge=1, le=30, description="routed: the prefix length of each node's "
+                                    "block of subnet4 (default 24)")
+    host_prefix6: int | None = Field(None, ge=1, le=120, description="routed: the prefix length of each node's "
+                                     "block of subnet6 (default 80)")
 
     _config: NetworkConfig | None = PrivateAttr(None)
 

@@ -16,7 +16,7 @@ FACE = {"cli", "top", "demo", "client", "tables", "tls"}
 WIRING = {"daemon", "api.routes", "api.server", "api"}
 SERVICES = {"networks", "endpoints", "reconcile", "recovery", "ndp", "rollback", "runtime", "stats", "observer",
             "outside.service"}
-ADAPTERS = {"kernel", "links", "netns", "outside.nft", "sublinks"}
+ADAPTERS = {"kernel", "links", "netns", "outside.nft", "sublinks", "routes"}
 STORE = {"state", "daemonlock"}
 PURE = {"config", "ipam", "addressing", "model", "errors", "snapshot", "schemas", "datapath.abi",
         "datapath.counters", "datapath.drop_reasons", "outside", "outside.ports", "outside.ruleset"}
