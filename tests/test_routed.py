@@ -57,9 +57,9 @@ def test_blocks_are_unique_under_parallel_create(cluster: Cluster) -> None:
         t.join()
         assert out[0].returncode == 0, out[0].stderr
     blocks = [block(h) for h in hosts]
-    assert len({b[0] for b in blocks}) == 3 and len({b[1] for b in blocks}) == 3
-    assert all(b[0].endswith("/24") and b[1].endswith("/80") for b in blocks)
     keys = cluster.etcd.keys(f"/bpfnet/v1/routed/{NET}/blocks/")
+    assert len({b[0] for b in blocks}) == 3 and len({b[1] for b in blocks}) == 3, (blocks, keys)
+    assert all(b[0].endswith("/24") and b[1].endswith("/80") for b in blocks)
     assert len(keys) == 6
     # every node routes the two other nodes' blocks via their advertise (link-local) addresses
     for i, h in enumerate(hosts):
@@ -138,3 +138,25 @@ def test_network_rm_releases_the_block_and_routes(cluster: Cluster) -> None:
     h0.cli("network", "rm", "rn2", check=True)
     assert not cluster.etcd.keys("/bpfnet/v1/routed/rn2/")
     assert not [d for d in own_routes(h0) if d.startswith("10.99.")]
+
+
+def test_a_node_without_a_shared_link_is_reported(cluster: Cluster) -> None:
+    """A node whose advertise address is on no subnet of this host: the kernel refuses the route,
+    bpfnet reports it (network inspect: unreachable) instead of routing it somewhere else."""
+    etcd, h0 = cluster.etcd, cluster.hosts[0]
+    lease = etcd.ctl("lease", "grant", "60").split()[1]
+    far = json.dumps({"name": "far", "address": "10.200.0.5", "started": 0})
+    blk = f"/bpfnet/v1/routed/{NET}/blocks/10.96.250.0_24"
+    etcd.ctl("put", "--lease", lease, "/bpfnet/v1/nodes/far", far)
+    etcd.ctl("put", blk, json.dumps({"node": "far", "address": "10.200.0.5", "link_local": ""}))
+    try:
+        state = wait_until(lambda: s if (s := h0.cli_json("network", "inspect", NET)["driver_state"])["unreachable"]
+                           else None, 10, what="unreachable node reported")
+        assert "10.96.250.0/24" in state["unreachable"] and "not on a subnet" in state["unreachable"]["10.96.250.0/24"]
+        assert "10.96.250.0/24" not in own_routes(h0)
+        assert "10.200.0.5 for 10.96.250.0/24 is not on a subnet" in h0.log_tail(10**8)
+    finally:
+        etcd.ctl("lease", "revoke", lease)
+        etcd.ctl("del", blk)
+    wait_until(lambda: not h0.cli_json("network", "inspect", NET)["driver_state"]["unreachable"], 10,
+               what="report cleared")

@@ -118,26 +118,28 @@ class BlockStore:
             self.cluster._txn([], [_delete(config_key(network))])
 
     def blocks(self, network: str) -> list[Block]:
-        return self.all_blocks(blocks_prefix(network)).get(network, [])
+        return [b for b, _ in self._read(blocks_prefix(network)).get(network, [])]
 
-    def all_blocks(self, prefix: str = ROUTED) -> dict[str, list[Block]]:
-        """Every routed network's blocks (under PREFIX), by network: one request."""
-        kvs, _ = self.cluster._range(prefix)
-        out: dict[str, list[Block]] = {}
-        for key, value in kvs:
+    def all_blocks(self) -> dict[str, list[Block]]:
+        """Every routed network's blocks, by network (a network with settings but no block: []); one request."""
+        return {network: [b for b, _ in found] for network, found in self._read(ROUTED).items()}
+
+    def _read(self, prefix: str) -> dict[str, list[tuple[Block, int]]]:
+        """(block, its key's version) by network, from one range read: a claim's compare must use
+        the version of the very read that showed the block free (a later read could show another
+        node's fresh claim, and comparing its version would overwrite that claim)."""
+        out: dict[str, list[tuple[Block, int]]] = {}
+        reply = self.cluster._post("/kv/range", {"key": _b64(prefix), "range_end": _range_end(prefix)})
+        for kv in reply.get("kvs", []):
+            key = _unb64(kv["key"]).decode()
             network, sep, name = key[len(ROUTED):].partition("/blocks/")
             if not sep:
                 out.setdefault(network.removesuffix("/config"), [])  # a network's settings
                 continue
-            d = json.loads(value)
-            out.setdefault(network, []).append(
-                Block(ip_network(name.replace("_", "/")), d["node"], d["address"], d.get("link_local", "")))
+            d = json.loads(_unb64(kv.get("value", "")))
+            block = Block(ip_network(name.replace("_", "/")), d["node"], d["address"], d.get("link_local", ""))
+            out.setdefault(network, []).append((block, int(kv.get("version", 0))))
         return out
-
-    def _versions(self, network: str) -> dict[str, int]:
-        out = self.cluster._post("/kv/range", {"key": _b64(blocks_prefix(network)),
-                                               "range_end": _range_end(blocks_prefix(network))})
-        return {_unb64(kv["key"]).decode(): int(kv.get("version", 0)) for kv in out.get("kvs", [])}
 
     def claim(self, network: str, subnet: IPNet, host_prefix: int, address: str, link_local: str,
               preferred: IPNet | None = None) -> IPNet:
@@ -145,7 +147,9 @@ class BlockStore:
         free one (free: unheld, or held by a node that is not alive), claimed by a transaction."""
         value = json.dumps({"node": self.node, "address": address, "link_local": link_local}, sort_keys=True)
         for _ in range(CLAIM_TRIES):
-            held = [b for b in self.blocks(network) if b.network.version == subnet.version]
+            read = [(b, v) for b, v in self._read(blocks_prefix(network)).get(network, [])
+                    if b.network.version == subnet.version]
+            held = [b for b, _ in read]
             mine = [b for b in held if b.node == self.node]
             if mine:
                 block = mine[0].network
@@ -159,7 +163,7 @@ class BlockStore:
                 raise Exhausted(f"routed network {network!r}: every /{host_prefix} block of {subnet} is held by a "
                                 "node that is alive; give the network a bigger subnet or a longer --host-prefix")
             key = block_key(network, choice)
-            version = self._versions(network).get(key, 0)
+            version = next((v for b, v in read if b.network == choice), 0)  # 0: never claimed
             compare = _absent(key) if version == 0 else _version_is(key, version)
             if self.cluster._txn([compare], [_put(key, value)]):
                 return choice
