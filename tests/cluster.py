@@ -41,6 +41,7 @@ ETCD_ADDR = f"{UNDERLAY}.1"
 ETCD_PORT = 2379
 ETCD_URL = f"etcd://{ETCD_ADDR}:{ETCD_PORT}"
 CLONE_NEWNET = 0x40000000
+TTL = 5  # the hosts' node lease in seconds: a restart (stop + start until etcd) must fit in it
 T = TypeVar("T")
 
 
@@ -146,7 +147,7 @@ class Cluster:
         self.factory = DaemonFactory(workdir)
         self.hosts: list[DaemonProcess] = []
 
-    def add_host(self, *args: str, datapath: str = "auto", ttl: int = 3, start: bool = True) -> DaemonProcess:
+    def add_host(self, *args: str, datapath: str = "auto", ttl: int = TTL, start: bool = True) -> DaemonProcess:
         i = len(self.hosts)
         addr = f"{UNDERLAY}.{10 + i}"
         d = self.factory.create("--cluster-store", self.etcd.url, "--advertise-addr", addr,

@@ -47,6 +47,7 @@ from .model import (
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 2.0  # seconds: an API call waits at most this long for etcd
 RETRY_INTERVAL = 1.0
+RESTART_GRACE = 30  # seconds a stopped daemon's node stays registered (see EtcdStore.stop)
 WATCH_IDLE = 30.0  # seconds without a byte before the watch is re-opened (from where it was)
 
 Listener = Callable[[ClusterView], None]
@@ -157,11 +158,17 @@ class EtcdStore:
 
     def _get(self, key: str) -> tuple[bytes | None, int]:
         """(value, version) of KEY; (None, 0) when absent."""
+        value, version, _ = self._get_kv(key)
+        return value, version
+
+    def _get_kv(self, key: str) -> tuple[bytes | None, int, int]:
+        """(value, version, lease id) of KEY; (None, 0, 0) when absent."""
         out = self._post("/kv/range", {"key": _b64(key)})
         kvs = out.get("kvs", [])
         if not kvs:
-            return None, 0
-        return _unb64(kvs[0].get("value", "")), int(kvs[0].get("version", 0))
+            return None, 0, 0
+        kv = kvs[0]
+        return _unb64(kv.get("value", "")), int(kv.get("version", 0)), int(kv.get("lease", 0))
 
     def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
         out = self._post("/kv/txn", {"compare": compare, "success": success, "failure": []})
@@ -173,16 +180,33 @@ class EtcdStore:
         A node name held by a live lease of another address is refused: two daemons with one
         name would remove each other's endpoints."""
         self._post("/maintenance/status", {})
-        raw, _ = self._get(node_key(self.node))
+        raw, _, lease = self._get_kv(node_key(self.node))
         if raw is not None:
             other = json.loads(raw)
             if other.get("address") != self.address:
                 raise Conflict(f"node name {self.node!r} is registered by {other.get('address')} and its lease is "
                                "alive; pick another --node-name, or wait for its lease to expire "
                                f"({self.ttl} s)")
+        # A restart: the node key is replaced (a put, never a delete: the other nodes keep this
+        # node's endpoints in their tables without a blink), then the previous daemon's lease,
+        # which holds nothing any more, is dropped.
         self._register()
+        if raw is not None and lease:
+            self._post("/kv/lease/revoke", {"ID": lease})
         self.resync()
         self.connected = True
+        # Keep the lease alive from now on: compiling the datapath may take longer than the TTL.
+        self._start_thread("etcd-keepalive", self._keepalive_loop)
+
+    def _keepalive(self, lease: int) -> int:
+        """Refresh LEASE; its remaining TTL (<= 0: it expired)."""
+        out = self._post("/lease/keepalive", {"ID": lease})
+        return int(out.get("result", {}).get("TTL", -1))
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _register(self) -> None:
         out = self._post("/lease/grant", {"TTL": self.ttl})
@@ -194,28 +218,34 @@ class EtcdStore:
                  self.url, lease, self.ttl)
 
     def start(self, listener: Listener | None = None) -> None:
-        """Start the keepalive and watch threads; LISTENER hears every change of the view."""
+        """Start the watch thread (the keepalive runs since connect); LISTENER hears every change of
+        the view."""
         if listener is not None:
             self._listeners.append(listener)
-        for name, target in (("etcd-keepalive", self._keepalive_loop), ("etcd-watch", self._watch_loop)):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._start_thread("etcd-watch", self._watch_loop)
 
     def stop(self, revoke: bool = False) -> None:
         """Stop the threads. REVOKE: drop this node's lease at once (the others remove its
-        endpoints now, not after the TTL); a daemon restart keeps it, so nothing flaps."""
+        endpoints now, not after the TTL). Otherwise (a daemon stopping, maybe to restart) the
+        node stays registered for RESTART_GRACE seconds under a lease nobody keeps alive: a
+        restart within it is seamless for the other nodes (the next daemon replaces the key);
+        a daemon that does not come back leaves the cluster when it runs out."""
         self._stop.set()
-        resp = self._watch_response
-        if resp is not None:
-            resp.close()
-        for t in self._threads:
-            t.join(timeout=3)
-        if revoke and self._lease is not None:
-            try:
+        # The registration first, and nothing waited for: the threads are daemon threads (closing
+        # a streaming response under its reader can block for seconds), and a slow stop would let
+        # the lease run out before the next daemon takes it over.
+        if self._lease is None:
+            return
+        try:
+            if revoke:
                 self._post("/kv/lease/revoke", {"ID": self._lease})
-            except StoreUnavailable:
-                pass
+                return
+            grace = int(self._post("/lease/grant", {"TTL": max(self.ttl, RESTART_GRACE)})["ID"])
+            value = json.dumps({"name": self.node, "address": self.address, "started": time.time()})
+            self._post("/kv/put", _put(node_key(self.node), value, grace)["request_put"])
+            self._post("/kv/lease/revoke", {"ID": self._lease})
+        except StoreUnavailable:
+            pass  # the lease runs out by itself
 
     def _keepalive_loop(self) -> None:
         interval = max(self.ttl / 3, 0.5)
@@ -224,8 +254,7 @@ class EtcdStore:
                 if self._lease is None:
                     self._register()
                     continue
-                out = self._post("/lease/keepalive", {"ID": self._lease})
-                if int(out.get("result", {}).get("TTL", -1)) <= 0:
+                if self._keepalive(self._lease) <= 0:
                     log.warning("cluster: this node's lease expired (etcd was away for more than %d s): "
                                 "registering again", self.ttl)
                     self._register()
@@ -267,7 +296,8 @@ class EtcdStore:
                             self.view.apply(key, value)
                             self.revision = max(self.revision, revision)
                     self._notify()
-            except (StoreUnavailable, requests.RequestException, OSError, ValueError, KeyError) as exc:
+            except (StoreUnavailable, requests.RequestException, OSError, ValueError, KeyError,
+                    AttributeError) as exc:  # AttributeError: the stream closed under it (stop)
                 if self._stop.is_set():
                     return
                 log.debug("cluster: watch ended (%s); resyncing", exc)
