@@ -70,10 +70,14 @@ def probe(ipr: Any, kind: str, parent: int, name: str, **kwargs: Any) -> None:
 def create_in(ipr: Any, kind: str, parent: int, ns: str, ifname: str, mtu: int, mac: str | None,
               **kwargs: Any) -> int:
     """A KIND link on PARENT (in IPR's namespace), made straight inside namespace NS as IFNAME
-    (IFLA_NET_NS_FD: it never exists beside the parent); returns its ifindex inside NS."""
+    (IFLA_NET_NS_FD: it never exists beside the parent); returns its ifindex inside NS. NS "":
+    made beside the parent."""
     extra: dict[str, Any] = {"address": mac} if mac else {}
-    _create(ipr, kind, ifname=ifname, link=parent, mtu=mtu, net_ns_fd=ns, **extra, **kwargs)
-    index = netns.run_in(ns, lambda: link_index_here(ifname))
+    if ns:
+        extra["net_ns_fd"] = ns
+    _create(ipr, kind, ifname=ifname, link=parent, mtu=mtu, **extra, **kwargs)
+    # NS "": beside the parent (a handed-off endpoint's link, which its runtime moves)
+    index = netns.run_in(ns, lambda: link_index_here(ifname)) if ns else link_index_here(ifname)
     if index is None:
         raise RuntimeError(f"created {kind} {ifname} in {ns}, but it is not there")
     return index

@@ -29,6 +29,7 @@ from typing import Any
 from ..cluster.blocks import (
     DEFAULT_HOST_PREFIX4,
     DEFAULT_HOST_PREFIX6,
+    Block,
     BlockStore,
     IPNet,
     check_host_prefix,
@@ -220,7 +221,7 @@ class RoutedDriver(BridgeDriver):
                         want[str(b.network)] = (b.link_local, uplink)
                 self._apply(cfg, want, self._routes_of(cfg, have))
 
-    def _reclaim(self, store: BlockStore, cfg: NetworkConfig, blocks: list[Any], link_local: str) -> None:
+    def _reclaim(self, store: BlockStore, cfg: NetworkConfig, blocks: list[Block], link_local: str) -> None:
         """After a restart (or etcd lost the key): this node's blocks are claimed again."""
         held = {b.network: b.node for b in blocks}
         for block, subnet, prefix in ((cfg.subnet4, cfg.cluster_subnet4, cfg.host_prefix),
