@@ -6,6 +6,7 @@ etcd, and routes between the nodes with bpfnet's protocol number; no encapsulati
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,20 @@ def test_a_node_without_a_shared_link_is_reported(cluster: Cluster) -> None:
         etcd.ctl("del", blk)
     wait_until(lambda: not h0.cli_json("network", "inspect", NET)["driver_state"]["unreachable"], 10,
                what="report cleared")
+
+
+def test_etcd_away_keeps_the_routes_and_refuses_create_cleanly(cluster: Cluster) -> None:
+    h0 = cluster.hosts[0]
+    routes = wait_until(lambda: r if len(r := own_routes(h0)) == 4 else None, 10, what="routes")
+    links = run("ip", "-n", h0.netns, "-o", "link").stdout.count("\n")
+    cluster.etcd.stop()
+    try:
+        r = h0.cli("network", "create", "rn3", "--driver", "routed", "--subnet", "10.95.0.0/16")
+        assert r.returncode != 0 and "cannot be reached" in r.stderr, r.stderr
+        assert "rn3" not in {n["name"] for n in h0.cli_json("network", "ls")}
+        assert run("ip", "-n", h0.netns, "-o", "link").stdout.count("\n") == links
+        time.sleep(3)  # three sync periods: nothing is removed while the store says nothing
+        assert own_routes(h0) == routes
+    finally:
+        cluster.etcd.start()
+    assert not cluster.etcd.keys("/bpfnet/v1/routed/rn3/")
