@@ -108,7 +108,11 @@ def _etcd(ns: str, addr: str) -> None:
                       "--advertise-client-urls", url, "--listen-peer-urls", f"http://{addr}:2380",
                       "--initial-advertise-peer-urls", f"http://{addr}:2380", "--initial-cluster",
                       f"b=http://{addr}:2380", "--log-level", "error"], ns=ns)
-    env.on_cleanup(lambda: None if env.stop(proc) else None)
+
+    def stop() -> None:
+        env.stop(proc)
+
+    env.on_cleanup(stop)
     env.wait_until(lambda: env.run(["etcdctl", f"--endpoints={url}", "endpoint", "health"], ns=ns,
                                    check=False).returncode == 0, 20, "etcd healthy")
 

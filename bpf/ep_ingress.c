@@ -14,10 +14,14 @@
  *    endpoint is answered here.
  * 3. On an internal network, unicast IP to anything but an endpoint of the
  *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
- * 4. Everything else goes to the kernel (bridge) unchanged.
+ * 4. A reply of an established flow through a published port (nat.h): source
+ *    translated back to the host's address and port, straight out through the
+ *    uplink.
+ * 5. Everything else goes to the kernel (bridge) unchanged.
  */
 #include "forward.h"
 #include "tunnel.h"
+#include "nat.h"
 #include "validate.h"
 
 int ep_ingress(struct __sk_buff *skb)
@@ -58,6 +62,11 @@ int ep_ingress(struct __sk_buff *skb)
 		}
 		if (net && net->internal && !internal_peer_allowed(src->network_id, net, &p, 0))
 			return drop(skb, src->id, DIR_TX, DROP_INTERNAL);
+		if (!dst) {
+			verdict = published_out(skb, src, &p);
+			if (verdict >= 0)
+				return verdict;
+		}
 		goto kernel;
 	}
 	net = lookup_network(src->network_id);

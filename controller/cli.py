@@ -55,6 +55,10 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         lines.append(f"Outside:      {out['mechanism']}; ip-masq {'on' if out['ip_masq'] else 'off'}, "
                      f"ip6-masq {'on' if out['ip6_masq'] else 'off'}, ip-forward "
                      f"{'on' if out['ip_forward'] else 'off'}; {out['published_ports']} published port(s)")
+        fast = out.get("fastpath") or {}
+        if fast.get("enabled"):
+            lines.append(f"  fast path:  uplink_ingress on {', '.join(fast['uplinks']) or 'no uplink yet'}; "
+                         f"{fast['flows']} flow direction(s), {fast['established']} established")
     emit(args, info, "\n".join(lines))
 
 
@@ -188,6 +192,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
         "reconcile": args.reconcile, "default_address_pool": args.default_address_pool,
         "ip_masq": args.ip_masq, "ip6_masq": args.ip6_masq, "ip_forward": args.ip_forward,
+        "published_fastpath": args.published_fastpath, "uplinks": args.uplink,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
         "cluster_store": args.cluster_store, "advertise_addr": args.advertise_addr, "node_name": args.node_name,
     }
@@ -268,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(d, "ip-masq", "masquerade IPv4 traffic of networks leaving the host (default true)")
     _bool_flag(d, "ip6-masq", "masquerade IPv6 traffic of networks leaving the host (default false)")
     _bool_flag(d, "ip-forward", "turn on IPv4/IPv6 forwarding in the managed namespace (default true)")
+    _bool_flag(d, "published-fastpath", "translate established flows to published ports in BPF on the "
+                                        "uplinks, skipping conntrack, routing and the bridge (default true)")
+    d.add_argument("--uplink", action="append", metavar="IFNAME",
+                   help="an interface that carries published-port traffic from outside (repeatable; default: "
+                        "every interface of the managed namespace with an address that is not bpfnet's)")
     d.add_argument("--ndp-proxy-iface", help="answer NDP for endpoint IPv6 addresses on this interface")
     d.add_argument("--datapath", choices=REQUESTABLE_MODES,
                    help="force a datapath mode (default auto: the best the kernel offers)")
@@ -383,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--iterations", type=int, default=None, help="stop after N refreshes (default: until Ctrl-C)")
     tp.set_defaults(func=cmd_top)
 
-    sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm.add_argument("--cluster", action="store_true",
+                    help="two hosts, etcd and an overlay network instead (make demo-cluster)")
     return p
 
 
@@ -393,6 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "daemon":
             return cmd_daemon(args)
         if args.cmd == "demo":
+            if args.cluster:
+                from .demo_cluster import run_cluster_demo
+
+                return int(run_cluster_demo())
             from .demo import run_demo
 
             return int(run_demo())

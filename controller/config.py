@@ -686,6 +686,10 @@ class DaemonConfig:
     ip_masq: bool = True  # masquerade networks' IPv4 traffic leaving the host (bpfnet.outside)
     ip6_masq: bool = False  # and their IPv6 traffic
     ip_forward: bool = True  # turn on forwarding in the managed namespace
+    # published ports' BPF fast path (bpf/nat.h) on the uplinks: these interfaces, or () for
+    # every interface of the managed namespace with an address that is not bpfnet's
+    published_fastpath: bool = True
+    uplinks: tuple[str, ...] = ()
     docker_plugin: str | None = None  # serve Docker's network + IPAM driver API as this plugin name
     docker_plugin_dir: str = DOCKER_PLUGIN_DIR  # where dockerd looks for plugin sockets
     # multi-host (bpfnet.cluster, bpfnet.drivers.overlay): etcd://HOST:PORT[,...], this host's VTEP
@@ -746,6 +750,12 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
     for k, v in overrides.items():
         if v is not None:
             values[k] = v
+    if isinstance(values.get("uplinks"), str):
+        values["uplinks"] = [values["uplinks"]]
+    if "uplinks" in values:
+        values["uplinks"] = tuple(values["uplinks"])
+        for name in values["uplinks"]:
+            check_ifname(name, "--uplink")
     if isinstance(values.get("hosts"), str):
         values["hosts"] = [values["hosts"]]
     if "hosts" in values:

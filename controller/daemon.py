@@ -179,7 +179,8 @@ class Daemon:
         nft = NftKernel(self.rt.ipr)
         why_not = nft.unusable()
         if why_not is None:
-            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward))
+            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward,
+                                                                          cfg.published_fastpath, cfg.uplinks))
             self.networks.outside = self.endpoints.outside = self.outside
         else:
             log.warning("no masquerading and no published ports: %s", why_not)
@@ -239,6 +240,7 @@ class Daemon:
         doc["cluster"] = None if self.overlay is None else {
             "store": self.overlay.cluster.url, "node": self.overlay.node, "advertise_addr": str(self.overlay.advertise),
             "connected": self.overlay.cluster.connected, "ttl": self.overlay.cluster.ttl,
+            "store_requests": self.overlay.cluster.requests, "store_keepalives": self.overlay.cluster.keepalives,
             "remote_endpoints": len(self.overlay.cluster.view.remote(self.overlay.node)),
             "tunnel": self.rt.datapath.tunnel_counters(),
         }

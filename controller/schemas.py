@@ -473,6 +473,15 @@ class EndpointDoc(_Doc):
                                             "every address), host_port, endpoint_port, proto")
 
 
+class NodeDoc(_Doc):
+    model_config = ConfigDict(extra="allow", title="Node")
+    name: str
+    address: str | None = Field(description="its --advertise-addr (the VTEP)")
+    state: str = Field(description="alive: its lease is held; down: expired, its endpoints kept in etcd")
+    self: bool = Field(description="this daemon's node")
+    endpoints: int
+
+
 class EndpointCheckDoc(_Doc):
     model_config = ConfigDict(title="EndpointCheck")
     name: str
@@ -490,11 +499,12 @@ _STATUS_TEXT = {
     404: "Not Found: no such network, endpoint or namespace",
     409: "Conflict: already exists, overlaps, in use, or has endpoints",
     413: "Payload Too Large: the body is over the limit",
+    503: "Service Unavailable: the cluster store (etcd) cannot be reached; nothing was changed",
     507: "Insufficient Storage: a limit is reached (addresses, endpoint slots, networks, bridge ports, "
          "the disk holding the state)",
 }
 _MODELS: tuple[type[BaseModel], ...] = (NetworkCreate, EndpointCreate, ErrorDoc, InfoDoc, StatsDoc,
-                                        NetworkDoc, EndpointDoc, EndpointCheckDoc)
+                                        NetworkDoc, EndpointDoc, EndpointCheckDoc, NodeDoc)
 Method = Literal["get", "post", "delete"]
 
 
@@ -544,6 +554,8 @@ def openapi() -> dict[str, Any]:
         "/v1/info": {"get": _operation("getInfo", "Daemon, kernel, listeners and datapath", 200, _ref(InfoDoc))},
         "/v1/stats": {"get": _operation("getStats", "Datapath counters per endpoint", 200, _ref(StatsDoc))},
         "/v1/openapi.json": {"get": _operation("getOpenapi", "This document", 200, {"type": "object"})},
+        "/v1/nodes": {"get": _operation("listNodes", "The cluster's nodes (--cluster-store)", 200, _list_of(NodeDoc),
+                                        (400, 503))},
         "/v1/networks": {
             "get": _operation("listNetworks", "Every network", 200, _list_of(NetworkDoc)),
             "post": _operation("createNetwork", "Create a network (a bridge)", 201, _ref(NetworkDoc),

@@ -176,6 +176,9 @@ def test_bad_input_leaves_nothing_behind(cluster: Cluster, overlay: dict[str, An
     h0.client.post("/v1/networks", {"name": "ov9", "driver": "overlay", "subnet4": "10.59.0.0/24"})
     wait_until(lambda: any(n["name"] == "ov9" for n in h1.client.get("/v1/networks")), 10, what="ov9 on h1")
     ep = h0.client.post("/v1/endpoints", {"name": h0.name("ov9"), "network": "ov9"})
+    # h1 made ov9 and forwards to h0's endpoint on it (a network listed is not yet a network made)
+    wait_until(lambda: h1.client.get("/v1/networks/ov9")["driver_state"]["remote_endpoints"] == 1, 10,
+               what="h1 to forward to h0's endpoint on ov9")
     with pytest.raises(ClientError, match="network 'ov9' has 1 endpoint\\(s\\) on node\\(s\\) h0; remove them first"):
         h1.client.delete("/v1/networks/ov9")
     h0.client.delete(f"/v1/endpoints/{ep['name']}")
@@ -184,6 +187,26 @@ def test_bad_input_leaves_nothing_behind(cluster: Cluster, overlay: dict[str, An
         wait_until(lambda d=d: all(n["name"] != "ov9" for n in d.client.get("/v1/networks")), 10,
                    what=f"ov9 gone from {d.tag}")
     assert cluster.etcd.keys() == before_keys and h1.links() == before_links
+
+
+def test_no_icc_applies_across_hosts(cluster: Cluster, overlay: dict[str, Any]) -> None:
+    h0, h1 = cluster.hosts[0], cluster.hosts[1]
+    h0.client.post("/v1/networks", {"name": "iso", "driver": "overlay", "subnet4": "10.58.0.0/24", "icc": False})
+    wait_until(lambda: any(n["name"] == "iso" for n in h1.client.get("/v1/networks")), 10, what="iso on h1")
+    a = h0.client.post("/v1/endpoints", {"name": h0.name("iso"), "network": "iso"})
+    b = h1.client.post("/v1/endpoints", {"name": h1.name("iso"), "network": "iso"})
+    try:
+        wait_until(lambda: remote_count(h0) == 3, 10, what="h0 to learn the isolated endpoint")
+        assert not ping(a["netns"], addr(b), count=2, wait=1)
+        assert counters(h0, a["name"])["drops"]["tx"]["policy"] >= 2  # refused before the tunnel
+        assert ping(a["netns"], "10.58.0.1", count=1)  # the gateway stays reachable
+    finally:
+        h0.client.delete(f"/v1/endpoints/{a['name']}")
+        h1.client.delete(f"/v1/endpoints/{b['name']}")
+        h0.client.delete("/v1/networks/iso")
+    for d in cluster.hosts:
+        wait_until(lambda d=d: all(n["name"] != "iso" for n in d.client.get("/v1/networks")), 10,
+                   what=f"iso gone from {d.tag}")
 
 
 def test_store_down_keeps_traffic_and_fails_adds_cleanly(cluster: Cluster, overlay: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 CONTROLLER = Path(__file__).resolve().parent.parent / "controller"
 
-FACE = {"cli", "top", "demo", "client", "tables", "tls"}
+FACE = {"cli", "top", "demo", "demo_cluster", "client", "tables", "tls"}
 WIRING = {"daemon", "api.routes", "api.server", "api"}
 SERVICES = {"networks", "endpoints", "reconcile", "recovery", "ndp", "rollback", "runtime", "stats", "observer",
             "outside.service"}

@@ -117,6 +117,7 @@ class EtcdStore:
         self.view = ClusterView()
         self.revision = 0
         self.requests = 0  # every request sent to etcd: the bench's etcd load
+        self.keepalives = 0  # of which lease keepalives (a steady 3 per TTL)
         self.connected = False
         self._lease: int | None = None
         self._listeners: list[Listener] = []
@@ -200,6 +201,7 @@ class EtcdStore:
 
     def _keepalive(self, lease: int) -> int:
         """Refresh LEASE; its remaining TTL (<= 0: it expired)."""
+        self.keepalives += 1
         out = self._post("/lease/keepalive", {"ID": lease})
         return int(out.get("result", {}).get("TTL", -1))
 

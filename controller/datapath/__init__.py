@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
+from .published import Flow, PublishedPort
 
 __all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "make_datapath"]
 
@@ -56,6 +57,21 @@ class Datapath(Protocol):
 
     def tunnel_counters(self) -> dict[str, int]:
         """What arrived through the tunnel: rx_packets, rx_bytes, rx_unknown, rx_not_ip."""
+    # published ports' fast path (bpf/nat.h); the outside service drives it
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
+
+    def uplinks(self) -> dict[int, str]: ...
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        """Make the published_ports map hold exactly PORTS (their flows go when they do)."""
+
+    def published(self) -> list[PublishedPort]: ...
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        """Counter slot -> fast-pathed in/out packets and bytes."""
+
+    def flows(self) -> list[Flow]: ...
 
     def info(self) -> dict[str, Any]:
         """Mode, attach mechanism ("tcx", "tc"; None without programs), loaded programs (id, tag, attach point), pin directory."""
@@ -107,6 +123,24 @@ class BridgeDatapath:
 
     def tunnel_counters(self) -> dict[str, int]:
         return {}
+
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        return None
+
+    def uplinks(self) -> dict[int, str]:
+        return {}
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        return None
+
+    def published(self) -> list[PublishedPort]:
+        return []
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        return {}
+
+    def flows(self) -> list[Flow]:
+        return []
 
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "attach": None, "programs": [], "pin_dir": None}

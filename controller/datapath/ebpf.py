@@ -35,6 +35,7 @@ from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from ..netlink import IPRoute
 from . import abi, tc, tcx
 from . import maps as m
+from . import published as pub
 from .loader import LoadedPrograms, load
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class EbpfDatapath:
         # tcx only: devices still carrying a cls_bpf filter of an earlier daemon (set in start()).
         self._old_filters: set[int] = set()
         self._tunnel = 0  # ifindex of the overlay's VXLAN device (set_tunnel), 0: none
+        self._uplinks: dict[int, str] = {}  # ifindex -> name: devices carrying uplink_ingress
 
     # -- lifecycle --------------------------------------------------------
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
@@ -83,7 +85,24 @@ class EbpfDatapath:
                 self.attach_network(net)
             for ep in endpoints:
                 self.add_endpoint(ep)
+            self._adopt_uplinks()
             self._reconcile(networks, endpoints)
+
+    def _adopt_uplinks(self) -> None:
+        """Swap the new uplink_ingress into every uplink an earlier daemon attached it to
+        (no gap); the outside service then says which devices stay uplinks."""
+        _, ipr = self._need()
+        found: set[int] = set()
+        for ifindex in tc.devices_with_our_filters(ipr):
+            if any(name == tc.FILTER_PREFIX + "uplink_ingress" for *_, name in tc.our_filters(ipr, ifindex)):
+                found.add(ifindex)
+        found |= {i for i, d in tcx.pinned(self.pin_dir) if d == pub.UPLINK
+                  and tcx.attached(self.pin_dir, i, d) is not None}
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for ifindex in found - set(self._networks) - set(self._endpoints):
+            if ifindex in names:
+                self._attach(ipr, ifindex, [(pub.UPLINK, "uplink_ingress")])
+                self._uplinks[ifindex] = names[ifindex]
 
     def _reconcile(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
         """Drop state left by networks/endpoints that went away while we were down."""
@@ -120,11 +139,12 @@ class EbpfDatapath:
         for slot in maps.counters(set()):
             if slot not in live:
                 maps.zero_counters(slot)
+        keep = ep_ifindexes | br_ifindexes | set(self._uplinks)
         for ifindex in tc.devices_with_our_filters(ipr):
-            if ifindex not in ep_ifindexes and ifindex not in br_ifindexes:
+            if ifindex not in keep:
                 log.info("removing stale bpfnet filters from ifindex %d", ifindex)
                 tc.detach(ipr, ifindex)
-        tcx.remove_stale(self.pin_dir, ep_ifindexes | br_ifindexes)
+        tcx.remove_stale(self.pin_dir, keep)
         self._old_filters.clear()
 
     def close(self) -> None:
@@ -171,6 +191,7 @@ class EbpfDatapath:
             self.close()
             self._networks.clear()
             self._endpoints.clear()
+            self._uplinks.clear()
             if os.path.isdir(self.pin_dir):
                 specs = m.map_specs(self.max_endpoints)
                 for name in [s.name for s in specs] + m.stale_pins(self.pin_dir, specs):
@@ -190,13 +211,16 @@ class EbpfDatapath:
         if self.attach == abi.ATTACH_TCX:
             for direction, name in progs:
                 tcx.attach(self.pin_dir, ifindex, direction, fds[name])
+                if direction == pub.UPLINK:
+                    tc.detach(ipr, ifindex, "ingress")  # a forced tcx after a tc run
             if ifindex in self._old_filters:
                 # Upgrade from a tc daemon: the links run already, now the filters can go.
                 tc.detach(ipr, ifindex)
                 self._old_filters.discard(ifindex)
                 log.info("ifindex %d: cls_bpf filters replaced by tcx links", ifindex)
         else:
-            tc.attach_all(ipr, ifindex, [(d, fds[name], name) for d, name in progs])
+            tc.attach_all(ipr, ifindex, [("ingress" if d == pub.UPLINK else d, fds[name], name)
+                                         for d, name in progs])
             # A forced tc after a tcx run: drop the links, or both programs would run.
             tcx.detach(self.pin_dir, ifindex)
 
@@ -399,9 +423,50 @@ class EbpfDatapath:
                 out.append("filters")
             return out
 
+    # -- published ports' fast path (bpf/nat.h) ----------------------------
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
+        with self._lock:
+            _, ipr = self._need()
+            for ifindex in set(self._uplinks) - set(uplinks):
+                tcx.detach(self.pin_dir, ifindex, pub.UPLINK)
+                tc.detach(ipr, ifindex, "ingress")
+                log.info("uplink_ingress detached from %s", self._uplinks.pop(ifindex))
+            for ifindex, name in uplinks.items():
+                if ifindex in self._networks or ifindex in self._endpoints:
+                    raise ValueError(f"{name} is one of bpfnet's own devices, not an uplink")
+                if ifindex not in self._uplinks:
+                    self._attach(ipr, ifindex, [(pub.UPLINK, "uplink_ingress")])
+                    log.info("uplink_ingress attached to %s (ifindex %d)", name, ifindex)
+                self._uplinks[ifindex] = name
+
+    def uplinks(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._uplinks)
+
+    def set_published(self, ports: list[pub.PublishedPort]) -> None:
+        with self._lock:
+            maps, _ = self._need()
+            pub.replace(maps, ports)
+
+    def published(self) -> list[pub.PublishedPort]:
+        with self._lock:
+            maps, _ = self._need()
+            return pub.entries(maps)
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        with self._lock:
+            maps, _ = self._need()
+            return pub.counters(maps)
+
+    def flows(self) -> list[pub.Flow]:
+        with self._lock:
+            maps, _ = self._need()
+            return pub.flows(maps)
+
     # -- observability ----------------------------------------------------
     def program_fd(self, name: str) -> int:
-        """fd of a loaded entry program ("ep_ingress", "ep_egress", "bridge_egress"),
+        """fd of a loaded entry program ("ep_ingress", "ep_egress", "bridge_egress", "uplink_ingress"),
         for BPF_PROG_TEST_RUN in tests and tools; valid until close()."""
         with self._lock:
             if self._progs is None:
@@ -436,5 +501,9 @@ class EbpfDatapath:
                         p = pi[name]
                         programs.append({"name": name, "id": p.id, "tag": p.tag,
                                          "attach": f"{ep.host_ifname}/{d}"})
+                for ifname in self._uplinks.values():
+                    p = pi["uplink_ingress"]
+                    programs.append({"name": "uplink_ingress", "id": p.id, "tag": p.tag,
+                                     "attach": f"{ifname}/ingress"})
             return {"mode": self.mode, "attach": self.attach, "pin_dir": self.pin_dir,
                     "max_endpoints": self.max_endpoints, "programs": programs}

@@ -29,7 +29,8 @@ U32_FMT = "=I"
 COUNTERS_SIZE = abi.ENDPOINT_COUNTERS.size
 
 _MAP_TYPES = {"hash": bpfsys.BPF_MAP_TYPE_HASH, "array": bpfsys.BPF_MAP_TYPE_ARRAY,
-              "percpu_array": bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY}
+              "percpu_array": bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY,
+              "lru_hash": bpfsys.BPF_MAP_TYPE_LRU_HASH}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ from . import bpfsys
 log = logging.getLogger(__name__)
 
 LINK_DIR = "links"
-ATTACH_TYPES = {"ingress": bpfsys.BPF_TCX_INGRESS, "egress": bpfsys.BPF_TCX_EGRESS}
+# "uplink": the ingress hook of an uplink (uplink_ingress, published ports' fast path),
+# pinned under its own name so a restarted daemon finds which devices are uplinks.
+ATTACH_TYPES = {"ingress": bpfsys.BPF_TCX_INGRESS, "egress": bpfsys.BPF_TCX_EGRESS,
+                "uplink": bpfsys.BPF_TCX_INGRESS}
 
 
 def link_dir(pin_dir: str) -> str:
