@@ -56,6 +56,7 @@ class RoutedDriver(BridgeDriver):
         self.syncs = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._uplink: tuple[int, str] | None = None
 
     def _store(self) -> BlockStore:
         if self.blocks is None or self.advertise is None:
@@ -65,11 +66,19 @@ class RoutedDriver(BridgeDriver):
 
     # -- the uplink --------------------------------------------------------------------------
     def uplink(self) -> tuple[int, str]:
-        """(ifindex, IPv6 link-local address) of the link holding --advertise-addr."""
+        """(ifindex, IPv6 link-local address) of the link holding --advertise-addr. The last one
+        found is asked first: one request per sync, not one per link (a host has a veth per
+        endpoint)."""
+        if self._uplink is not None:
+            addrs = [a for a, _ in self.rt.kernel.link_addresses(self._uplink[0])]
+            if str(self.advertise) in addrs:
+                return self._uplink[0], next((a for a in addrs if a.startswith("fe80:")), "")
         for link in self.rt.kernel.dump_links():
             addrs = [a for a, _ in self.rt.kernel.link_addresses(link.index)]
             if str(self.advertise) in addrs:
-                return link.index, next((a for a in addrs if a.startswith("fe80:")), "")
+                self._uplink = (link.index, next((a for a in addrs if a.startswith("fe80:")), ""))
+                return self._uplink
+        self._uplink = None
         raise InvalidArgument(f"--advertise-addr {self.advertise} is not an address of this host's managed namespace: "
                               "other nodes route this node's blocks to it")
 
