@@ -38,8 +38,9 @@
 #endif
 /* The limits, from controller/datapath/abi.py via -D cflags (see above). */
 #if !defined(MAX_ENDPOINTS) || !defined(MAX_NETWORKS) || !defined(MAX_EP_IPV6) || \
-	!defined(MAX_GATEWAY6) || !defined(MAX_PUBLISHED) || !defined(MAX_FLOWS)
-#error "MAX_ENDPOINTS, MAX_NETWORKS, MAX_EP_IPV6, MAX_GATEWAY6, MAX_PUBLISHED and MAX_FLOWS come from abi.cflags()"
+	!defined(MAX_GATEWAY6) || !defined(MAX_PUBLISHED) || !defined(MAX_FLOWS) || \
+	!defined(DNS_NAME_MAX) || !defined(DNS_MAX_ADDRS) || !defined(DNS_NAMES_PER_ENDPOINT)
+#error "MAX_ENDPOINTS, MAX_NETWORKS, MAX_EP_IPV6, MAX_GATEWAY6, MAX_PUBLISHED, MAX_FLOWS and the DNS limits come from abi.cflags()"
 #endif
 
 /* The endpoint behind one host-side veth, at index id of endpoint_by_id. */
@@ -183,6 +184,28 @@ struct port_counters {
 	__u64 bytes[2];
 };
 
+/* DNS (dns.h): a query name of a network, in wire form (lowercase labels
+ * with their length bytes, the final zero byte, then zeros to the end). */
+struct dns_name_key {
+	__u32 network_id;
+	__u8 name[DNS_NAME_MAX];
+};
+
+/* The addresses a name answers with (network byte order). */
+struct dns_addrs {
+	__u8 n_ipv4; /* valid entries in ipv4[] */
+	__u8 n_ipv6; /* valid entries in ipv6[] */
+	__u8 pad[2];
+	__be32 ipv4[DNS_MAX_ADDRS];
+	__u32 ipv6[DNS_MAX_ADDRS][4];
+};
+
+struct dns_counters {
+	__u64 answered_a;    /* A queries answered by the datapath */
+	__u64 answered_aaaa; /* AAAA queries answered by the datapath */
+	__u64 passed;        /* queries to the gateway's port 53 left to the resolver */
+};
+
 #define BPFNET_PIN(name) BPFNET_PIN_DIR "/" #name
 
 /* host-side veth ifindex -> endpoint: the sender's record in one hash lookup
@@ -223,6 +246,13 @@ BPF_TABLE_PINNED("hash", __u32, __u32, network_by_vni, MAX_NETWORKS, BPFNET_PIN(
 BPF_TABLE_PINNED("array", __u32, struct tunnel_config, tunnel_config, 1, BPFNET_PIN(tunnel_config));
 BPF_TABLE_PINNED("percpu_array", __u32, struct tunnel_counters, tunnel_counters, 1,
 		 BPFNET_PIN(tunnel_counters));
+/* (network id, query name) -> addresses: the names dns.h answers itself.
+ * Written by the DNS service from the same records the resolver has. */
+BPF_TABLE_PINNED("hash", struct dns_name_key, struct dns_addrs, dns_names,
+		 MAX_ENDPOINTS * DNS_NAMES_PER_ENDPOINT, BPFNET_PIN(dns_names));
+/* network id -> DNS counters; per CPU, summed by the controller. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct dns_counters, dns_counters, MAX_NETWORKS,
+		 BPFNET_PIN(dns_counters));
 
 /* published port -> its endpoint; written by the controller (outside service) */
 BPF_TABLE_PINNED("hash", struct published_key, struct published_port, published_ports,

@@ -59,6 +59,10 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         if fast.get("enabled"):
             lines.append(f"  fast path:  uplink_ingress on {', '.join(fast['uplinks']) or 'no uplink yet'}; "
                          f"{fast['flows']} flow direction(s), {fast['established']} established")
+    dns = info.get("dns")
+    if dns:
+        lines.append(f"DNS:          resolver pid {dns['resolver_pid'] or '- (not running)'}, upstreams "
+                     f"{' '.join(dns['upstreams']) or 'none'} (from {dns['resolv_conf']} and --dns)")
     emit(args, info, "\n".join(lines))
 
 
@@ -114,7 +118,9 @@ def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
 def cmd_endpoint_add(args: argparse.Namespace, c: Client) -> None:
     body: dict[str, Any] = {"name": args.name}
     for key, value in (("network", args.network), ("ip", args.ip), ("ip6", args.ip6), ("mac", args.mac),
-                       ("netns", args.netns), ("publish", args.publish)):
+                       ("netns", args.netns), ("publish", args.publish), ("dns", args.dns),
+                       ("dns_search", args.dns_search), ("dns_opt", args.dns_opt), ("aliases", args.alias),
+                       ("hostname", args.hostname)):
         if value is not None:
             body[key] = value
     ep = c.post("/v1/endpoints", body)
@@ -195,6 +201,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "published_fastpath": args.published_fastpath, "uplinks": args.uplink,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
         "cluster_store": args.cluster_store, "advertise_addr": args.advertise_addr, "node_name": args.node_name,
+        "dns": args.dns, "dns_search": args.dns_search, "dns_opt": args.dns_opt, "resolv_conf": args.resolv_conf,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -218,6 +225,17 @@ def _bool_flag(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
                    metavar="BOOL", help=help_text)
     p.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"same as --{name}=false")
 
+
+
+def _dns_flags(p: argparse.ArgumentParser, whose: str) -> None:
+    """--dns, --dns-search, --dns-opt: of the daemon (every endpoint) or of one endpoint."""
+    p.add_argument("--dns", action="append", metavar="IP",
+                   help=f"{whose} upstream nameserver, where the embedded resolver forwards other names "
+                        "(repeatable, IPv4 or IPv6)")
+    p.add_argument("--dns-search", action="append", metavar="DOMAIN",
+                   help=f"{whose} search domain (repeatable; '.' for none)")
+    p.add_argument("--dns-opt", action="append", metavar="OPT",
+                   help=f"{whose} resolv.conf option (repeatable, e.g. ndots:2)")
 
 
 def _tls_client_options(p: argparse.ArgumentParser, after_command: bool) -> None:
@@ -299,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cluster-store: this host's IPv4 address the other hosts send VXLAN to (the VTEP)")
     d.add_argument("--node-name", metavar="NAME", help="with --cluster-store: this host's name in the cluster "
                                                        "(default: the host name)")
+    _dns_flags(d, "the endpoints' (replacing the host resolv.conf's)")
+    d.add_argument("--resolv-conf", metavar="PATH",
+                   help="the resolv.conf endpoints' files start from (default /etc/resolv.conf of the namespace "
+                        "the daemon starts in)")
     d.add_argument("--cleanup", action="store_true",
                    help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
     d.add_argument("--reconcile", choices=RECONCILE_MODES,
@@ -370,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("-p", "--publish", action="append", metavar="[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]",
                     help="publish a port of the endpoint on the host, as docker run -p (repeatable; ranges "
                          "8000-8003:80-83; an IPv6 host address in brackets)")
+    _dns_flags(ea, "this endpoint's (replacing the daemon's)")
+    ea.add_argument("--alias", action="append", metavar="NAME",
+                    help="another name the endpoint answers to in its network's DNS (repeatable)")
+    ea.add_argument("--hostname", help="the endpoint's hostname in DNS and its hosts file (default: its name)")
     ea.set_defaults(func=cmd_endpoint_add)
     el = ep.add_parser("ls", parents=[client_opts], help="list endpoints")
     el.set_defaults(func=cmd_endpoint_ls)

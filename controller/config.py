@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_MODES
+from .dns.rules import settings as dns_settings
 from .errors import InvalidArgument
 
 # Names of networks, endpoints and namespaces. Always used with fullmatch(): a "$" also matches
@@ -697,6 +698,12 @@ class DaemonConfig:
     cluster_store: str | None = None
     advertise_addr: str | None = None
     node_name: str | None = None
+    # bpfnet.dns: upstreams, search domains and options replacing those of the resolv.conf the
+    # daemon starts from (--resolv-conf, default /etc/resolv.conf); None: not given
+    dns: tuple[str, ...] | None = None
+    dns_search: tuple[str, ...] | None = None
+    dns_opt: tuple[str, ...] | None = None
+    resolv_conf: str | None = None
 
     @property
     def docker_plugin_socket(self) -> str | None:
@@ -769,6 +776,11 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
         values["default_address_pool"] = tuple(p if isinstance(p, AddressPool) else parse_address_pool(p)
                                                for p in pools)
         _check_pools_apart(values["default_address_pool"])
+    for key in ("dns", "dns_search", "dns_opt"):
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
     cfg = replace(DaemonConfig(), **values)
     _validate_daemon(cfg)
     return cfg
@@ -850,5 +862,8 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
             check_name(cfg.node_name, "--node-name")
     elif cfg.advertise_addr or cfg.node_name:
         raise InvalidArgument("--advertise-addr and --node-name need --cluster-store etcd://HOST:PORT")
+    dns_settings(cfg.dns, cfg.dns_search, cfg.dns_opt)
+    if cfg.resolv_conf is not None and not cfg.resolv_conf.startswith("/"):
+        raise InvalidArgument(f"--resolv-conf {cfg.resolv_conf!r} is not an absolute path")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidArgument(f"--log-level {cfg.log_level!r}: expected debug, info, warning or error")

@@ -9,13 +9,17 @@ everything) and the eBPF datapath in ``bpfnet.datapath.ebpf``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
 from .published import Flow, PublishedPort
 
-__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "make_datapath"]
+__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "DnsAddresses", "make_datapath"]
+
+# A name's addresses for the datapath's DNS answers: (IPv4s, IPv6s), each packed (4 / 16 bytes).
+DnsAddresses = tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
 
 class Datapath(Protocol):
@@ -72,6 +76,12 @@ class Datapath(Protocol):
         """Counter slot -> fast-pathed in/out packets and bytes."""
 
     def flows(self) -> list[Flow]: ...
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
+        """The names the datapath answers itself: (network id, wire-form name) -> addresses;
+        the whole set (entries not in it are removed). Names that do not fit are left out."""
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        """Per network id: DNS queries the datapath answered (answered_a, answered_aaaa) and passed."""
 
     def info(self) -> dict[str, Any]:
         """Mode, attach mechanism ("tcx", "tc"; None without programs), loaded programs (id, tag, attach point), pin directory."""
@@ -141,6 +151,12 @@ class BridgeDatapath:
 
     def flows(self) -> list[Flow]:
         return []
+
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
+        return None
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        return {}
 
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "attach": None, "programs": [], "pin_dir": None}

@@ -54,6 +54,12 @@ MAX_ENDPOINTS_LIMIT = 65536  # the most max_endpoints may be
 MAX_NETWORKS = 1024  # network ids 1 .. MAX_NETWORKS - 1 (0 is never used)
 MAX_EP_IPV6 = 4  # IPv6 addresses per endpoint: global ones + the EUI-64 link-local
 MAX_GATEWAY6 = 2  # IPv6 gateways per network
+# The datapath's DNS answers (bpf/dns.h): a name's wire form (lowercase, with its final zero
+# byte) in at most DNS_NAME_MAX bytes, at most DNS_MAX_ADDRS addresses per family; longer
+# names and names with more addresses are answered by the resolver process alone.
+DNS_NAME_MAX = 96
+DNS_MAX_ADDRS = 2
+DNS_NAMES_PER_ENDPOINT = 4  # dns_names entries per endpoint slot: name, NAME.NETWORK, hostname/alias ...
 
 DIRECTIONS = ("tx", "rx")  # enum direction: DIR_TX = 0, DIR_RX = 1
 
@@ -309,9 +315,30 @@ PORT_COUNTERS = Struct("port_counters", (
     Field("bytes", U64, (len(FLOW_DIRS),)),
 ))
 
+# DNS: (network id, query name in wire form, lowercase, zero-padded) -> the name's addresses
+DNS_NAME_KEY = Struct("dns_name_key", (
+    Field("network_id", U32),
+    Field("name", U8, (DNS_NAME_MAX,), as_bytes=True),
+))
+
+DNS_ADDRS = Struct("dns_addrs", (
+    Field("n_ipv4", U8),
+    Field("n_ipv6", U8),
+    Field("pad", U8, (2,), pad=True),
+    Field("ipv4", BE32, (DNS_MAX_ADDRS,), as_bytes=True),
+    Field("ipv6", U32, (DNS_MAX_ADDRS, 4), as_bytes=True),
+))
+
+# per network id: queries the datapath answered (by type) and those it passed to the resolver
+DNS_COUNTERS = Struct("dns_counters", (
+    Field("answered_a", U64),
+    Field("answered_aaaa", U64),
+    Field("passed", U64),
+))
+
 STRUCTS = (ENDPOINT, NETWORK, EP_IPV4_KEY, EP_IPV6_KEY, PATH_COUNTERS, ENDPOINT_COUNTERS,
            REMOTE_ENDPOINT, TUNNEL_CONFIG, TUNNEL_COUNTERS,
-           PUBLISHED_KEY, PUBLISHED_PORT, FLOW_KEY, FLOW, PORT_COUNTERS)
+           PUBLISHED_KEY, PUBLISHED_PORT, FLOW_KEY, FLOW, PORT_COUNTERS, DNS_NAME_KEY, DNS_ADDRS, DNS_COUNTERS)
 
 # Enumerators C must number exactly like Python (checked by compile_checks()).
 ENUMS: Mapping[str, int] = {
@@ -354,6 +381,8 @@ MAPS = (
     MapDef("published_ports", "hash", PUBLISHED_KEY, PUBLISHED_PORT, lambda n: MAX_PUBLISHED),
     MapDef("published_flows", "lru_hash", FLOW_KEY, FLOW, lambda n: MAX_FLOWS),
     MapDef("published_port_counters", "percpu_array", U32, PORT_COUNTERS, lambda n: MAX_PUBLISHED),
+    MapDef("dns_names", "hash", DNS_NAME_KEY, DNS_ADDRS, lambda n: n * DNS_NAMES_PER_ENDPOINT),
+    MapDef("dns_counters", "percpu_array", U32, DNS_COUNTERS, lambda n: MAX_NETWORKS),
 )
 
 
@@ -379,6 +408,9 @@ def cflags(mode: str, max_endpoints: int) -> list[str]:
         f"-DFLOW_TCP_IDLE={FLOW_TCP_IDLE}",
         f"-DFLOW_UDP_IDLE={FLOW_UDP_IDLE}",
         f"-DFLOW_REFRESH={FLOW_REFRESH}",
+        f"-DDNS_NAME_MAX={DNS_NAME_MAX}",
+        f"-DDNS_MAX_ADDRS={DNS_MAX_ADDRS}",
+        f"-DDNS_NAMES_PER_ENDPOINT={DNS_NAMES_PER_ENDPOINT}",
         f"-DBPFNET_REDIRECT_PEER={1 if mode == MODE_REDIRECT_PEER else 0}",
     ]
 

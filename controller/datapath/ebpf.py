@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
@@ -70,6 +71,8 @@ class EbpfDatapath:
         self._old_filters: set[int] = set()
         self._tunnel = 0  # ifindex of the overlay's VXLAN device (set_tunnel), 0: none
         self._uplinks: dict[int, str] = {}  # ifindex -> name: devices carrying uplink_ingress
+        # dns_names as last written: key -> value; None until read back from the pinned map
+        self._dns: dict[bytes, bytes] | None = None
 
     # -- lifecycle --------------------------------------------------------
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
@@ -140,6 +143,10 @@ class EbpfDatapath:
             if slot not in live:
                 maps.zero_counters(slot)
         keep = ep_ifindexes | br_ifindexes | set(self._uplinks)
+        nets = {n.id for n in networks}
+        for network_id in maps.dns_counters():
+            if network_id not in nets:
+                maps.zero_dns_counters(network_id)
         for ifindex in tc.devices_with_our_filters(ipr):
             if ifindex not in keep:
                 log.info("removing stale bpfnet filters from ifindex %d", ifindex)
@@ -158,6 +165,7 @@ class EbpfDatapath:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
+            self._dns = None
 
     def cleanup(self) -> None:
         with self._lock:
@@ -274,6 +282,7 @@ class EbpfDatapath:
                 maps.delete("network_by_vni", m.u32(net.vni))
             if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
+                maps.zero_dns_counters(net.id)  # a network made later with this id starts at 0
             self._networks.pop(net.bridge_ifindex, None)
 
     # -- endpoints --------------------------------------------------------
@@ -482,6 +491,37 @@ class EbpfDatapath:
             maps, _ = self._need()
             slots = {spec.id for spec in self._endpoints.values()}
             return dict(maps.counters(slots))  # type: ignore[arg-type]
+
+    # -- DNS ---------------------------------------------------------------
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], tuple[tuple[bytes, ...], tuple[bytes, ...]]]) -> None:
+        """Bring dns_names to exactly NAMES (what fits: see abi.DNS_NAME_MAX, DNS_MAX_ADDRS),
+        writing only the differences: one add of a 1000-endpoint network writes its few names."""
+        want: dict[bytes, bytes] = {}
+        for (network_id, wire), (v4, v6) in names.items():
+            if len(wire) <= abi.DNS_NAME_MAX and len(v4) <= abi.DNS_MAX_ADDRS and len(v6) <= abi.DNS_MAX_ADDRS:
+                want[m.dns_name_key(network_id, wire)] = m.pack_dns_addrs(v4, v6)
+        with self._lock:
+            maps, _ = self._need()
+            if self._dns is None:
+                self._dns = dict(maps.items("dns_names"))
+            have = self._dns
+            for key in [k for k in have if k not in want]:
+                maps.delete("dns_names", key)
+                del have[key]
+            for key, value in want.items():
+                if have.get(key) == value:
+                    continue
+                try:
+                    maps.put("dns_names", key, value)
+                except OSError as exc:  # full (E2BIG): the resolver process answers the rest
+                    log.warning("dns_names: cannot add a name (%s); the resolver process answers it", exc)
+                    continue
+                have[key] = value
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        with self._lock:
+            maps, _ = self._need()
+            return maps.dns_counters()
 
     def info(self) -> dict[str, Any]:
         with self._lock:
