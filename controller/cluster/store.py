@@ -118,6 +118,7 @@ class EtcdStore:
         self.revision = 0
         self.requests = 0  # every request sent to etcd: the bench's etcd load
         self.keepalives = 0  # of which lease keepalives (a steady 3 per TTL)
+        self.resyncs = 0  # whole-prefix reads (start, and after every lost watch)
         self.connected = False
         self._lease: int | None = None
         self._listeners: list[Listener] = []
@@ -276,6 +277,7 @@ class EtcdStore:
             view.apply(key, value)
         with self._lock:
             self.view, self.revision = view, revision
+            self.resyncs += 1
         self._notify()
 
     def _notify(self) -> None:

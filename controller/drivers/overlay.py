@@ -82,6 +82,11 @@ class OverlayDriver(BridgeDriver):
         self._remotes: dict[tuple[str, str], _Remote] = {}  # (network, address) -> programmed
         self._adopting: set[str] = set()
         self._forgetting: set[str] = set()
+        # Networks a view has shown: only those are forgotten when a view no longer has them. A
+        # sync may run with a view older than a network this host has just created (the watch
+        # thread waits for the lock the create holds before it can apply the create's event).
+        self._seen: set[str] = set()
+        self._mine_checked = -1  # the store's resync count when this node's records were last checked
         self.syncs = 0
 
     # -- the underlay ------------------------------------------------------------------------
@@ -160,6 +165,7 @@ class OverlayDriver(BridgeDriver):
     def delete_network(self, cfg: NetworkConfig, network_id: int) -> None:
         for key in [k for k in self._remotes if k[0] == cfg.name]:
             self._unprogram(key)
+        self._seen.discard(cfg.name)  # a network of this name made again is new to the views
         super().delete_network(cfg, network_id)
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -218,13 +224,19 @@ class OverlayDriver(BridgeDriver):
         """Bring this host in step with VIEW: networks, this node's records, the remote table."""
         with self.rt.lock:
             self.syncs += 1
-            self._sync_networks(view)
+            self._sync_networks(view, resync)
             local = self._overlay_configs()
-            self._sync_mine(view, local)
+            if self.cluster.resyncs != self._mine_checked:
+                # Only after a whole read (start, etcd back): in between, endpoint add and rm keep
+                # the records in step themselves, and a view behind them must not undo that.
+                self._sync_mine(view, local)
             self._sync_remotes(view, local)
 
-    def _sync_networks(self, view: ClusterView) -> None:
+    def _sync_networks(self, view: ClusterView, resync: bool) -> None:
+        """RESYNC (at start, nothing created meanwhile): the view is the whole truth; otherwise a
+        network is forgotten only once a view has shown it and a later one does not."""
         local = self._overlay_configs()
+        self._seen |= set(view.networks)
         for name, stored in sorted(view.networks.items()):
             if name in local or self.networks is None:
                 continue
@@ -242,7 +254,7 @@ class OverlayDriver(BridgeDriver):
         if not self.cluster.connected:
             return  # an unreachable store says nothing about what was removed
         for name in local:
-            if name in view.networks or self.networks is None:
+            if name in view.networks or self.networks is None or not (resync or name in self._seen):
                 continue
             if self.rt.store.endpoints(name):
                 log.warning("overlay: network %s is gone from the cluster but has endpoints here; kept", name)
@@ -250,6 +262,7 @@ class OverlayDriver(BridgeDriver):
             self._forgetting.add(name)
             try:
                 self.networks.forget_cluster_network(name)
+                self._seen.discard(name)
                 log.info("overlay: network %s removed from the cluster: removed here", name)
             except BpfnetError as exc:
                 log.error("overlay: cannot remove network %s: %s", name, exc.message)
@@ -260,6 +273,7 @@ class OverlayDriver(BridgeDriver):
         """The store's records of this node's endpoints equal what this host has."""
         if not self.cluster.connected:
             return
+        resyncs = self.cluster.resyncs
         mine = view.mine(self.node)
         have: dict[str, ClusterEndpoint] = {}
         rows = {}
@@ -278,6 +292,7 @@ class OverlayDriver(BridgeDriver):
                     log.info("overlay: endpoint %s is missing from the cluster: storing it again", record.name)
                     if not self.cluster.claim_endpoint(record):
                         self.cluster.put_endpoint(record)  # its leases are there already (its own)
+            self._mine_checked = resyncs
         except StoreUnavailable:
             pass  # the next sync after the store is back does it
 
