@@ -21,12 +21,14 @@
  * 4a. A reply of an established flow through a published port (nat.h): source
  *    translated back to the host's address and port, straight out through the
  *    uplink.
+ * 4b. Unicast IP of a routed network to another node's block (routed.h):
+ *    the same icc rule, then straight out through the uplink the FIB names.
  * 5. Everything else goes to the kernel (bridge) unchanged.
  */
 #include "dns.h"
 #include "forward.h"
 #include "tunnel.h"
-#include "nat.h"
+#include "routed.h"
 #include "validate.h"
 
 int ep_ingress(struct __sk_buff *skb)
@@ -81,6 +83,10 @@ int ep_ingress(struct __sk_buff *skb)
 		if (!dst) {
 			verdict = published_out(skb, src, &p);
 			if (verdict >= 0)
+				return verdict;
+			/* p may be stale from here: routed_send() reads the packet itself */
+			verdict = routed_send(skb, src, net);
+			if (verdict != ROUTED_NONE)
 				return verdict;
 		}
 		goto kernel;

@@ -38,7 +38,7 @@
 #endif
 /* The limits, from controller/datapath/abi.py via -D cflags (see above). */
 #if !defined(MAX_ENDPOINTS) || !defined(MAX_NETWORKS) || !defined(MAX_EP_IPV6) || \
-	!defined(MAX_GATEWAY6) || !defined(MAX_PUBLISHED) || !defined(MAX_FLOWS) || \
+	!defined(MAX_GATEWAY6) || !defined(MAX_PUBLISHED) || !defined(MAX_ROUTED) || !defined(MAX_FLOWS) || \
 	!defined(DNS_NAME_MAX) || !defined(DNS_MAX_ADDRS) || !defined(DNS_NAMES_PER_ENDPOINT)
 #error "MAX_ENDPOINTS, MAX_NETWORKS, MAX_EP_IPV6, MAX_GATEWAY6, MAX_PUBLISHED, MAX_FLOWS and the DNS limits come from abi.cflags()"
 #endif
@@ -66,6 +66,11 @@ struct network {
 	__u32 gateway6[MAX_GATEWAY6][4]; /* network byte order */
 	__u8 internal;       /* 1: nothing leaves or enters (network create --internal) */
 	__u32 vni;           /* overlay networks: VXLAN network identifier; 0: not an overlay */
+	__be32 routed4;      /* routed networks: the cluster subnet (network byte order) */
+	__u32 routed6[4];    /* ... and its IPv6 cluster subnet */
+	__u8 routed4_plen;   /* 0: not a routed network (IPv4) */
+	__u8 routed6_plen;   /* 0: no routed IPv6 */
+	__u8 pad2[2];
 };
 
 /* Keys of the address maps. The network id is part of the key: the fast path
@@ -92,6 +97,8 @@ struct path_counters {
 	__u64 kernel_bytes;
 	__u64 tunnel_packets; /* sent to / received from another host through the overlay tunnel */
 	__u64 tunnel_bytes;
+	__u64 routed_packets; /* sent to / received from another host of a routed network (routed.h) */
+	__u64 routed_bytes;
 	__u64 drops[DROP_REASON_COUNT];
 };
 
@@ -253,6 +260,10 @@ BPF_TABLE_PINNED("hash", __u32, __u32, network_by_vni, MAX_NETWORKS, BPFNET_PIN(
 BPF_TABLE_PINNED("array", __u32, struct tunnel_config, tunnel_config, 1, BPFNET_PIN(tunnel_config));
 BPF_TABLE_PINNED("percpu_array", __u32, struct tunnel_counters, tunnel_counters, 1,
 		 BPFNET_PIN(tunnel_counters));
+
+/* Routed networks (bpf/routed.h): slot -> network id (0: empty), what the
+ * uplink walks to find the network of a destination. */
+BPF_TABLE_PINNED("array", __u32, __u32, routed_networks, MAX_ROUTED, BPFNET_PIN(routed_networks));
 
 /* published port -> its endpoint; written by the controller (outside service) */
 BPF_TABLE_PINNED("hash", struct published_key, struct published_port, published_ports,

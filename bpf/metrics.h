@@ -20,6 +20,7 @@ enum count_kind {
 	COUNT_KERNEL = 1, /* passed to the kernel */
 	COUNT_DROP = 2,   /* dropped, see reason */
 	COUNT_TUNNEL = 3, /* to / from another host through the overlay tunnel */
+	COUNT_ROUTED = 4, /* to / from another host of a routed network, bridge bypassed */
 };
 
 /*
@@ -57,6 +58,9 @@ static __always_inline void metrics_count(__u32 ep_id, enum direction dir, enum 
 	} else if (kind == COUNT_TUNNEL) {
 		p->tunnel_packets += packets;
 		p->tunnel_bytes += bytes;
+	} else if (kind == COUNT_ROUTED) {
+		p->routed_packets += packets;
+		p->routed_bytes += bytes;
 	} else if ((__u32)reason < DROP_REASON_COUNT) {
 		p->drops[reason] += packets;
 	}

@@ -375,6 +375,31 @@ static __always_inline int published_in(struct __sk_buff *skb)
 }
 
 /*
+ * Out through the interface a successful bpf_fib_lookup() named (rc SUCCESS
+ * or NO_NEIGH): MACs from the lookup and bpf_redirect, or bpf_redirect_neigh
+ * to the next hop while its neighbour entry is unresolved (family 4 or 6).
+ */
+static __always_inline int fib_redirect(struct __sk_buff *skb, long rc, struct bpf_fib_lookup *fib,
+					int family)
+{
+	struct bpf_redir_neigh nh = {};
+
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib->dmac, ETH_ALEN_, 0);
+		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib->smac, ETH_ALEN_, 0);
+		return bpf_redirect(fib->ifindex, 0);
+	}
+	if (family == 4) {
+		nh.nh_family = AF_INET_;
+		nh.ipv4_nh = fib->ipv4_dst; /* the next hop, as the lookup wrote it */
+	} else {
+		nh.nh_family = AF_INET6_;
+		__builtin_memcpy(nh.ipv6_nh, fib->ipv6_dst, 16);
+	}
+	return bpfnet_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
+}
+
+/*
  * ep_ingress: a packet endpoint src sends to outside its network (p after
  * check_source(): IP parsed). Returns the verdict for a reply of an
  * established published flow sent out through the uplink, or -1: not one,
@@ -422,22 +447,7 @@ static __always_inline int published_out(struct __sk_buff *skb, struct endpoint 
 	nat_rewrite(skb, &n, 0, f->addr, f->port);
 	port_count(f->slot, FLOW_OUT, pkts, n.ip_len);
 	metrics_count(src->id, DIR_TX, COUNT_FAST, 0, pkts, len);
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN_, 0);
-		bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN_, 0);
-		return bpf_redirect(fib.ifindex, 0);
-	} else {
-		struct bpf_redir_neigh nh = {};
-
-		if (n.family == 4) {
-			nh.nh_family = AF_INET_;
-			nh.ipv4_nh = fib.ipv4_dst; /* the next hop, as the lookup wrote it */
-		} else {
-			nh.nh_family = AF_INET6_;
-			__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
-		}
-		return bpfnet_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
+	return fib_redirect(skb, rc, &fib, n.family);
 }
 
 /*

@@ -7,7 +7,7 @@ and endpoints; the controller fills them in after it has created the links.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class NetworkSpec:
     icc: bool = True  # inter-container communication allowed
     internal: bool = False  # nothing leaves or enters the network (network create --internal)
     vni: int = 0  # overlay networks: the VXLAN network identifier; 0: not an overlay
+    routed4: IPv4Network | None = None  # routed networks: the cluster subnet (cross-host bypass)
+    routed6: IPv6Network | None = None  # ... and the IPv6 one
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ class NetworkService:
             icc=cfg.icc,
             internal=cfg.internal,
             vni=cfg.vni or 0,
+            routed4=cfg.cluster_subnet4 if cfg.driver == "routed" else None,
+            routed6=cfg.cluster_subnet6 if cfg.driver == "routed" else None,
         )
 
     def describe(self, row: NetworkRow, host: list[IPv4Network | IPv6Network] | None = None) -> dict[str, Any]:

@@ -23,10 +23,11 @@ def test_struct_layouts_are_c_layouts() -> None:
     # against the compiler and BTF in tests/bpf)
     assert abi.ENDPOINT.size == 88 and abi.ENDPOINT.offsets["ipv4"] == 20
     assert abi.ENDPOINT.offsets["ipv6"] == 24
-    assert abi.NETWORK.size == 60 and abi.NETWORK.offsets["internal"] == 52 and abi.NETWORK.offsets["gateway4"] == 16
-    assert abi.NETWORK.offsets["vni"] == 56
+    assert abi.NETWORK.size == 84 and abi.NETWORK.offsets["internal"] == 52 and abi.NETWORK.offsets["gateway4"] == 16
+    assert abi.NETWORK.offsets["vni"] == 56 and abi.NETWORK.offsets["routed4"] == 60
+    assert abi.NETWORK.offsets["routed6"] == 64 and abi.NETWORK.offsets["routed4_plen"] == 80
     assert (abi.EP_IPV4_KEY.size, abi.EP_IPV6_KEY.size) == (8, 20)
-    assert abi.PATH_COUNTERS.size == 8 * (6 + len(DropReason))
+    assert abi.PATH_COUNTERS.size == 8 * (8 + len(DropReason))
     # the overlay's tables (bpf/tunnel.h)
     assert abi.REMOTE_ENDPOINT.size == 12 and abi.REMOTE_ENDPOINT.offsets["mac"] == 4
     assert abi.TUNNEL_CONFIG.size == 8 and abi.TUNNEL_COUNTERS.size == 32
@@ -220,8 +221,9 @@ def test_map_without_btf_is_a_difference() -> None:
 def test_counter_keys_and_layout_follow_abi() -> None:
     assert counters.COUNTER_KEYS == (
         "tx_fast_packets", "tx_fast_bytes", "tx_kernel_packets", "tx_kernel_bytes", "tx_tunnel_packets",
-        "tx_tunnel_bytes", "rx_fast_packets", "rx_fast_bytes", "rx_kernel_packets", "rx_kernel_bytes",
-        "rx_tunnel_packets", "rx_tunnel_bytes")
+        "tx_tunnel_bytes", "tx_routed_packets", "tx_routed_bytes", "rx_fast_packets", "rx_fast_bytes",
+        "rx_kernel_packets", "rx_kernel_bytes", "rx_tunnel_packets", "rx_tunnel_bytes", "rx_routed_packets",
+        "rx_routed_bytes")
     assert set(counters.EndpointCounters.__annotations__) == {*counters.COUNTER_KEYS, "drops"}
     n = abi.ENDPOINT_COUNTERS.size // 8
     c = counters.decode(list(range(n)))

@@ -64,6 +64,7 @@ DNS_NAMES_PER_ENDPOINT = 4  # dns_names entries per endpoint slot: name, NAME.NE
 DIRECTIONS = ("tx", "rx")  # enum direction: DIR_TX = 0, DIR_RX = 1
 
 # published ports' fast path (bpf/nat.h)
+MAX_ROUTED = 8  # routed networks the uplink program walks (routed_networks slots)
 MAX_PUBLISHED = 4096  # published_ports entries (one per mapping and family) and counter slots
 MAX_FLOWS = 65536  # published_flows entries: two per flow (in, out); LRU beyond
 FLOW_TCP_IDLE = 3600  # s: a TCP flow idle this long leaves the fast path (conntrack: 5 days)
@@ -222,6 +223,11 @@ NETWORK = Struct("network", (
     Field("gateway6", U32, (MAX_GATEWAY6, 4), as_bytes=True),
     Field("internal", U8),
     Field("vni", U32),  # overlay networks: the VXLAN network identifier; 0: not an overlay
+    Field("routed4", BE32, as_bytes=True),  # routed networks: the cluster subnet
+    Field("routed6", U32, (4,), as_bytes=True),  # ... and the IPv6 one
+    Field("routed4_plen", U8),  # 0: not a routed network
+    Field("routed6_plen", U8),  # 0: no routed IPv6
+    Field("pad2", U8, (2,), pad=True),
 ))
 
 EP_IPV4_KEY = Struct("ep_ipv4_key", (
@@ -243,6 +249,8 @@ PATH_COUNTERS = Struct("path_counters", (
     Field("kernel_bytes", U64),
     Field("tunnel_packets", U64),
     Field("tunnel_bytes", U64),
+    Field("routed_packets", U64),
+    Field("routed_bytes", U64),
     Field("drops", U64, (len(DropReason),)),
 ))
 
@@ -378,6 +386,7 @@ MAPS = (
     MapDef("network_by_vni", "hash", U32, U32, lambda n: MAX_NETWORKS),
     MapDef("tunnel_config", "array", U32, TUNNEL_CONFIG, lambda n: 1),
     MapDef("tunnel_counters", "percpu_array", U32, TUNNEL_COUNTERS, lambda n: 1),
+    MapDef("routed_networks", "array", U32, U32, lambda n: MAX_ROUTED),
     MapDef("published_ports", "hash", PUBLISHED_KEY, PUBLISHED_PORT, lambda n: MAX_PUBLISHED),
     MapDef("published_flows", "lru_hash", FLOW_KEY, FLOW, lambda n: MAX_FLOWS),
     MapDef("published_port_counters", "percpu_array", U32, PORT_COUNTERS, lambda n: MAX_PUBLISHED),
@@ -404,6 +413,7 @@ def cflags(mode: str, max_endpoints: int) -> list[str]:
         f"-DMAX_EP_IPV6={MAX_EP_IPV6}",
         f"-DMAX_GATEWAY6={MAX_GATEWAY6}",
         f"-DMAX_PUBLISHED={MAX_PUBLISHED}",
+        f"-DMAX_ROUTED={MAX_ROUTED}",
         f"-DMAX_FLOWS={MAX_FLOWS}",
         f"-DFLOW_TCP_IDLE={FLOW_TCP_IDLE}",
         f"-DFLOW_UDP_IDLE={FLOW_UDP_IDLE}",

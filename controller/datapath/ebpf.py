@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -138,6 +139,7 @@ class EbpfDatapath:
                 else:
                     maps.delete(name, key)
                 log.info("removed stale entry from %s", name)
+        self._set_routed(maps, {n.id for n in networks if n.routed4 or n.routed6})
         live = {e.id for e in endpoints}
         for slot in maps.counters(set()):
             if slot not in live:
@@ -270,8 +272,33 @@ class EbpfDatapath:
             maps.put("network_by_bridge_ifindex", m.u32(net.bridge_ifindex), m.u32(net.id))
             if net.vni:
                 maps.put("network_by_vni", m.u32(net.vni), m.u32(net.id))
+            routed = self._routed_ids(maps) - {net.id}
+            self._set_routed(maps, routed | ({net.id} if net.routed4 or net.routed6 else set()))
             self._attach(ipr, net.bridge_ifindex, [("egress", "bridge_egress")])
             self._networks[net.bridge_ifindex] = net
+
+    @staticmethod
+    def _routed_ids(maps: m.PinnedMaps) -> set[int]:
+        return {int.from_bytes(v, sys.byteorder) for _, v in maps.items("routed_networks")} - {0}
+
+    @staticmethod
+    def _set_routed(maps: m.PinnedMaps, ids: set[int]) -> None:
+        """routed_networks (bpf/routed.h) holds exactly IDS: a network keeps its slot, new
+        ones take free slots; more than MAX_ROUTED take the kernel's path (logged)."""
+        slots = {i: int.from_bytes(maps.get("routed_networks", m.u32(i)) or bytes(4), sys.byteorder)
+                 for i in range(abi.MAX_ROUTED)}
+        for i, nid in slots.items():
+            if nid and nid not in ids:
+                maps.put("routed_networks", m.u32(i), m.u32(0))
+                slots[i] = 0
+        missing = sorted(ids - set(slots.values()))
+        for i in [i for i, nid in slots.items() if not nid]:
+            if not missing:
+                break
+            maps.put("routed_networks", m.u32(i), m.u32(missing.pop(0)))
+        if missing:
+            log.warning("more than %d routed networks: network ids %s take the kernel's path across hosts",
+                        abi.MAX_ROUTED, missing)
 
     def detach_network(self, net: NetworkSpec) -> None:
         with self._lock:
@@ -280,6 +307,7 @@ class EbpfDatapath:
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
             if net.vni and maps.get("network_by_vni", m.u32(net.vni)) == m.u32(net.id):
                 maps.delete("network_by_vni", m.u32(net.vni))
+            self._set_routed(maps, self._routed_ids(maps) - {net.id})
             if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
                 maps.zero_dns_counters(net.id)  # a network made later with this id starts at 0

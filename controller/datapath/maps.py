@@ -116,7 +116,11 @@ def pack_network(net: NetworkSpec) -> bytes:
                             icc=1 if net.icc else 0, n_gateway6=len(gw6),
                             bridge_mac=mac_bytes(net.bridge_mac), gateway4=net.gateway4.packed,
                             gateway6=b"".join(a.packed for a in gw6),
-                            internal=1 if net.internal else 0, vni=net.vni)
+                            internal=1 if net.internal else 0, vni=net.vni,
+                            routed4=net.routed4.network_address.packed if net.routed4 else bytes(4),
+                            routed4_plen=net.routed4.prefixlen if net.routed4 else 0,
+                            routed6=net.routed6.network_address.packed if net.routed6 else bytes(16),
+                            routed6_plen=net.routed6.prefixlen if net.routed6 else 0)
 
 
 def pack_remote(r: RemoteEndpointSpec) -> bytes:

@@ -88,7 +88,8 @@ class _Family:
 def _family_specs() -> dict[str, _Family]:
     f: dict[str, _Family] = {}
     path_help = ("by datapath path (fast = eBPF redirect to a local endpoint, tunnel = eBPF encapsulation to / "
-                 "decapsulation from another host of an overlay network, kernel = handed to the Linux bridge/stack).")
+                 "decapsulation from another host of an overlay network, routed = eBPF redirect to / from another "
+                 "host of a routed network, bridge bypassed, kernel = handed to the Linux bridge/stack).")
     for _, word in DIRECTIONS:
         past = _PAST[word]
         f[f"{word}_bytes"] = _Family(
@@ -328,24 +329,27 @@ class BpfnetCollector(Collector):
             for short, word in DIRECTIONS
         ]
         esc = exposition.escape
-        fast, kernel, tunnel = (f',path="{path}"' for path in PATHS)
+        fast, kernel, tunnel, routed = (f',path="{path}"' for path in PATHS)
         for ep, c in _endpoint_rows(snap):
             key = (ep.network, ep.name)
             lbl = old.get(key) or f'network="{esc(ep.network)}",endpoint="{esc(ep.name)}"'
             labels[key] = lbl
             get = c.get
-            for (kfb, kfp, kkb, kkp, ktb, ktp), nbytes, npkts, pbytes, ppkts in per_dir:
+            for (kfb, kfp, kkb, kkp, ktb, ktp, krb, krp), nbytes, npkts, pbytes, ppkts in per_dir:
                 fb, fp = int(get(kfb, 0)), int(get(kfp, 0))
                 kb, kp = int(get(kkb, 0)), int(get(kkp, 0))
                 tb, tp = int(get(ktb, 0)), int(get(ktp, 0))
-                nbytes.append(f"{{{lbl}}} {fb + kb + tb}\n")
-                npkts.append(f"{{{lbl}}} {fp + kp + tp}\n")
+                rb, rp = int(get(krb, 0)), int(get(krp, 0))
+                nbytes.append(f"{{{lbl}}} {fb + kb + tb + rb}\n")
+                npkts.append(f"{{{lbl}}} {fp + kp + tp + rp}\n")
                 pbytes.append(f"{{{lbl}{fast}}} {fb}\n")
                 pbytes.append(f"{{{lbl}{kernel}}} {kb}\n")
                 ppkts.append(f"{{{lbl}{fast}}} {fp}\n")
                 ppkts.append(f"{{{lbl}{kernel}}} {kp}\n")
                 pbytes.append(f"{{{lbl}{tunnel}}} {tb}\n")
                 ppkts.append(f"{{{lbl}{tunnel}}} {tp}\n")
+                pbytes.append(f"{{{lbl}{routed}}} {rb}\n")
+                ppkts.append(f"{{{lbl}{routed}}} {rp}\n")
             drops = get("drops") or {}
             for short, word in DIRECTIONS:
                 for reason, n in sorted((drops.get(short) or {}).items()):

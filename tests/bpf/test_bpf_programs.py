@@ -399,7 +399,8 @@ def test_counters_shape(env):
     assert set(one) == {"tx_fast_packets", "tx_fast_bytes", "tx_kernel_packets",
                         "tx_kernel_bytes", "rx_fast_packets", "rx_fast_bytes",
                         "rx_kernel_packets", "rx_kernel_bytes", "tx_tunnel_packets", "tx_tunnel_bytes",
-                        "rx_tunnel_packets", "rx_tunnel_bytes", "drops"}
+                        "rx_tunnel_packets", "rx_tunnel_bytes", "tx_routed_packets", "tx_routed_bytes",
+                        "rx_routed_packets", "rx_routed_bytes", "drops"}
     assert set(one["drops"]) == {"tx", "rx"}
     assert set(one["drops"]["tx"]) == {"spoofed_source", "policy", "internal", "tunnel_source"}
 
