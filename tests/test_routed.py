@@ -1,6 +1,7 @@
 """The routed driver in the test cluster (tests/cluster.py: etcd in an underlay namespace, three
 host namespaces each with its own daemon): a block of the cluster subnet per node, claimed in
-etcd, and routes between the nodes with bpfnet's protocol number; no encapsulation.
+etcd, and routes between the nodes with bpfnet's protocol number; no encapsulation. The nodes run
+the eBPF datapath: cross-host packets bypass the bridge (bpf/routed.h), counted as the routed path.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster import Cluster
@@ -26,7 +28,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(Path(tmp_path_factory.mktemp("routed")))
     try:
         c.etcd.start()
-        hosts = [c.add_host(datapath="bridge", start=False) for _ in range(3)]
+        hosts = [c.add_host(start=False) for _ in range(3)]
         started = [in_thread(h.start) for h in hosts]  # nodes starting together
         for t, _ in started:
             t.join()
@@ -43,6 +45,14 @@ def own_routes(h: DaemonProcess) -> dict[str, str]:
         for r in json.loads(run("ip", "-n", h.netns, "-j", family, "route", "show", "proto", "201").stdout):
             out[r["dst"]] = r.get("gateway", "")
     return out
+
+
+def counters(h: DaemonProcess, name: str) -> dict[str, Any]:
+    return next(e["counters"] for e in h.client.get("/v1/stats")["endpoints"] if e["name"] == name)
+
+
+def uplink_filters(h: DaemonProcess) -> str:
+    return run("tc", "-n", h.netns, "filter", "show", "dev", "ul", "ingress", check=False).stdout
 
 
 def block(h: DaemonProcess) -> tuple[str, str]:
@@ -85,6 +95,12 @@ def test_cross_host_ping_and_tcp(cluster: Cluster) -> None:
         assert ask(eps[1]["netns"], "tcp", v6(eps[2]), PORT) == v6(eps[1])
         mtu = run("ip", "-n", eps[0]["netns"], "-j", "link", "show", "eth0").stdout
         assert '"mtu":1500' in mtu  # full MTU
+        # the bypass carried it: out through the uplink and in through it, both families
+        for h, ep in zip(cluster.hosts, eps, strict=True):
+            c = counters(h, ep["name"])
+            assert c["tx_routed_packets"] >= 8 and c["rx_routed_packets"] >= 8, c
+            assert "uplink_ingress" in uplink_filters(h)
+        assert "TX ROUTED" in cluster.hosts[0].cli("stats").stdout
     finally:
         server.kill()
         server.wait()
@@ -106,6 +122,11 @@ def test_killed_node_loses_its_routes_and_gets_its_block_back(cluster: Cluster) 
     e0, e2 = h0.add_endpoint("k0", network=NET), h2.add_endpoint("k2", network=NET)
     try:
         assert ping(e0["netns"], v4(e2))
+        assert ping(e2["netns"], v6(e0))
+        # the restarted node took over its programs and maps: still the bypass, both ways
+        c0, c2 = counters(h0, e0["name"]), counters(h2, e2["name"])
+        assert c0["tx_routed_packets"] >= 1 and c2["rx_routed_packets"] >= 1, (c0, c2)
+        assert c2["tx_routed_packets"] >= 1 and c0["rx_routed_packets"] >= 1, (c0, c2)
     finally:
         h0.remove_endpoint(e0["name"])
         h2.remove_endpoint(e2["name"])
@@ -178,3 +199,14 @@ def test_etcd_away_keeps_the_routes_and_refuses_create_cleanly(cluster: Cluster)
     finally:
         cluster.etcd.start()
     assert not cluster.etcd.keys("/bpfnet/v1/routed/rn3/")
+
+
+def test_cleanup_removes_the_uplink_program(cluster: Cluster) -> None:
+    """Last: --cleanup takes uplink_ingress off the uplink (attached for the routed network)."""
+    for h in cluster.hosts:
+        assert "uplink_ingress" in uplink_filters(h)
+        h.stop()
+        r = run(*h.command(), "--cleanup", check=False, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "bpfnet" not in uplink_filters(h)
+        assert not (Path("/sys/fs/bpf/bpfnet") / h.netns).exists()
