@@ -237,6 +237,7 @@ class Daemon:
         log.info("stopping; programs, pins and endpoints stay in place")
 
     def close(self) -> None:
+        self.dns.flush()  # the resolver serves on after the daemon: with the latest names
         self.servers.close()
         if self.docker_server is not None:
             self.docker_server.close()  # unlinks the plugin's socket: dockerd must not find a dead one
