@@ -3,13 +3,16 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench bench-quick vm-test clean
+.PHONY: setup demo demo-cluster test lint bench bench-quick vm-test clean
 
 setup:
 	@bash scripts/setup
 
 demo: setup
 	$(VENV)/bin/bpfnet demo
+
+demo-cluster: setup
+	$(VENV)/bin/bpfnet demo --cluster
 
 test: setup
 	$(VENV)/bin/ruff check controller tests bench
