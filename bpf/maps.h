@@ -236,6 +236,13 @@ BPF_TABLE_PINNED("hash", __u32, __u32, network_by_bridge_ifindex, MAX_NETWORKS,
  * over CPUs by the controller. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct endpoint_counters, endpoint_counters,
 		 MAX_ENDPOINTS, BPFNET_PIN(endpoint_counters));
+/* (network id, query name) -> addresses: the names dns.h answers itself.
+ * Written by the DNS service from the same records the resolver has. */
+BPF_TABLE_PINNED("hash", struct dns_name_key, struct dns_addrs, dns_names,
+		 MAX_ENDPOINTS * DNS_NAMES_PER_ENDPOINT, BPFNET_PIN(dns_names));
+/* network id -> DNS counters; per CPU, summed by the controller. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct dns_counters, dns_counters, MAX_NETWORKS,
+		 BPFNET_PIN(dns_counters));
 /* Overlay networks (bpf/tunnel.h): (network id, address) -> an endpoint on another host */
 BPF_TABLE_PINNED("hash", struct ep_ipv4_key, struct remote_endpoint, remote_by_ipv4, MAX_ENDPOINTS,
 		 BPFNET_PIN(remote_by_ipv4));
@@ -246,13 +253,6 @@ BPF_TABLE_PINNED("hash", __u32, __u32, network_by_vni, MAX_NETWORKS, BPFNET_PIN(
 BPF_TABLE_PINNED("array", __u32, struct tunnel_config, tunnel_config, 1, BPFNET_PIN(tunnel_config));
 BPF_TABLE_PINNED("percpu_array", __u32, struct tunnel_counters, tunnel_counters, 1,
 		 BPFNET_PIN(tunnel_counters));
-/* (network id, query name) -> addresses: the names dns.h answers itself.
- * Written by the DNS service from the same records the resolver has. */
-BPF_TABLE_PINNED("hash", struct dns_name_key, struct dns_addrs, dns_names,
-		 MAX_ENDPOINTS * DNS_NAMES_PER_ENDPOINT, BPFNET_PIN(dns_names));
-/* network id -> DNS counters; per CPU, summed by the controller. */
-BPF_TABLE_PINNED("percpu_array", __u32, struct dns_counters, dns_counters, MAX_NETWORKS,
-		 BPFNET_PIN(dns_counters));
 
 /* published port -> its endpoint; written by the controller (outside service) */
 BPF_TABLE_PINNED("hash", struct published_key, struct published_port, published_ports,

@@ -69,7 +69,9 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
 def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
     body: dict[str, Any] = {"name": args.name, "icc": args.icc}
     for key, value in (("subnet4", args.subnet), ("bridge", args.bridge), ("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
-                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu)):
+                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu),
+                       ("parent", args.parent), ("ipvlan_mode", args.ipvlan_mode),
+                       ("host_prefix", args.host_prefix), ("host_prefix6", args.host_prefix6)):
         if value is not None:
             body[key] = value
     if args.ipv6:
@@ -340,7 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     nc = net.add_parser("create", parents=[client_opts], help="create a network")
     nc.add_argument("name")
     nc.add_argument("-d", "--driver", default="bridge",
-                    help="network driver: bridge (default; this host), overlay (every host of the cluster)")
+                    help="network driver: bridge (default; this host), overlay (every host of the cluster), "
+                         "routed (a block per node, routes between nodes), macvlan, ipvlan (endpoints on a physical interface: --parent)")
+    nc.add_argument("--parent", metavar="IFACE[.VLAN]",
+                    help="macvlan, ipvlan: the physical interface; IFACE.VLAN makes an 802.1q sub-interface "
+                         "(removed with the last network on it)")
+    nc.add_argument("--ipvlan-mode", choices=("l2", "l3"), help="ipvlan: l2 (default) or l3")
+    nc.add_argument("--host-prefix", type=int, metavar="N",
+                    help="routed: each node's block of --subnet is a /N (default 24)")
+    nc.add_argument("--host-prefix6", type=int, metavar="N",
+                    help="routed: each node's block of --subnet6 is a /N (default 80)")
     nc.add_argument("--vni", type=int, help="overlay: the VXLAN network identifier (default: the lowest free "
                                             "one from 4096)")
     nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "

@@ -305,6 +305,38 @@ def check_driver_name(value: Any) -> str:
 
 
 DRIVER_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# drivers whose endpoints hang on a physical interface (network create --parent)
+UNDERLAY_DRIVERS = ("macvlan", "ipvlan")
+IPVLAN_MODES = ("l2", "l3")
+VLAN_MIN, VLAN_MAX = 1, 4094  # 802.1q: 0 and 4095 are reserved
+
+
+def split_parent(parent: str) -> tuple[str, int | None]:
+    """IFACE.VLAN -> (IFACE, VLAN); IFACE -> (IFACE, None). Only a trailing run of digits after
+    the last dot is a VLAN id (an interface name may itself hold dots)."""
+    base, dot, tail = parent.rpartition(".")
+    if dot and base and tail.isascii() and tail.isdigit():
+        return base, int(tail)
+    return parent, None
+
+
+def check_parent(value: Any) -> str:
+    """--parent IFACE[.VLAN]: an interface name (the sub-interface's name is the text itself, as
+    Docker's macvlan names it) with a VLAN id in 1-4094."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"parent: expected an interface name like eth0 or eth0.10, got {json_type(value)}")
+    check_ifname(value, "parent interface")
+    base, vlan = split_parent(value)
+    check_ifname(base, "parent interface")
+    if vlan is not None and not VLAN_MIN <= vlan <= VLAN_MAX:
+        raise InvalidArgument(f"parent {value!r}: VLAN id {vlan} out of range {VLAN_MIN}-{VLAN_MAX}")
+    return value
+
+
+def check_ipvlan_mode(value: Any) -> str:
+    if value not in IPVLAN_MODES:
+        raise InvalidArgument(f"ipvlan_mode: expected one of {', '.join(IPVLAN_MODES)}, got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -338,6 +370,17 @@ class NetworkConfig:
     # bpfnet.drivers: which kind of network this is (network create --driver); "bridge" for
     # networks stored before there were drivers
     driver: str = "bridge"
+    # the underlay drivers (bpfnet.drivers.underlay): the physical interface, IFACE or IFACE.VLAN
+    # (an 802.1q sub-interface of IFACE), their endpoints' links hang on (network create --parent),
+    # and ipvlan's mode (l2, l3)
+    parent: str | None = None
+    ipvlan_mode: str | None = None
+    # routed networks (bpfnet.drivers.routed): the subnet shared by the cluster, of which this
+    # node's block (subnet4/subnet6 here) is one /host_prefix (/host_prefix6)
+    cluster_subnet4: IPv4Network | None = None
+    cluster_subnet6: IPv6Network | None = None
+    host_prefix: int | None = None
+    host_prefix6: int | None = None
     # overlay networks: the VXLAN network identifier, one per network in the cluster
     vni: int | None = None
 
@@ -356,7 +399,8 @@ class NetworkConfig:
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if v is not None and not isinstance(v, (bool, int, dict)) else v)
                for k, v in asdict(self).items()}
-        for key in ("subnet_source", "subnet6_source", "owned"):
+        for key in ("subnet_source", "subnet6_source", "owned", "parent", "ipvlan_mode", "cluster_subnet4",
+                    "cluster_subnet6", "host_prefix", "host_prefix6"):
             if out[key] is None:
                 del out[key]  # stored and answered only when known
         return out
@@ -414,11 +458,28 @@ class NetworkConfig:
         cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc,
                   sources[0], sources[1], owned, internal=_flag(given, "internal", False),
                   masquerade=_flag(given, "masquerade", True),
-                  driver=check_driver_name(given.get("driver", "bridge")), vni=_vni(given))
+                  driver=check_driver_name(given.get("driver", "bridge")), vni=_vni(given),
+                  parent=check_parent(given["parent"]) if "parent" in given else None,
+                  ipvlan_mode=check_ipvlan_mode(given["ipvlan_mode"]) if "ipvlan_mode" in given else None,
+                  cluster_subnet4=(parse_v4_network(given["cluster_subnet4"], "cluster subnet")
+                                   if "cluster_subnet4" in given else None),
+                  cluster_subnet6=(parse_v6_network(given["cluster_subnet6"], "cluster IPv6 subnet")
+                                   if "cluster_subnet6" in given else None),
+                  host_prefix=_prefix(given, "host_prefix", 32), host_prefix6=_prefix(given, "host_prefix6", 128))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        if self.driver in UNDERLAY_DRIVERS and self.parent is None:
+            raise InvalidArgument(f"a {self.driver} network needs a parent interface (--parent IFACE or IFACE.VLAN)")
+        if self.parent is not None and self.driver not in UNDERLAY_DRIVERS:
+            raise InvalidArgument(f"parent: only the {' and '.join(UNDERLAY_DRIVERS)} drivers take a parent "
+                                  f"interface, not {self.driver}")
+        routed = (self.cluster_subnet4, self.cluster_subnet6, self.host_prefix, self.host_prefix6)
+        if self.driver != "routed" and any(v is not None for v in routed):
+            raise InvalidArgument(f"host_prefix, host_prefix6: only for the routed driver, not {self.driver}")
+        if self.ipvlan_mode is not None and self.driver != "ipvlan":
+            raise InvalidArgument(f"ipvlan_mode: only for the ipvlan driver, not {self.driver}")
         s4 = self.subnet4
         if self.gateway4 not in s4 or self.gateway4 in (s4.network_address, s4.broadcast_address):
             raise InvalidArgument(f"gateway {self.gateway4} is not a usable address of subnet {s4}")
@@ -439,6 +500,15 @@ class NetworkConfig:
             self.default_gateway6 in s6 or self.default_gateway6.is_link_local
         ):
             raise InvalidArgument(f"IPv6 default gateway {self.default_gateway6} is neither in {s6} nor link-local")
+
+
+def _prefix(data: dict[str, Any], key: str, top: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+        raise InvalidArgument(f"{key}: expected a prefix length from 1 to {top}, got {value!r}")
+    return value
 
 
 def _flag(data: dict[str, Any], key: str, default: bool) -> bool:

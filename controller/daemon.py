@@ -24,6 +24,7 @@ from typing import Any
 from . import __version__, links, netns
 from .api import routes
 from .api.server import ApiServer, Request
+from .cluster.blocks import BlockStore
 from .cluster.model import DEFAULT_TTL, check_advertise_addr, parse_store_url
 from .cluster.store import EtcdStore
 from .config import DaemonConfig, Listener
@@ -34,6 +35,8 @@ from .dns.service import DnsOptions, DnsService
 from .drivers import Drivers
 from .drivers.bridge import BridgeDriver
 from .drivers.overlay import OverlayDriver
+from .drivers.routed import RoutedDriver
+from .drivers.underlay import IpvlanDriver, MacvlanDriver
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument, StoreUnavailable
 from .metrics import build_registry
@@ -166,10 +169,13 @@ class Daemon:
                           ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools,
                           ip_forward=cfg.ip_forward)
         self.overlay: OverlayDriver | None = None
-        drivers = Drivers(BridgeDriver(self.rt))
+        drivers = Drivers(BridgeDriver(self.rt), MacvlanDriver(self.rt), IpvlanDriver(self.rt))
+        self.routed = RoutedDriver(self.rt, None, None)  # refuses networks without a cluster store
         if cfg.cluster_store and not self.cleanup_only:  # --cleanup needs no cluster
             self.overlay = self._join_cluster(cfg)
             drivers.add(self.overlay)
+            self.routed = RoutedDriver(self.rt, BlockStore(self.overlay.cluster), self.overlay.advertise)
+        drivers.add(self.routed)
         self.networks = NetworkService(self.rt, drivers)
         if self.overlay is not None:
             self.overlay.networks = self.networks
@@ -224,6 +230,7 @@ class Daemon:
         if self.overlay is not None:
             self.overlay.start()  # the tunnel device, then in step with the cluster, then watching
         self.dns.start()  # adopts a previous daemon's resolver; rewrites and checks the endpoints' files
+        self.routed.start()  # this node's blocks claimed, routes to the others', then every second
         return repairs
 
     def undo_failed_start(self) -> None:
@@ -284,6 +291,7 @@ class Daemon:
     def close(self) -> None:
         if getattr(self, "overlay", None) is not None:
             assert self.overlay is not None
+            self.routed.stop()
             self.overlay.stop()
         self.servers.close()
         if self.docker_server is not None:

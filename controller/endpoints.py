@@ -250,9 +250,10 @@ class EndpointService:
                 with Rollback(f"endpoint add {name}") as rb:
                     rb.push("state row and leases", lambda: self.rt.store.remove_endpoint(name))
                     index = self._build(row, cfg, v4, v6, rb)
-                    spec = self.spec(row, cfg, net_row.id, host_ifindex=index)
-                    self.rt.datapath.add_endpoint(spec)
-                    rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
+                    if self.networks.drivers.get(cfg.driver).host_side:
+                        spec = self.spec(row, cfg, net_row.id, host_ifindex=index)
+                        self.rt.datapath.add_endpoint(spec)
+                        rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
                     if publish and self.outside is not None:
                         self.outside.publish(name, publish)
                         rb.push("published ports", partial(self.outside.unpublish, name))
@@ -498,7 +499,9 @@ class EndpointService:
         net = self.rt.store.network(row.network)
         mine = self.rt.store.endpoint_leases(row.name)
         v6 = [IPv6Address(lease.address) for lease in mine if lease.family == 6]
-        if net is not None and any(lease.family == 4 for lease in mine):
+        cfg = NetworkConfig.from_json(net.config) if net is not None else None
+        driver = self.networks.drivers.get(cfg.driver) if cfg is not None else None
+        if net is not None and any(lease.family == 4 for lease in mine) and (driver is None or driver.host_side):
             step("datapath entries", lambda: self.rt.datapath.remove_endpoint(
                 self.spec(row, NetworkConfig.from_json(net.config), net.id)))
         if self.outside is not None:
@@ -509,8 +512,6 @@ class EndpointService:
         if proxy is not None:
             for a in v6:
                 step(f"proxy neighbour {a}", partial(kernel.remove_proxy_neighbour, proxy, a))
-        cfg = NetworkConfig.from_json(net.config) if net is not None else None
-        driver = self.networks.drivers.get(cfg.driver) if cfg is not None else None
         if cfg is not None and driver is not None:
             step(f"veth {row.host_ifname}", partial(driver.leave, cfg, row))
             step("driver record", partial(driver.delete_endpoint, cfg, row))
@@ -556,9 +557,12 @@ class EndpointService:
                 problems.append(f"the endpoint is in state {row.state!r}")
             net_row, cfg = self.networks.config(row.network)
             kernel = self.rt.kernel
+            driver = self.networks.drivers.get(cfg.driver)
             host = next((link for link in kernel.dump_links() if link.name == row.host_ifname), None)
             bridge = kernel.link_index(cfg.bridge)
-            if host is None or host.kind != "veth":
+            if not driver.host_side:
+                pass  # the endpoint's link hangs on the parent: no host veth, no datapath
+            elif host is None or host.kind != "veth":
                 problems.append(f"host veth {row.host_ifname} is missing")
             else:
                 if host.master is None or host.master != bridge:
@@ -574,7 +578,7 @@ class EndpointService:
             else:
                 if host is not None and inside.peer != host.index:
                     problems.append(f"{row.ifname} in {row.netns} is not the peer of {row.host_ifname}")
-                if inside.mac != row.mac:
+                if driver.own_mac and inside.mac != row.mac:
                     problems.append(f"{row.ifname} has MAC {inside.mac}, not {row.mac}")
                 if not inside.up:
                     problems.append(f"{row.ifname} is down")
@@ -595,5 +599,6 @@ class EndpointService:
             if row.state != "ready":
                 continue
             net_row, cfg = self.networks.config(row.network)
-            out.append(self.spec(row, cfg, net_row.id))
+            if self.networks.drivers.get(cfg.driver).host_side:
+                out.append(self.spec(row, cfg, net_row.id))
         return out

@@ -34,6 +34,7 @@ from .config import (
 from .datapath.abi import MAX_NETWORKS, MODE_BRIDGE
 from .drivers import Drivers
 from .drivers.bridge import LINK_LOCAL_GATEWAY, BridgeDriver
+from .drivers.underlay import IpvlanDriver, MacvlanDriver
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
 from .model import LinkState, NetworkSpec
@@ -61,7 +62,7 @@ def pools(cfg: NetworkConfig) -> tuple[Pool, Pool | None]:
 class NetworkService:
     def __init__(self, rt: Runtime, drivers: Drivers | None = None) -> None:
         self.rt = rt
-        self.drivers = drivers or Drivers(BridgeDriver(rt))
+        self.drivers = drivers or Drivers(BridgeDriver(rt), MacvlanDriver(rt), IpvlanDriver(rt))
         self.outside: OutsideService | None = None  # masquerading follows the networks; set by the daemon
         self.dns: DnsService | None = None  # the resolver listens on every network's gateway; set by the daemon
 
@@ -151,13 +152,15 @@ class NetworkService:
                 out.add(index)
         return out
 
-    def host_prefixes(self, bridge: str | None = None) -> list[IPv4Network | IPv6Network]:
+    def host_prefixes(self, bridge: str | None = None, *own: str) -> list[IPv4Network | IPv6Network]:
         """Routes/addresses of the managed namespace that are not ours, plus the outer namespace's.
         BRIDGE: the bridge a network is about to adopt (ensure_bridge takes an existing one
-        over): what is already on it is what the network will have, not a clash."""
+        over): what is already on it is what the network will have, not a clash. OWN: further
+        links whose prefixes are the network's own (an underlay network's parent)."""
         skip = self._our_bridges()
-        if bridge is not None and (index := self.rt.kernel.link_index(bridge)) is not None:
-            skip.add(index)
+        for name in (bridge, *own):
+            if name is not None and (index := self.rt.kernel.link_index(name)) is not None:
+                skip.add(index)
         return self.rt.kernel.host_prefixes(skip) + list(self.rt.outer_prefixes)
 
     def check_overlaps(self, cfg: NetworkConfig, exclude: str | None = None) -> None:
@@ -178,7 +181,7 @@ class NetworkService:
                     if a.version == b.version and a.overlaps(b):
                         raise Conflict(f"subnet {a} overlaps network {row.name}'s subnet {b}")
         for a in mine:
-            for b in self.host_prefixes(cfg.bridge):
+            for b in self.host_prefixes(*self.drivers.get(cfg.driver).host_links(cfg)):
                 if a.version == b.version and a.overlaps(b):
                     raise Conflict(f"subnet {a} overlaps the host's route or address {b}")
 
@@ -187,6 +190,9 @@ class NetworkService:
         what appeared after the network was made (create refuses overlaps). Reported, never changed.
         HOST: ``host_prefixes()`` when the caller checks several networks."""
         mine: list[IPv4Network | IPv6Network] = [cfg.subnet4] + ([cfg.subnet6] if cfg.subnet6 else [])
+        own = self.drivers.get(cfg.driver).host_links(cfg)
+        if own != [cfg.bridge]:
+            host = self.host_prefixes(*own)  # an underlay network: the parent's subnet is its own
         prefixes = self.host_prefixes() if host is None else host
         return sorted({str(b) for b in prefixes for a in mine if a.version == b.version and a.overlaps(b)})
 
@@ -324,6 +330,7 @@ class NetworkService:
             if self.rt.store.network(str(data.get("name"))) is not None:
                 raise Conflict(f"network {data.get('name')!r} already exists")
             cfg = NetworkConfig.from_json(self._complete(data, is_default))
+            driver = self.drivers.get(cfg.driver)
             if self.rt.store.network(cfg.name) is not None:
                 raise Conflict(f"network {cfg.name!r} already exists")
             count = len(self.rt.store.networks())
@@ -334,7 +341,6 @@ class NetworkService:
             if cfg.internal and self.rt.datapath.mode == MODE_BRIDGE:
                 raise InvalidArgument("an internal network needs an eBPF datapath, which enforces it; this daemon "
                                       "runs --datapath bridge (no programs)")
-            driver = self.drivers.get(cfg.driver)
             driver.check_network(cfg)
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
@@ -347,8 +353,9 @@ class NetworkService:
                 row = self.rt.store.network(cfg.name)
                 assert row is not None
                 spec = self.spec(row, cfg)
-                self.rt.datapath.attach_network(spec)
-                rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
+                if driver.host_side:
+                    self.rt.datapath.attach_network(spec)
+                    rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
                 if self.outside is not None:
                     self.outside.sync()
                 if self.dns is not None:
@@ -356,6 +363,15 @@ class NetworkService:
             log.info("network %s created (driver %s): bridge %s (ifindex %s), %s%s", cfg.name, cfg.driver,
                      cfg.bridge, spec.bridge_ifindex, cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
             return self.describe(row)
+
+    def datapath_specs(self) -> list[NetworkSpec]:
+        """The networks the datapath serves: those whose driver has host-side links."""
+        out = []
+        for row in self.rt.store.networks():
+            cfg = NetworkConfig.from_json(row.config)
+            if self.drivers.get(cfg.driver).host_side:
+                out.append(self.spec(row, cfg))
+        return out
 
     # the cluster (overlay networks): bpfnet.drivers.overlay.ClusterNetworks
     def adopt_cluster_network(self, config: dict[str, Any]) -> None:
@@ -406,7 +422,8 @@ class NetworkService:
                 )
             driver = self.drivers.get(cfg.driver)
             driver.prepare_delete_network(cfg)
-            self.rt.datapath.detach_network(self.spec(row, cfg))
+            if driver.host_side:
+                self.rt.datapath.detach_network(self.spec(row, cfg))
             driver.delete_network(cfg, row.id)
             self.rt.store.remove_network(name)
             if self.outside is not None:

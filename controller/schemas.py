@@ -57,6 +57,7 @@ from .config import (
     check_driver_name,
     check_ifname,
     check_name,
+    check_parent,
     json_type,
     parse_v4,
     parse_v4_network,
@@ -208,9 +209,17 @@ class NetworkCreate(_Body):
     masquerade: bool = Field(True, description="masquerade traffic from the network leaving the host "
                                                "(with the daemon's --ip-masq / --ip6-masq)")
     driver: DriverName = Field("bridge", description="the network driver: bridge (one host), overlay (every "
-                               "host of the cluster, VXLAN between them; needs --cluster-store)")
+                               "host of the cluster, VXLAN between them; needs --cluster-store), macvlan, ipvlan "
+                               "(endpoints on a physical interface: needs parent)")
     vni: int | None = Field(None, ge=1, le=(1 << 24) - 1, description="overlay networks: the VXLAN network "
                             "identifier (default: the lowest free one from 4096)")
+    parent: IfName | None = Field(None, description="macvlan, ipvlan: the physical interface, IFACE or IFACE.VLAN "
+                                  "(an 802.1q sub-interface, made and removed by bpfnet)")
+    ipvlan_mode: Literal["l2", "l3"] | None = Field(None, description="ipvlan: l2 (default) or l3")
+    host_prefix: int | None = Field(None, ge=1, le=30, description="routed: the prefix length of each node's "
+                                    "block of subnet4 (default 24)")
+    host_prefix6: int | None = Field(None, ge=1, le=120, description="routed: the prefix length of each node's "
+                                     "block of subnet6 (default 80)")
 
     _config: NetworkConfig | None = PrivateAttr(None)
 
@@ -307,6 +316,7 @@ _EXPECT = {
     "internal": "true or false",
     "masquerade": "true or false",
     "driver": "a driver name like bridge or overlay",
+    "parent": "an interface name like eth0, or eth0.10 for VLAN 10 on it",
     "vni": "an integer from 1 to 16777215",
     "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
     "dns": "a list of IP address strings",
@@ -338,6 +348,7 @@ _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
     "publish": lambda v, w: parse_spec(v), "driver": lambda v, w: check_driver_name(v),
+    "parent": lambda v, w: check_parent(v),
     "dns": lambda v, w: dns_rules.check_dns_address(v, "dns"),
     "dns_search": lambda v, w: dns_rules.check_search_domain(v, "dns_search"),
     "dns_opt": lambda v, w: dns_rules.check_dns_option(v, "dns_opt"),

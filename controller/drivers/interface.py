@@ -68,6 +68,17 @@ class NetworkDriver(ABC):
     name: ClassVar[str]
     # True: the network exists on every host of a cluster (its record lives in the cluster store).
     scope: ClassVar[str] = "local"
+    # True: each endpoint has a host-side veth, where the datapath's programs attach (and the
+    # network a bridge, where its bridge program attaches). False (macvlan, ipvlan): the endpoint's
+    # link hangs on a physical interface and has no host-side peer; the datapath is not involved.
+    host_side: ClassVar[bool] = True
+    # True: the endpoint's interface carries the endpoint's own MAC (ipvlan's share the parent's).
+    own_mac: ClassVar[bool] = True
+
+    def host_links(self, cfg: NetworkConfig) -> list[str]:
+        """Links of the managed namespace whose routes and addresses belong to CFG (its bridge; an
+        underlay network's parent): not counted as the host's when checking for overlaps."""
+        return [cfg.bridge]
 
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
         """A new network's settings with this driver's defaults filled in (before validation)."""
