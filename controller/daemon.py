@@ -200,11 +200,13 @@ class Daemon:
         node = cfg.node_name or socket.gethostname()
         ttl = int(os.environ.get("BPFNET_CLUSTER_TTL", DEFAULT_TTL))  # tests shorten the node lease
         store = EtcdStore(parse_store_url(cfg.cluster_store), node, cfg.advertise_addr, ttl=ttl)
+        driver = OverlayDriver(self.rt, store, check_advertise_addr(cfg.advertise_addr), node)
+        driver.check_underlay()  # before anything is registered in etcd
         try:
             store.connect()
         except StoreUnavailable as exc:
             raise BpfnetError(f"--cluster-store: {exc.message}") from None
-        return OverlayDriver(self.rt, store, check_advertise_addr(cfg.advertise_addr), node)
+        return driver
 
     def _check_state_owner(self, store: Store) -> None:
         owner = self.cfg.netns or ""
@@ -287,6 +289,7 @@ class Daemon:
         log.info("stopping; programs, pins and endpoints stay in place")
 
     def close(self) -> None:
+        self.dns.flush()  # the resolver serves on after the daemon: with the latest names
         if getattr(self, "overlay", None) is not None:
             assert self.overlay is not None
             self.routed.stop()

@@ -12,6 +12,7 @@ the TTL; restarted, it reconciles); a daemon restart under cross-host traffic wi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from bpfnet.client import ClientError
 from cluster import TTL, Cluster
-from helpers import DaemonProcess, ping, run, wait_until
+from helpers import DaemonError, DaemonProcess, make_netns, ping, run, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -272,6 +273,26 @@ def test_killed_node_leaves_the_others_and_reconciles_on_restart(cluster: Cluste
     wait_until(lambda: remote_count(h[0]) == 2 and remote_count(h[1]) == 2, 10, what="h2 back in the tables")
     assert ping(eps[0]["netns"], addr(eps[2]), count=2)
     assert cluster.etcd.keys() == sorted([*keys, "/bpfnet/v1/nodes/h2"])  # its node again; nothing else
+
+
+def test_unreachable_store_and_foreign_advertise_addr_stop_the_start(cluster: Cluster) -> None:
+    before = cluster.etcd.keys()
+    for args, message in (
+        (("--cluster-store", "etcd://10.77.0.1:2399", "--advertise-addr", "10.77.0.99"),
+         "--advertise-addr 10.77.0.99 is not an address of this host's managed namespace"),
+        (("--cluster-store", "etcd://10.77.0.250:2379", "--advertise-addr", "10.77.0.10"),
+         "--cluster-store: the cluster store etcd://10.77.0.250:2379 cannot be reached"),
+    ):
+        d = cluster.factory.create(*args, "--bridge", "none")
+        if "10.77.0.10" in args:  # a namespace that has the address, on a network where etcd is not
+            make_netns(d.netns)
+            run("ip", "-n", d.netns, "link", "add", "ul", "type", "veth", "peer", "name", "ul2")
+            run("ip", "-n", d.netns, "addr", "add", "10.77.0.10/24", "dev", "ul")
+            run("ip", "-n", d.netns, "link", "set", "ul", "up")
+        with pytest.raises(DaemonError, match=re.escape(message)):
+            d.start(timeout=60)
+        d.cleanup()
+    assert cluster.etcd.keys() == before  # nothing registered
 
 
 def test_cleanup_on_every_node(cluster: Cluster, overlay: dict[str, Any]) -> None:

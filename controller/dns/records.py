@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from . import wire
@@ -154,3 +154,22 @@ def datapath_names(state: dict[str, Any]) -> dict[tuple[int, bytes], tuple[tuple
             v6 = tuple(packed(a) for a in addresses if ":" in a)
             out[(int(net["id"]), name_wire(name))] = (v4, v6)
     return out
+
+
+def reverse_address(key: bytes) -> IPv4Address | IPv6Address | None:
+    """The address a full reverse name (wire form) stands for: d.c.b.a.in-addr.arpa or the 32
+    nibbles of an ip6.arpa name; None for anything else (partial names included)."""
+    text = wire.name_text(key)
+    try:
+        if text.endswith(".in-addr.arpa"):
+            parts = text[:-len(".in-addr.arpa")].split(".")
+            return IPv4Address(".".join(reversed(parts))) if len(parts) == 4 else None
+        if text.endswith(".ip6.arpa"):
+            nibbles = text[:-len(".ip6.arpa")].split(".")
+            if len(nibbles) != 32 or any(len(n) != 1 for n in nibbles):
+                return None
+            digits = "".join(reversed(nibbles))
+            return IPv6Address(":".join(digits[i:i + 4] for i in range(0, 32, 4)))
+    except ValueError:
+        return None
+    return None

@@ -50,6 +50,8 @@ STATS = "stats.json"
 PIDFILE = "resolver.pid"
 LOCK = "resolver.lock"
 MODULE = "bpfnet.dns.server"
+# Reverse names: those of a network's own subnets are the resolver's to answer, never the upstream's.
+REVERSE_SUFFIXES = (wire.encode_name("in-addr.arpa"), wire.encode_name("ip6.arpa"))
 
 
 @dataclass
@@ -277,6 +279,10 @@ class Resolver:
             return wire.response(query, q, wire.RCODE_NOERROR, rrs, count), "local"
         if wire.label_count(q.key) == 1 or any(q.key.endswith(s) for s in self.suffixes):
             return wire.response(query, q, wire.RCODE_NXDOMAIN), "nxdomain"
+        if q.key.endswith(REVERSE_SUFFIXES):
+            address = records.reverse_address(q.key)
+            if address is not None and any(address in s for s in net.subnets):
+                return wire.response(query, q, wire.RCODE_NXDOMAIN), "nxdomain"  # ours, and unused
         return None, ""
 
     def upstreams_for(self, client: str) -> list[str]:

@@ -82,6 +82,10 @@ class DnsService:
         self.resolver = ResolverProcess(directory, log_level)
         self.lock = threading.Lock()  # one state push at a time
         self.restarts = 0
+        self._pending: dict[str, Any] | None = None  # state for the resolver, not handed over yet
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._watching = False
 
     # --- checks before anything is made ----------------------------------------------------
     def check(self, name: str, network: str, data: dict[str, Any]) -> EndpointDns:
@@ -126,14 +130,29 @@ class DnsService:
         except (OSError, RuntimeError) as exc:
             log.warning("could not give the datapath its DNS names (the resolver answers them): %s", exc)
         # With the eBPF datapath the new names answer (A/AAAA) as soon as dns_names has them, so
-        # an endpoint add does not also wait for the resolver to load the state (~10 ms at 1000
-        # endpoints); without programs the resolver is the only answer, and the add waits for it.
-        wait = self.rt.datapath.mode == MODE_BRIDGE
+        # an endpoint add does not also wait for the resolver: the watch thread hands it the
+        # latest state, several changes at once when they come fast (1000 adds in a row). Without
+        # programs the resolver is the only answer: the add waits until it has loaded the state.
+        if self.rt.datapath.mode != MODE_BRIDGE and self._watching:
+            with self._pending_lock:
+                self._pending = state
+            self._wake.set()
+            return
+        self._push(state, wait=self.rt.datapath.mode == MODE_BRIDGE)
+
+    def _push(self, state: dict[str, Any], wait: bool) -> None:
         try:
             with self.lock:
                 self.resolver.push(state, wait=wait)
         except OSError as exc:
             log.warning("could not hand the DNS resolver its state: %s", exc)
+
+    def flush(self) -> None:
+        """Hand the resolver the state a change left pending (at daemon stop: it serves on with it)."""
+        with self._pending_lock:
+            state, self._pending = self._pending, None
+        if state is not None:
+            self._push(state, wait=False)
 
     # --- files -----------------------------------------------------------------------------
     def endpoint_dns(self, name: str) -> EndpointDns:
@@ -210,10 +229,14 @@ class DnsService:
         self.changed()
 
     def watch(self, stop: threading.Event) -> threading.Thread:
-        """A thread that starts the resolver again (with its state) when it dies."""
+        """A thread that hands the resolver pending state, and starts it again (with its state)
+        within WATCH_INTERVAL when it dies."""
         def body() -> None:
-            while not stop.wait(WATCH_INTERVAL):
+            while not stop.is_set():
+                self._wake.wait(WATCH_INTERVAL)
+                self._wake.clear()
                 try:
+                    self.flush()
                     with self.lock:
                         if self.resolver.pid() is not None:
                             continue
@@ -224,6 +247,7 @@ class DnsService:
                 except Exception:
                     log.exception("could not start the DNS resolver again")
 
+        self._watching = True
         t = threading.Thread(target=body, name="dns-watch", daemon=True)
         t.start()
         return t
