@@ -45,6 +45,7 @@ OUT_JSON = "underlay.json"  # next to RESULTS.md: its "Across hosts without enca
 class Variant:
     name: str
     pair: Pair
+    daemons: tuple[BpfnetDaemon, ...] = ()  # bpfnet's variants: whose counters show the path taken
 
 
 def _mac(ns: str, dev: str) -> str:
@@ -143,7 +144,7 @@ def routed() -> Variant:
                                    check=False).returncode == 0, 20, "routes between the nodes")
     gateway_mac = _mac(daemons[0].netns, "br-rn")  # the sender's next hop: its host's bridge
     receiver = Host(hosts[1].ns, gateway_mac, hosts[1].ipv4, "")
-    return Variant("routed", Pair("routed", hosts[0], receiver))
+    return Variant("routed", Pair("routed", hosts[0], receiver), tuple(daemons))
 
 
 def measure(seconds: float = 2.0, rounds: int = 2) -> dict[str, Any]:
@@ -162,6 +163,13 @@ def measure(seconds: float = 2.0, rounds: int = 2) -> dict[str, Any]:
             by.setdefault("rr_p99_us", []).append(lat.p99_us)
             log.info("round %d %s: %s", rnd, v.name, {k: x[-1] for k, x in by.items()})
     out: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "machine": env.machine()}
+    # which path the routed variant's packets took (the eBPF bypass: tx/rx "routed")
+    r = next(v for v in variants if v.name == "routed")
+    paths = {}
+    for d, direction in zip(r.daemons, ("tx", "rx"), strict=True):
+        c = d.client.get("/v1/stats")["endpoints"][0]["counters"]
+        paths.update({f"{direction}_{p}_packets": c[f"{direction}_{p}_packets"] for p in ("routed", "kernel", "fast")})
+    out["bpfnet_routed_paths"] = paths
     for name, by in samples.items():
         out[name] = {k: {"median": round(statistics.median(x), 1), "runs": [round(y, 1) for y in x]}
                      for k, x in by.items()}

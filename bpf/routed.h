@@ -41,7 +41,7 @@
 struct routed_pkt {
 	__u32 saddr[4]; /* network byte order; IPv4 in the first word */
 	__u32 daddr[4];
-	__u16 tot_len;  /* IP length (host order), for the FIB's MTU check */
+	__u16 tot_len;  /* IP length (host order) */
 	__u8 family;    /* 4, 6 */
 	__u8 ttl;       /* TTL / hop limit */
 	__u8 proto;
@@ -153,7 +153,8 @@ static __always_inline int routed_send(struct __sk_buff *skb, struct endpoint *s
 		return ROUTED_NONE;
 	fib.ifindex = net->bridge_ifindex; /* routed as if it came in through the bridge */
 	fib.l4_protocol = r.proto;
-	fib.tot_len = r.tot_len;
+	/* tot_len stays 0: the kernel then checks the skb itself against the route's MTU, which
+	 * is right for GSO super-packets too (a tot_len of 64 KB would be "needs fragmenting") */
 	if (r.family == 4) {
 		fib.family = AF_INET_;
 		fib.tos = r.tos;

@@ -172,3 +172,14 @@ def test_only_routed_networks_are_listed_for_the_uplink(rt: Any) -> None:
             assert r.verdict == TC_ACT_OK and r.counts == {}
         finally:
             rt.dp.attach_network(replace(nets["brB"], routed4=IPv4Network("10.2.0.0/16")))
+
+
+def test_a_gso_super_packet_takes_the_bypass_and_counts_its_segments(rt: Any) -> None:
+    """A TCP super-packet (64 KB from the endpoint's TCP, here 3 segments) is over the route's MTU
+    as one IP packet, but its segments are not: the bypass sends it, the kernel segments it."""
+    a1 = rt.endpoints["a1"]
+    ip = ip_l4(str(a1.ipv4), REMOTE4, 6, 40000, 80, payload=b"x" * 3000)
+    pkt = frame(4, rt.networks["brA"].bridge_mac, a1.mac, ip)
+    r = run(rt.dp, "ep_ingress", pkt, a1.host_ifindex, gso_segs=3, gso_size=1000)
+    assert r.verdict == TC_ACT_REDIRECT
+    assert r.counts == {a1.id: {"tx_routed_packets": 3, "tx_routed_bytes": len(pkt)}}
