@@ -423,18 +423,18 @@ static __always_inline int published_out(struct __sk_buff *skb, struct endpoint 
 	now = bpf_ktime_get_ns();
 	if (flow_usable(&n.key, f, &n, now) < 0)
 		return -1;
+	/* tot_len stays 0: the kernel then checks the skb itself against the route's MTU
+	 * (is_skb_forwardable), which passes GSO super-packets a tot_len of 64 KB would fail */
 	fib.ifindex = skb->ifindex;
 	fib.l4_protocol = n.proto;
 	fib.sport = f->port;
 	fib.dport = n.key.dport;
 	if (n.family == 4) {
 		fib.family = AF_INET_;
-		fib.tot_len = (__u16)n.ip_len;
 		fib.ipv4_src = f->addr[0];
 		fib.ipv4_dst = n.key.daddr[0];
 	} else {
 		fib.family = AF_INET6_;
-		fib.tot_len = (__u16)n.ip_len;
 		__builtin_memcpy(fib.ipv6_src, f->addr, 16);
 		__builtin_memcpy(fib.ipv6_dst, n.key.daddr, 16);
 	}
