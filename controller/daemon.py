@@ -26,7 +26,7 @@ from .api import routes
 from .api.server import ApiServer, Request
 from .config import DaemonConfig, Listener
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
-from .datapath import Datapath, abi, make_datapath, tcx
+from .datapath import Datapath, abi, make_datapath, resolve_endpoint_device, tcx
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import build_registry
@@ -143,16 +143,19 @@ class Daemon:
             raise
         self.pins_existed = os.path.isdir(pin_dir(cfg.netns))
         try:
+            device = resolve_endpoint_device(cfg.endpoint_device)
             datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints,
-                                               cfg.datapath_attach)
+                                               cfg.datapath_attach, device)
         except ImportError as exc:
             raise BpfnetError(
                 f"--datapath {cfg.datapath} needs Debian's python3-bpfcc ({exc}); "
                 "run scripts/setup or pass --datapath bridge"
             ) from None
+        except ValueError as exc:  # netkit asked for where it cannot work: name why
+            raise InvalidArgument(str(exc)) from None
         self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
                           ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools,
-                          ip_forward=cfg.ip_forward)
+                          ip_forward=cfg.ip_forward, endpoint_device=device)
         self.networks = NetworkService(self.rt)
         self.endpoints = EndpointService(self.rt, self.networks)
         self.outside: OutsideService | None = None

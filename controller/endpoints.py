@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_ifname, check_name
+from .datapath.abi import ENDPOINT_DEVICES, ENDPOINT_NETKIT
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
 from .links import ENDPOINT_IFNAME
@@ -134,8 +135,9 @@ class EndpointService:
         return v4, v6
 
     def spec(self, row: EndpointRow, cfg: NetworkConfig, net_id: int,
-             host_ifindex: int | None = None) -> EndpointSpec:
-        """The datapath's view of an endpoint; HOST_IFINDEX when the caller already knows it."""
+             host_ifindex: int | None = None, device: str | None = None) -> EndpointSpec:
+        """The datapath's view of an endpoint; HOST_IFINDEX and DEVICE (the host link's kind)
+        when the caller already knows them (DEVICE default: what this daemon makes)."""
         v4, v6 = self.addresses(row)
         if host_ifindex is None:
             host_ifindex = self.rt.kernel.link_index(row.host_ifname) or 0
@@ -152,6 +154,7 @@ class EndpointService:
             mac=row.mac,
             ipv4=v4,
             ipv6=all6,
+            device=device if device in ENDPOINT_DEVICES else self.rt.endpoint_device,
         )
 
     def describe(self, row: EndpointRow, host_ifindex: int | None = None) -> dict[str, Any]:
@@ -432,8 +435,9 @@ class EndpointService:
             if ns_sysctls:
                 kernel.write_netns_sysctls(row.netns, ns_sysctls)
         # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
-        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
-                                         peer_ifname=row.ifname)
+        create = kernel.create_netkit if self.rt.endpoint_device == ENDPOINT_NETKIT else kernel.create_veth
+        index, eth0 = create(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
+                             peer_ifname=row.ifname)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
         rb.push(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         debug_pause("endpoint-add-after-veth")
@@ -543,7 +547,7 @@ class EndpointService:
             kernel = self.rt.kernel
             host = next((link for link in kernel.dump_links() if link.name == row.host_ifname), None)
             bridge = kernel.link_index(cfg.bridge)
-            if host is None or host.kind != "veth":
+            if host is None or host.kind not in ENDPOINT_DEVICES:
                 problems.append(f"host veth {row.host_ifname} is missing")
             else:
                 if host.master is None or host.master != bridge:
@@ -570,15 +574,19 @@ class EndpointService:
                 problems += [f"default route via {r.gateway} is missing" for r in want.routes
                              if str(r.gateway) not in inside.gateways]
             if host is not None and row.state == "ready":
-                missing = self.rt.datapath.check_endpoint(self.spec(row, cfg, net_row.id, host_ifindex=host.index))
+                missing = self.rt.datapath.check_endpoint(self.spec(row, cfg, net_row.id, host_ifindex=host.index,
+                                                                     device=host.kind))
                 problems += [f"datapath {what} are not in place" for what in missing]
             return {"name": row.name, "ok": not problems, "problems": problems}
 
     def specs(self) -> list[EndpointSpec]:
         out = []
+        links = {link.name: link for link in self.rt.kernel.dump_links()}  # one dump: index and kind
         for row in self.rt.store.endpoints():
             if row.state != "ready":
                 continue
             net_row, cfg = self.networks.config(row.network)
-            out.append(self.spec(row, cfg, net_row.id))
+            link = links.get(row.host_ifname)
+            out.append(self.spec(row, cfg, net_row.id, host_ifindex=link.index if link else 0,
+                                 device=link.kind if link else None))
         return out

@@ -40,13 +40,33 @@ from .loader import LoadedPrograms, load
 log = logging.getLogger(__name__)
 
 
+def check_netkit_mode(mode: str, device: str) -> None:
+    """netkit endpoints need "redirect": bpf_redirect_peer() works only from a tc
+    ingress hook, and a netkit program runs inside the peer's transmit."""
+    if device == abi.ENDPOINT_NETKIT and mode != abi.MODE_REDIRECT:
+        raise ValueError(f"netkit endpoints need datapath mode {abi.MODE_REDIRECT!r}, not {mode!r}: "
+                         f"bpf_redirect_peer works only from tc ingress, and netkit runs bpfnet's program "
+                         f"inside the endpoint's transmit (use --datapath redirect or auto, or "
+                         f"--endpoint-device veth)")
+
+
+def endpoint_hooks(ep: EndpointSpec) -> list[tuple[str, str]]:
+    """(hook, program) of an endpoint. veth: both on the host end's tc hooks. netkit:
+    ep_ingress inside the peer's transmit (it sees what the endpoint sends, with
+    skb->ifindex = the primary's), ep_egress on the primary's egress hook, where
+    skb->dev is still the primary (netkit's own primary hook runs after skb->dev
+    became the peer, whose ifindex is only unique inside the endpoint's namespace)."""
+    first = tcx.NETKIT_PEER if ep.device == abi.ENDPOINT_NETKIT else "ingress"
+    return [(first, "ep_ingress"), ("egress", "ep_egress")]
+
+
 class EbpfDatapath:
     """Datapath with the eBPF fast path (see module docstring)."""
 
     def __init__(self, mode: str = abi.MODE_REDIRECT_PEER,
                  pin_dir: str = "/sys/fs/bpf/bpfnet/default",
                  max_endpoints: int = abi.DEFAULT_MAX_ENDPOINTS,
-                 attach: str = abi.MODE_AUTO) -> None:
+                 attach: str = abi.MODE_AUTO, endpoint_device: str = abi.ENDPOINT_VETH) -> None:
         if mode not in abi.EBPF_MODES:
             raise ValueError(f"EbpfDatapath mode must be one of {abi.EBPF_MODES}, not {mode!r}")
         if attach not in abi.REQUESTABLE_ATTACHES:
@@ -55,8 +75,12 @@ class EbpfDatapath:
             from .probe import probe_attach
 
             attach = probe_attach()
+        if endpoint_device not in abi.ENDPOINT_DEVICES:
+            raise ValueError(f"endpoint_device must be one of {abi.ENDPOINT_DEVICES}, not {endpoint_device!r}")
+        check_netkit_mode(mode, endpoint_device)
         self.mode = mode
         self.attach = attach
+        self.endpoint_device = endpoint_device  # what the daemon makes new endpoints with (info())
         self.pin_dir = pin_dir
         self.max_endpoints = abi.check_max_endpoints(max_endpoints)
         self._progs: LoadedPrograms | None = None
@@ -190,24 +214,31 @@ class EbpfDatapath:
                 self._old_filters.discard(ifindex)
                 log.info("ifindex %d: cls_bpf filters replaced by tcx links", ifindex)
         else:
-            tc.attach_all(ipr, ifindex, [(d, fds[name], name) for d, name in progs])
+            for hook, name in progs:
+                if hook not in tcx.TCX_HOOKS:
+                    tcx.attach(self.pin_dir, ifindex, hook, fds[name])  # netkit: links only
+            tc.attach_all(ipr, ifindex, [(d, fds[name], name) for d, name in progs if d in tcx.TCX_HOOKS])
             # A forced tc after a tcx run: drop the links, or both programs would run.
-            tcx.detach(self.pin_dir, ifindex)
+            tcx.detach(self.pin_dir, ifindex, tcx.TCX_HOOKS)
 
     def _detach(self, ipr: IPRoute, ifindex: int) -> None:
         tcx.detach(self.pin_dir, ifindex)
         tc.detach(ipr, ifindex)
 
-    def _attached_names(self, ipr: IPRoute, ifindex: int) -> set[str]:
-        """Names of our programs attached on ifindex, by the mechanism in use."""
-        if self.attach == abi.ATTACH_TC:
-            return {name.removeprefix(tc.FILTER_PREFIX)
-                    for _, _, _, name in tc.our_filters(ipr, ifindex)}
+    def _attached_names(self, ipr: IPRoute, ifindex: int, hooks: list[tuple[str, str]]) -> set[str]:
+        """Which of the (hook, program) pairs are attached on ifindex, by the mechanism in use."""
         assert self._progs is not None
-        ids = {d: tcx.attached(self.pin_dir, ifindex, d) for d in tcx.ATTACH_TYPES}
-        return {name for name, d in (("ep_ingress", "ingress"), ("ep_egress", "egress"),
-                                     ("bridge_egress", "egress"))
-                if ids[d] is not None and ids[d] == self._progs.info[name].id}
+        filters: set[str] = set()
+        if self.attach == abi.ATTACH_TC:
+            filters = {name.removeprefix(tc.FILTER_PREFIX) for _, _, _, name in tc.our_filters(ipr, ifindex)}
+        out = set()
+        for hook, name in hooks:
+            if hook in tcx.TCX_HOOKS and self.attach == abi.ATTACH_TC:
+                if name in filters:
+                    out.add(name)
+            elif tcx.attached(self.pin_dir, ifindex, hook) == self._progs.info[name].id:
+                out.add(name)
+        return out
 
     def _need(self) -> tuple[m.PinnedMaps, IPRoute]:
         if self._maps is None or self._ipr is None or self._progs is None:
@@ -246,6 +277,7 @@ class EbpfDatapath:
     def add_endpoint(self, ep: EndpointSpec) -> None:
         if not 0 <= ep.id < self.max_endpoints:
             raise ValueError(f"endpoint {ep.name}: id {ep.id} not in [0, {self.max_endpoints})")
+        check_netkit_mode(self.mode, ep.device)
         with self._lock:
             maps, ipr = self._need()
             assert self._progs is not None
@@ -262,7 +294,7 @@ class EbpfDatapath:
             maps.put("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), eid)
             for a in m.endpoint_ipv6(ep):
                 maps.put("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a), eid)
-            self._attach(ipr, ep.host_ifindex, [("ingress", "ep_ingress"), ("egress", "ep_egress")])
+            self._attach(ipr, ep.host_ifindex, endpoint_hooks(ep))
             self._endpoints[ep.host_ifindex] = ep
 
     def _remove_entries(self, ifindex: int, keep: EndpointSpec | None = None) -> None:
@@ -335,7 +367,7 @@ class EbpfDatapath:
                     or any(maps.get("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a)) != eid
                            for a in m.endpoint_ipv6(ep))):
                 out.append("entries")
-            if self._attached_names(ipr, ep.host_ifindex) != {"ep_ingress", "ep_egress"}:
+            if self._attached_names(ipr, ep.host_ifindex, endpoint_hooks(ep)) != {"ep_ingress", "ep_egress"}:
                 out.append("filters")
             return out
 
@@ -368,9 +400,10 @@ class EbpfDatapath:
                     programs.append({"name": "bridge_egress", "id": p.id, "tag": p.tag,
                                      "attach": f"{net.bridge}/egress"})
                 for ep in self._endpoints.values():
-                    for name, d in (("ep_ingress", "ingress"), ("ep_egress", "egress")):
+                    for d, name in endpoint_hooks(ep):
                         p = pi[name]
                         programs.append({"name": name, "id": p.id, "tag": p.tag,
                                          "attach": f"{ep.host_ifname}/{d}"})
-            return {"mode": self.mode, "attach": self.attach, "pin_dir": self.pin_dir,
+            return {"mode": self.mode, "attach": self.attach, "endpoint_device": self.endpoint_device,
+                    "pin_dir": self.pin_dir,
                     "max_endpoints": self.max_endpoints, "programs": programs}
