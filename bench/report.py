@@ -424,7 +424,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
     if found:
         lines += ["## Findings", "", ("Derived from this run's figures and profiles (details in the "
                   "sections below)."), ""] + [f"- {f}" for f in found] + [""]
-    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _method_md(doc)
+    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _kernels_md() + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
     lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
@@ -440,6 +440,20 @@ def _outside_md() -> list[str]:
         return []
     with open(path, encoding="utf-8") as f:
         return outside.markdown(json.load(f))
+
+
+def _kernels_md() -> list[str]:
+    """tcx vs cls_bpf (bench/attach.json) and netkit vs veth (bench/netkit_vm.json, from the VM)."""
+    from . import attach, netkit
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out: list[str] = []
+    for mod, name in ((attach, attach.OUT_JSON), (netkit, netkit.OUT_JSON)):
+        path = os.path.join(here, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                out += mod.markdown(json.load(f))
+    return out
 
 
 def _relative_rates(med: dict[str, dict[str, float]]) -> str:

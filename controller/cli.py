@@ -50,7 +50,8 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
     for warning in info.get("warnings", []):
         lines.append(f"WARNING:      {warning}")
     for prog in dp.get("programs", []):
-        lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}")
+        lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}"
+                     + (f" ({prog['via']})" if prog.get("via") else ""))
     out = info.get("outside")
     if out:
         lines.append(f"Outside:      {out['mechanism']}; ip-masq {'on' if out['ip_masq'] else 'off'}, "

@@ -40,6 +40,19 @@ from .loader import LoadedPrograms, load
 log = logging.getLogger(__name__)
 
 
+# Programs that stay on cls_bpf filters in tcx mode. Each tcx (or netkit) link
+# create and detach waits for an RCU grace period under the RTNL lock (~12 ms
+# here, kernel/bpf/tcx.c: tcx_entry_sync), so an endpoint with two links cost
+# 24 ms to add against 0.9 ms with filters. The endpoint's egress program is
+# off the endpoint-to-endpoint fast path in redirect-peer mode (the packet goes
+# from the sender's host-side ingress straight into the receiver's eth0) and
+# the cheapest program on it in redirect mode (it sees the redirect mark and
+# returns): on a filter it costs the add a tc request instead of a second grace
+# period. ep_ingress (every packet an endpoint sends) and bridge_egress (once
+# per network) are links. Measured in bench/RESULTS.md ("tcx vs cls_bpf").
+TC_IN_TCX_MODE = frozenset({"ep_egress"})
+
+
 def check_netkit_mode(mode: str, device: str) -> None:
     """netkit endpoints need "redirect": bpf_redirect_peer() works only from a tc
     ingress hook, and a netkit program runs inside the peer's transmit."""
@@ -89,8 +102,9 @@ class EbpfDatapath:
         self._lock = threading.RLock()
         self._networks: dict[int, NetworkSpec] = {}  # by bridge ifindex
         self._endpoints: dict[int, EndpointSpec] = {}  # by host ifindex
-        # tcx only: devices still carrying a cls_bpf filter of an earlier daemon (set in start()).
-        self._old_filters: set[int] = set()
+        # tcx only: the hooks of each device still carrying a cls_bpf filter of an earlier
+        # daemon (set in start()), dropped once their link is in place.
+        self._old_filters: dict[int, set[str]] = {}
 
     # -- lifecycle --------------------------------------------------------
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
@@ -101,7 +115,7 @@ class EbpfDatapath:
                 self._ipr = IPRoute()
             if self.attach == abi.ATTACH_TCX:
                 _, ipr = self._need()
-                self._old_filters = set(tc.devices_with_our_filters(ipr))
+                self._old_filters = tc.filter_hooks_by_device(ipr)
             for net in networks:
                 self.attach_network(net)
             for ep in endpoints:
@@ -201,40 +215,52 @@ class EbpfDatapath:
                     log.warning("left %s in place: %s", self.pin_dir, e)
 
     # -- attachments ------------------------------------------------------
+    def _on_tc(self, hook: str, name: str) -> bool:
+        """Whether (hook, program) sits on a cls_bpf filter: every tc hook in tc mode; in
+        tcx mode only the programs in TC_IN_TCX_MODE. netkit's peer hook takes links only."""
+        if hook not in tcx.TCX_HOOKS:
+            return False
+        return self.attach == abi.ATTACH_TC or name in TC_IN_TCX_MODE
+
+    def _via(self, hook: str, name: str) -> str:
+        """How (hook, program) is attached: "tc", "tcx" or "netkit" (info())."""
+        if hook not in tcx.TCX_HOOKS:
+            return "netkit"
+        return abi.ATTACH_TC if self._on_tc(hook, name) else abi.ATTACH_TCX
+
     def _attach(self, ipr: IPRoute, ifindex: int, progs: list[tuple[str, str]]) -> None:
-        """Attach or atomically replace (direction, program name) on one device."""
+        """Attach or atomically replace (hook, program name) on one device."""
         assert self._progs is not None
         fds = self._progs.fds
-        if self.attach == abi.ATTACH_TCX:
-            for direction, name in progs:
-                tcx.attach(self.pin_dir, ifindex, direction, fds[name])
-            if ifindex in self._old_filters:
-                # Upgrade from a tc daemon: the links run already, now the filters can go.
-                tc.detach(ipr, ifindex)
-                self._old_filters.discard(ifindex)
-                log.info("ifindex %d: cls_bpf filters replaced by tcx links", ifindex)
-        else:
-            for hook, name in progs:
-                if hook not in tcx.TCX_HOOKS:
-                    tcx.attach(self.pin_dir, ifindex, hook, fds[name])  # netkit: links only
-            tc.attach_all(ipr, ifindex, [(d, fds[name], name) for d, name in progs if d in tcx.TCX_HOOKS])
-            # A forced tc after a tcx run: drop the links, or both programs would run.
-            tcx.detach(self.pin_dir, ifindex, tcx.TCX_HOOKS)
+        links = [(h, fds[name]) for h, name in progs if not self._on_tc(h, name)]
+        filters = [(h, fds[name], name) for h, name in progs if self._on_tc(h, name)]
+        for hook, fd in links:
+            tcx.attach(self.pin_dir, ifindex, hook, fd)
+        if filters:
+            tc.attach_all(ipr, ifindex, filters)
+            # Links an earlier daemon made on these hooks go, or both programs would run.
+            tcx.detach(self.pin_dir, ifindex, tuple(h for h, _, _ in filters))
+        old = self._old_filters.pop(ifindex, set())
+        for hook, _ in links:
+            if hook in old:
+                # Upgrade from a tc daemon: the link runs already, now the filter can go.
+                tc.detach(ipr, ifindex, hook)
+                log.info("ifindex %d/%s: cls_bpf filter replaced by a tcx link", ifindex, hook)
 
     def _detach(self, ipr: IPRoute, ifindex: int) -> None:
         tcx.detach(self.pin_dir, ifindex)
         tc.detach(ipr, ifindex)
 
     def _attached_names(self, ipr: IPRoute, ifindex: int, hooks: list[tuple[str, str]]) -> set[str]:
-        """Which of the (hook, program) pairs are attached on ifindex, by the mechanism in use."""
+        """Which of the (hook, program) pairs are attached on ifindex, as this datapath attaches them."""
         assert self._progs is not None
-        filters: set[str] = set()
-        if self.attach == abi.ATTACH_TC:
-            filters = {name.removeprefix(tc.FILTER_PREFIX) for _, _, _, name in tc.our_filters(ipr, ifindex)}
+        filters: set[tuple[str, str]] | None = None  # (direction, program name), read once
         out = set()
         for hook, name in hooks:
-            if hook in tcx.TCX_HOOKS and self.attach == abi.ATTACH_TC:
-                if name in filters:
+            if self._on_tc(hook, name):
+                if filters is None:
+                    filters = {(d, n.removeprefix(tc.FILTER_PREFIX)) for d, _, _, n in tc.our_filters(ipr, ifindex)}
+                if (hook, name) in filters:
                     out.add(name)
             elif tcx.attached(self.pin_dir, ifindex, hook) == self._progs.info[name].id:
                 out.add(name)
@@ -398,12 +424,12 @@ class EbpfDatapath:
                 for net in self._networks.values():
                     p = pi["bridge_egress"]
                     programs.append({"name": "bridge_egress", "id": p.id, "tag": p.tag,
-                                     "attach": f"{net.bridge}/egress"})
+                                     "attach": f"{net.bridge}/egress", "via": self._via("egress", "bridge_egress")})
                 for ep in self._endpoints.values():
                     for d, name in endpoint_hooks(ep):
                         p = pi[name]
                         programs.append({"name": name, "id": p.id, "tag": p.tag,
-                                         "attach": f"{ep.host_ifname}/{d}"})
+                                         "attach": f"{ep.host_ifname}/{d}", "via": self._via(d, name)})
             return {"mode": self.mode, "attach": self.attach, "endpoint_device": self.endpoint_device,
                     "pin_dir": self.pin_dir,
                     "max_endpoints": self.max_endpoints, "programs": programs}

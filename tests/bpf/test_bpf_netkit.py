@@ -1,7 +1,7 @@
 """netkit endpoints: the probe, the refusals where netkit cannot work, and (on a
 kernel with netkit: `make vm-test KERNEL=6.12`) the programs' hooks on a netkit
-pair: ep_ingress as a BPF_NETKIT_PEER link made through the primary, ep_egress
-on the primary's egress hook, both pinned, swapped atomically on restart,
+pair: ep_ingress as a BPF_NETKIT_PEER link made through the primary (pinned),
+ep_egress as a cls_bpf filter on the primary's egress hook, swapped atomically on restart,
 checked, removed with the endpoint and by cleanup. Packets between netkit
 endpoints: test_bpf_integration.py (its "redirect+netkit" parameter).
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -80,7 +81,7 @@ def nk_links() -> Iterator[tuple[str, str, dict, dict]]:
 @needs_netkit
 @pytest.mark.parametrize("attach", ["tcx", "tc"])
 def test_netkit_hooks_pinned_replaced_checked_removed(nk_links, attach: str) -> None:
-    _ns, pins, nets, eps = nk_links
+    ns, pins, nets, eps = nk_links
     n1, n2 = eps["n1"], eps["n2"]
     assert resolve_endpoint_device("auto") == abi.ENDPOINT_NETKIT
     dp1 = EbpfDatapath(mode="redirect", pin_dir=pins, attach=attach, endpoint_device="netkit")
@@ -93,8 +94,11 @@ def test_netkit_hooks_pinned_replaced_checked_removed(nk_links, attach: str) -> 
             assert hook(ep.host_ifindex, bpfsys.BPF_NETKIT_PEER) == [ids1["ep_ingress"]]
             assert hook(ep.host_ifindex, bpfsys.BPF_NETKIT_PRIMARY) == []
             assert os.path.exists(tcx.link_path(pins, ep.host_ifindex, tcx.NETKIT_PEER))
-            egress = hook(ep.host_ifindex, bpfsys.BPF_TCX_EGRESS)
-            assert egress == ([ids1["ep_egress"]] if attach == "tcx" else [])
+            # ep_egress on the primary's egress hook: a cls_bpf filter in both modes (ebpf.TC_IN_TCX_MODE)
+            assert hook(ep.host_ifindex, bpfsys.BPF_TCX_EGRESS) == []
+            assert "bpfnet:ep_egress" in subprocess.run(
+                ["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", ep.host_ifname, "egress"],
+                capture_output=True, text=True, check=True).stdout
             assert hook(ep.host_ifindex, bpfsys.BPF_TCX_INGRESS) == []
         assert {p["attach"] for p in dp1.info()["programs"] if p["name"] == "ep_ingress"} == {
             "h-n1/netkit-peer", "h-n2/netkit-peer"}
