@@ -72,6 +72,8 @@ def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
         body["internal"] = True
     if not args.masquerade:
         body["masquerade"] = False
+    if args.driver != "bridge":
+        body["driver"] = args.driver
     net = c.post("/v1/networks", body)
     emit(args, net, net["name"])
 
@@ -80,9 +82,9 @@ def _net_rows(nets: list[dict[str, Any]]) -> str:
     rows = []
     for n in nets:
         v6 = n["ipam"].get("ipv6") or {}
-        rows.append([n["name"], n["bridge"], n["ipam"]["ipv4"]["subnet"], v6.get("subnet") or "-",
-                     len(n["endpoints"]), "yes" if n["icc"] else "no"])
-    return table(rows, ["NAME", "BRIDGE", "SUBNET", "SUBNET6", "ENDPOINTS", "ICC"])
+        rows.append([n["name"], n.get("driver", "bridge"), n["bridge"], n["ipam"]["ipv4"]["subnet"],
+                     v6.get("subnet") or "-", len(n["endpoints"]), "yes" if n["icc"] else "no"])
+    return table(rows, ["NAME", "DRIVER", "BRIDGE", "SUBNET", "SUBNET6", "ENDPOINTS", "ICC"])
 
 
 def cmd_network_ls(args: argparse.Namespace, c: Client) -> None:
@@ -292,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     net = sub.add_parser("network", help="manage networks").add_subparsers(dest="sub", required=True)
-    nc = net.add_parser("create", parents=[client_opts], help="create a bridge network")
+    nc = net.add_parser("create", parents=[client_opts], help="create a network")
     nc.add_argument("name")
+    nc.add_argument("-d", "--driver", default="bridge",
+                    help="network driver: bridge (default; this host), overlay (every host of the cluster)")
     nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "
                                      "daemon's address pools)")
     nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")

@@ -281,6 +281,17 @@ def parse_bip(text: Any) -> IPv4Interface:
     return iface
 
 
+def check_driver_name(value: Any) -> str:
+    """A network driver's name: lower-case letters, digits, '-' and '_', starting with a letter.
+    Whether this daemon has such a driver is the network service's question."""
+    if not isinstance(value, str) or not DRIVER_NAME_RE.fullmatch(value):
+        raise InvalidArgument(f"driver: expected a driver name like 'bridge' or 'overlay', got {value!r}")
+    return value
+
+
+DRIVER_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """One bridge network: validated, immutable."""
@@ -309,6 +320,9 @@ class NetworkConfig:
     # and whether the subnet is masqueraded when it leaves the host (network create --no-masquerade)
     internal: bool = False
     masquerade: bool = True
+    # bpfnet.drivers: which kind of network this is (network create --driver); "bridge" for
+    # networks stored before there were drivers
+    driver: str = "bridge"
 
     @property
     def owns_bridge(self) -> bool:
@@ -382,7 +396,8 @@ class NetworkConfig:
             raise InvalidArgument("network: subnet_source/subnet6_source must be strings, owned an object")
         cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc,
                   sources[0], sources[1], owned, internal=_flag(given, "internal", False),
-                  masquerade=_flag(given, "masquerade", True))
+                  masquerade=_flag(given, "masquerade", True),
+                  driver=check_driver_name(given.get("driver", "bridge")))
         cfg.validate()
         return cfg
 

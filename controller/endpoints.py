@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_ifname, check_name
-from .datapath.abi import ENDPOINT_DEVICES, ENDPOINT_NETKIT
+from .datapath.abi import ENDPOINT_DEVICES
+from .drivers import EndpointAddresses
+from .drivers.bridge import LINK_LOCAL_GATEWAY
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
 from .links import ENDPOINT_IFNAME
 from .model import AddressConfig, EndpointSpec, InterfaceConfig, RouteConfig
-from .networks import LINK_LOCAL_GATEWAY, NetworkService, pools
+from .networks import NetworkService, pools
 from .rollback import Rollback
 from .runtime import Runtime
 from .state import EndpointRow
@@ -64,14 +66,6 @@ def v4_only_sysctls(ifname: str) -> tuple[tuple[str, str], ...]:
     link-local address and none of the MLD reports and router solicitations the bridge
     would flood to every other endpoint."""
     return ((f"net/ipv6/conf/{ifname}/disable_ipv6", "1"),)
-
-
-def debug_pause(stage: str) -> None:
-    """Crash-recovery tests set BPFNET_DEBUG_PAUSE=STAGE:SECONDS to SIGKILL the daemon mid-operation."""
-    spec = os.environ.get("BPFNET_DEBUG_PAUSE", "")
-    if spec.partition(":")[0] == stage:
-        log.warning("BPFNET_DEBUG_PAUSE: pausing at %s", stage)
-        time.sleep(float(spec.partition(":")[2] or 30))
 
 
 class LeasedAddresses(AbstractSet[IPAddress]):
@@ -337,7 +331,8 @@ class EndpointService:
     ) -> tuple[IPv4Address, str, list[IPv6Address]]:
         p4, p6 = pools(cfg)
         generation = self.rt.store.lease_generation  # read before the leases it vouches for
-        used = LeasedAddresses([*self.rt.store.leased_addresses(net_name), *self._held.get(net_name, ())])
+        used = LeasedAddresses([*self.rt.store.leased_addresses(net_name), *self._held.get(net_name, ()),
+                                *self.networks.drivers.get(cfg.driver).reserved(cfg)])
         requested4 = parse_address(str(data["ip"]), "--ip") if data.get("ip") else None
         if requested4 is not None and requested4.version != 4:
             raise InvalidArgument(f"--ip {requested4} is not an IPv4 address (use --ip6)")
@@ -420,9 +415,8 @@ class EndpointService:
     ) -> int:
         """Make the endpoint's kernel objects; returns the host veth's ifindex."""
         kernel = self.rt.kernel
-        bridge = kernel.link_index(cfg.bridge)
-        if bridge is None:
-            raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
+        driver = self.networks.drivers.get(cfg.driver)
+        driver.create_endpoint(cfg, row, EndpointAddresses(v4, tuple(v6), row.mac), rb)
         ns_sysctls = ENDPOINT_NETNS_SYSCTLS_V6 if cfg.ipv6 else {}
         if row.handoff:
             pass  # the peer stays beside its host end (netns ""): the runtime moves and configures it
@@ -434,18 +428,8 @@ class EndpointService:
                 raise Conflict(f"namespace {row.netns!r} already has an {row.ifname}")
             if ns_sysctls:
                 kernel.write_netns_sysctls(row.netns, ns_sysctls)
-        # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
-        create = kernel.create_netkit if self.rt.endpoint_device == ENDPOINT_NETKIT else kernel.create_veth
-        index, eth0 = create(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
-                             peer_ifname=row.ifname)
-        # Deleting the host end deletes eth0 too (also in an adopted namespace).
-        rb.push(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
-        debug_pause("endpoint-add-after-veth")
-        if not cfg.ipv6:
-            kernel.write_sysctls({f"net/ipv6/conf/{row.host_ifname}/disable_ipv6": "1"})
-            kernel.set_up(index)
-        if not row.handoff:
-            kernel.configure_interface(row.netns, eth0, self.interface_config(cfg, v4, v6, ifname=row.ifname))
+        iface = None if row.handoff else self.interface_config(cfg, v4, v6, ifname=row.ifname)
+        index = driver.join(cfg, row, iface, rb)
         proxy = self._proxy_iface()
         if proxy is not None and v6:
             for a in v6:
@@ -506,7 +490,13 @@ class EndpointService:
         if proxy is not None:
             for a in v6:
                 step(f"proxy neighbour {a}", partial(kernel.remove_proxy_neighbour, proxy, a))
-        step(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
+        cfg = NetworkConfig.from_json(net.config) if net is not None else None
+        driver = self.networks.drivers.get(cfg.driver) if cfg is not None else None
+        if cfg is not None and driver is not None:
+            step(f"veth {row.host_ifname}", partial(driver.leave, cfg, row))
+            step("driver record", partial(driver.delete_endpoint, cfg, row))
+        else:
+            step(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         if not row.adopted:
             step(f"netns {row.netns}", lambda: kernel.remove_netns(row.netns))
         left = [what for what, present in (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import (
     IPv4Interface,
@@ -33,9 +32,10 @@ from .config import (
     check_name,
 )
 from .datapath.abi import MAX_NETWORKS, MODE_BRIDGE
+from .drivers import Drivers
+from .drivers.bridge import LINK_LOCAL_GATEWAY, BridgeDriver
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
-from .kernel import Kernel
 from .model import LinkState, NetworkSpec
 from .rollback import Rollback
 from .runtime import Runtime
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from .outside.service import OutsideService
 
 log = logging.getLogger(__name__)
-LINK_LOCAL_GATEWAY = IPv6Address("fe80::1")
 # Network ids are 1..MAX_NETWORKS-1 in the datapath's maps (0 means "no network").
 NETWORK_LIMIT = MAX_NETWORKS - 1
 
@@ -58,13 +57,10 @@ def pools(cfg: NetworkConfig) -> tuple[Pool, Pool | None]:
     return p4, p6
 
 
-def _deleter(kernel: Kernel, index: int, address: str, prefixlen: int) -> Callable[[], None]:
-    return lambda: kernel.delete_address(index, address, prefixlen)
-
-
 class NetworkService:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, drivers: Drivers | None = None) -> None:
         self.rt = rt
+        self.drivers = drivers or Drivers(BridgeDriver(rt))
         self.outside: OutsideService | None = None  # masquerading follows the networks; set by the daemon
 
     # queries
@@ -120,6 +116,8 @@ class NetworkService:
             "name": row.name,
             "id": row.id,
             "default": row.is_default,
+            "driver": cfg.driver,
+            "scope": self.drivers.get(cfg.driver).scope,
             "bridge": cfg.bridge,
             "bridge_ifindex": self.rt.kernel.link_index(cfg.bridge),
             "mtu": cfg.mtu,
@@ -331,10 +329,14 @@ class NetworkService:
             if cfg.internal and self.rt.datapath.mode == MODE_BRIDGE:
                 raise InvalidArgument("an internal network needs an eBPF datapath, which enforces it; this daemon "
                                       "runs --datapath bridge (no programs)")
+            driver = self.drivers.get(cfg.driver)
+            driver.check_network(cfg)
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
                 rb.push("state row", lambda: self.rt.store.remove_network(cfg.name))
-                index, owned = self._ensure_bridge(cfg, rb)
+                made = self.rt.store.network(cfg.name)
+                assert made is not None
+                owned = driver.create_network(cfg, made.id, rb)
                 cfg = replace(cfg, owned=owned)
                 self.rt.store.update_network(cfg.name, cfg.to_json())
                 row = self.rt.store.network(cfg.name)
@@ -344,58 +346,14 @@ class NetworkService:
                 rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
                 if self.outside is not None:
                     self.outside.sync()
-            log.info("network %s created: bridge %s (ifindex %d), %s%s", cfg.name, cfg.bridge, index,
-                     cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
+            log.info("network %s created (driver %s): bridge %s (ifindex %s), %s%s", cfg.name, cfg.driver,
+                     cfg.bridge, spec.bridge_ifindex, cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
             return self.describe(row)
-
-    def _ensure_bridge(self, cfg: NetworkConfig, rb: Rollback) -> tuple[int, dict[str, Any]]:
-        """(ifindex, what bpfnet added: {"bridge": made it?, "addresses": [...], "mac"}): an existing
-        bridge is taken over, and what was on it before is never recorded as bpfnet's."""
-        kernel = self.rt.kernel
-        index, created = kernel.ensure_bridge(cfg.bridge, mac_from_ipv4(cfg.gateway4), cfg.mtu)
-        owned: dict[str, Any] = {"bridge": created, "addresses": []}
-        before: set[str] = set()
-        if created:
-            rb.push(f"bridge {cfg.bridge}", lambda: kernel.delete_link(cfg.bridge))
-        else:
-            before = {f"{a}/{p}" for a, p in kernel.link_addresses(index)}
-            mac = next((li.mac for li in kernel.dump_links() if li.index == index), "")
-            if mac:
-                owned["mac"] = mac  # the datapath answers with the bridge's own MAC
-        # --ip-forward=false (dockerd's): the host's forwarding is left as it is
-        sysctls = {"net/ipv4/ip_forward": "1"} if self.rt.ip_forward else {}
-        if cfg.ipv6:
-            if self.rt.ip_forward:
-                sysctls["net/ipv6/conf/all/forwarding"] = "1"
-            sysctls.update({
-                f"net/ipv6/conf/{cfg.bridge}/accept_dad": "0",
-                f"net/ipv6/conf/{cfg.bridge}/disable_ipv6": "0",
-            })
-        kernel.write_sysctls(sysctls)
-        wanted: list[tuple[str, int, bool]] = [(str(cfg.gateway4), cfg.subnet4.prefixlen, False)]
-        if cfg.ipv6:
-            wanted.append((str(LINK_LOCAL_GATEWAY), 64, True))
-            if cfg.subnet6 is not None and cfg.gateway6 is not None:
-                wanted.append((str(cfg.gateway6), cfg.subnet6.prefixlen, True))
-        for address, prefixlen, nodad in wanted:
-            kernel.ensure_address(index, address, prefixlen, nodad=nodad)
-            key = f"{address}/{prefixlen}"
-            if key not in before:
-                owned["addresses"].append(key)
-                if not created:
-                    rb.push(f"address {key} on {cfg.bridge}", _deleter(kernel, index, address, prefixlen))
-        if cfg.ipv6 and cfg.range6 is not None and cfg.range6 != cfg.subnet6:
-            kernel.ensure_route_via(str(cfg.range6), index)
-            if not created:
-                owned["routes"] = [str(cfg.range6)]  # bpfnet's: the range is a piece of its network
-                rb.push(f"route {cfg.range6} via {cfg.bridge}", lambda: kernel.delete_route_via(str(cfg.range6), index))
-        return index, owned
 
     def ensure_present(self, row: NetworkRow) -> None:
         """At start-up: make sure a stored network's bridge and addresses exist (adopt or recreate)."""
         cfg = NetworkConfig.from_json(row.config)
-        with Rollback(f"restore network {row.name}") as rb:
-            _, now = self._ensure_bridge(cfg, rb)
+        now = self.drivers.get(cfg.driver).restore_network(cfg, row.id)
         if cfg.owned is None:
             return  # stored before bpfnet recorded this: it made the bridge (and deletes it whole)
         if now["bridge"]:
@@ -427,27 +385,12 @@ class NetworkService:
                     f"({', '.join(e.name for e in eps[:5])}{'…' if len(eps) > 5 else ''}); remove them first"
                 )
             self.rt.datapath.detach_network(self.spec(row, cfg))
-            self._remove_bridge(cfg)
+            self.drivers.get(cfg.driver).delete_network(cfg, row.id)
             self.rt.store.remove_network(name)
             if self.outside is not None:
                 self.outside.sync()
             self.rt.observer.network_overlaps(name, 0)
             log.info("network %s removed", name)
-
-    def _remove_bridge(self, cfg: NetworkConfig) -> None:
-        """Delete what bpfnet added: the bridge if it made it, else only its addresses on it."""
-        if cfg.owns_bridge:
-            self.rt.kernel.delete_link(cfg.bridge)
-            return
-        index = self.rt.kernel.link_index(cfg.bridge)
-        if index is None:
-            return
-        for dst in (cfg.owned or {}).get("routes", []):
-            self.rt.kernel.delete_route_via(dst, index)
-        for key in (cfg.owned or {}).get("addresses", []):
-            address, _, prefixlen = key.rpartition("/")
-            self.rt.kernel.delete_address(index, address, int(prefixlen))
-        log.info("bridge %s was not made by bpfnet: left in place with its own addresses", cfg.bridge)
 
     def update_default(self, data: dict[str, Any] | None) -> None:
         """Start-up: (re)create the default network from the daemon's flags (None: --bridge none)."""

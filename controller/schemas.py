@@ -43,6 +43,7 @@ from pydantic_core import PydanticCustomError, from_json
 from . import __version__
 from .addressing import parse_mac
 from .config import (
+    DRIVER_NAME_RE,
     IFNAME_MAX,
     IFNAME_PATTERN,
     MTU_MAX,
@@ -53,6 +54,7 @@ from .config import (
     V4_CIDR_HINT,
     V6_CIDR_HINT,
     NetworkConfig,
+    check_driver_name,
     check_ifname,
     check_name,
     json_type,
@@ -62,7 +64,7 @@ from .config import (
     parse_v6_network,
 )
 from .errors import InvalidArgument
-from .outside.ports import MAX_PUBLISH, parse_publish
+from .outside.ports import MAX_PUBLISH, parse_spec
 
 # Longest address texts: "255.255.255.255/32" is 18 characters, a full IPv6 CIDR 43. The limits
 # leave room for spelling variants while keeping every string in a body bounded.
@@ -125,19 +127,21 @@ _V6_ADDRESS = "an IPv6 address string like fd00:30::1, without a %scope"
 Name = Annotated[str, _field(f"a name: {NAME_RULE}", NAME_PATTERN, NAME_MAX, examples=["web1"])]
 IfName = Annotated[str, _field("a Linux interface name, at most 15 characters", IFNAME_PATTERN, IFNAME_MAX,
                                examples=["br-web"])]
+DriverName = Annotated[str, _field("a network driver's name, like bridge or overlay", DRIVER_NAME_RE.pattern, 32,
+                                   examples=["bridge"])]
 Mac = Annotated[str, _field("a unicast MAC address like 02:42:ac:11:00:02", MAC_PATTERN, 17),
                 AfterValidator(_mac)]
 
 
 def _publish(value: str) -> str:
     try:
-        parse_publish(value)
+        parse_spec(value)
     except InvalidArgument as exc:
         raise PydanticCustomError(ERROR_TYPE, "{message}", {"message": f"publish: {exc.message}"}) from None
     return value
 
 
-PUBLISH_PATTERN = r"(\[[0-9A-Fa-f:.]{2,45}\]:|[0-9.]{7,15}:)?[0-9]{1,5}(-[0-9]{1,5})?:[0-9]{1,5}(-[0-9]{1,5})?(/[A-Za-z]{1,8})?"
+PUBLISH_PATTERN = r"(\[[0-9A-Fa-f:.]{2,45}\]:|[0-9.]{7,15}:)?(([0-9]{1,5}(-[0-9]{1,5})?)?:)?[0-9]{1,5}(-[0-9]{1,5})?(/[A-Za-z]{1,8})?"
 Publish = Annotated[str, _field("[HOST_IP:]HOST_PORT:ENDPOINT_PORT[/tcp|/udp], ranges as 8000-8003:80-83, "
                                 "an IPv6 host address in brackets", PUBLISH_PATTERN, 80,
                                 examples=["8080:80", "127.0.0.1:5353:53/udp"]),
@@ -189,6 +193,8 @@ class NetworkCreate(_Body):
                                               "datapath); no masquerading, no published ports")
     masquerade: bool = Field(True, description="masquerade traffic from the network leaving the host "
                                                "(with the daemon's --ip-masq / --ip6-masq)")
+    driver: DriverName = Field("bridge", description="the network driver: bridge (one host), overlay (every "
+                               "host of the cluster, VXLAN between them; needs --cluster-store)")
 
     _config: NetworkConfig | None = PrivateAttr(None)
 
@@ -274,6 +280,7 @@ _EXPECT = {
     "icc": "true or false",
     "internal": "true or false",
     "masquerade": "true or false",
+    "driver": "a driver name like bridge or overlay",
     "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
 }
 
@@ -298,7 +305,7 @@ _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "subnet4": parse_v4_network, "ip_range4": parse_v4_network, "subnet6": parse_v6_network,
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
-    "publish": lambda v, w: parse_publish(v),
+    "publish": lambda v, w: parse_spec(v), "driver": lambda v, w: check_driver_name(v),
 }
 _STRING_SHAPE = ("string_pattern_mismatch", "string_too_long", "string_too_short")
 
@@ -413,6 +420,8 @@ class NetworkDoc(_Doc):
     name: str
     id: int
     default: bool
+    driver: str = Field("bridge", description="the network driver (network create --driver)")
+    scope: str = Field("local", description="local: this host only; global: every host of the cluster")
     bridge: str
     bridge_ifindex: int | None
     mtu: int

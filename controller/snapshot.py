@@ -30,6 +30,7 @@ class NetworkStats:
     endpoints: int
     ipv6_total: float | None = None
     ipv6_in_use: int | None = None
+    driver: str = "bridge"  # bpfnet.drivers: the network's kind (network create --driver)
 
 
 @dataclass(frozen=True)

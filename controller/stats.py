@@ -34,6 +34,7 @@ def take_snapshot(rt: Runtime, requested_mode: str) -> MetricsSnapshot:
             endpoints=attached[row.name],
             ipv6_total=float(p6.capacity()) if p6 else (0.0 if cfg.ipv6 else None),
             ipv6_in_use=in_use[(row.name, 6)] if cfg.ipv6 else None,
+            driver=cfg.driver,
         ))
     return MetricsSnapshot(
         networks=tuple(networks),

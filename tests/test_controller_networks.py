@@ -130,14 +130,18 @@ def test_cli_network_commands(d: DaemonProcess) -> None:
         ls = d.cli("network", "ls")
         assert ls.returncode == 0
         header, *rows = ls.stdout.splitlines()
-        assert header.split()[:3] == ["NAME", "BRIDGE", "SUBNET"]
-        assert any(row.split()[:3] == ["cli1", "br-cli1", "10.223.0.0/24"] for row in rows)
+        assert header.split()[:4] == ["NAME", "DRIVER", "BRIDGE", "SUBNET"]
+        assert any(row.split()[:4] == ["cli1", "bridge", "br-cli1", "10.223.0.0/24"] for row in rows)
         data = d.cli_json("network", "inspect", "cli1")
+        assert data["driver"] == "bridge" and data["scope"] == "local" and data["config"]["driver"] == "bridge"
         assert data["ipam"]["ipv4"]["range"] == "10.223.0.128/25"
         assert {n["name"] for n in d.cli_json("network", "ls")} == {"bridge", "cli1"}
     finally:
         rm = d.cli("network", "rm", "cli1")
     assert rm.returncode == 0 and rm.stdout.strip() == "cli1"
+    unknown = d.cli("network", "create", "cli2", "--driver", "nosuch")
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip() == "bpfnet: unknown network driver 'nosuch' (this daemon has: bridge)"
     missing = d.cli("network", "rm", "cli1")
     assert missing.returncode != 0 and missing.stdout == ""
     assert missing.stderr.strip() == "bpfnet: network 'cli1' not found"

@@ -264,3 +264,40 @@ def test_dockerd_restart_with_live_containers_leaves_nothing(docker: Docker) -> 
     dk("network", "rm", net)
     assert bpfnet_eps(d) == {} and d.host_veths() == set()
     assert d.client.get("/v1/networks") == [] and f"br-{nid[:12]}" not in d.links()
+
+
+def test_run_p_publishes_through_bpfnet(docker: Docker) -> None:
+    """`docker run -p`: dockerd hands the bindings to the driver, bpfnet publishes them as its
+    own published ports (nftables DNAT in the managed namespace), and `docker rm` takes them."""
+    dk, d = docker, docker.d
+    net = d.name("pub")
+    dk.network(net, "--subnet", "10.159.0.0/24")
+    web = d.name("web")
+    run("ip", "-n", d.netns, "link", "set", "lo", "up")  # the host's loopback, for 127.0.0.1::81
+    # busybox's nc answers one line per connection (-ll: for ever)
+    dk("run", "-d", "--name", web, "--network", net, "-p", "18080:80", "-p", "127.0.0.1::81",
+       "-p", "18090-18099:82/udp", IMAGE, "sh", "-c",
+       "nc -ll -p 80 -e echo hello & nc -ll -p 81 -e echo hi81 & sleep 600")
+    ep = next(iter(bpfnet_eps(d).values()))
+    published = {(p["proto"], p["endpoint_port"]): p for p in ep["published"]}
+    assert published[("tcp", 80)]["host_port"] == 18080 and published[("tcp", 80)]["host_ip"] is None
+    assert published[("tcp", 81)]["host_ip"] == "127.0.0.1" and published[("tcp", 81)]["host_port"] >= 49153
+    assert 18090 <= published[("udp", 82)]["host_port"] <= 18099
+
+    def ask(port: int) -> str:
+        # from the host itself (the managed namespace), as `curl localhost:PORT` next to dockerd
+        r = run("ip", "netns", "exec", d.netns, "busybox", "nc", "-w", "2", "127.0.0.1", str(port), check=False)
+        return r.stdout.strip()
+
+    wait_until(lambda: ask(18080) == "hello", timeout=20, what="the published port 18080 to answer")
+    assert ask(published[("tcp", 81)]["host_port"]) == "hi81"
+    # a port already published is refused in Docker's words, and nothing is made
+    other = d.name("web2")
+    r = dk("run", "-d", "--name", other, "--network", net, "-p", "18080:80", IMAGE, "sleep", "60", check=False)
+    assert r.returncode != 0 and "already published" in r.stderr, r.stderr
+    dk("rm", "-f", other, check=False)
+    assert len(bpfnet_eps(d)) == 1
+    dk("rm", "-f", web)
+    assert bpfnet_eps(d) == {}
+    assert d.client.get("/v1/info")["outside"]["published_ports"] == 0
+    dk("network", "rm", net)

@@ -23,9 +23,18 @@ PURE = {"config", "ipam", "addressing", "model", "errors", "snapshot", "schemas"
 # Runtime plugins (CNI, Docker) are clients of the services, like the CLI: never the kernel,
 # the store or the datapath directly, and never the daemon's wiring.
 PLUGINS = "plugins"
+# Network drivers (bpfnet.drivers) are entered from the services and use the kernel adapters,
+# the datapath and the cluster store: never the services above them (rollback and runtime,
+# the services' plain helpers, aside), the API or the face.
+DRIVERS = "drivers"
+DRIVER_MAY_USE = {"rollback", "runtime"}
+# The cluster store (bpfnet.cluster) is a store: etcd and pure logic, nothing above it.
+CLUSTER = "cluster"
 # What may never be imported from each layer.
 FORBIDDEN = {
-    "plugins": WIRING | ADAPTERS | STORE | {"datapath", "cli", "top", "demo"},
+    "plugins": WIRING | ADAPTERS | STORE | {"datapath", "cli", "top", "demo", "drivers", "cluster"},
+    "drivers": FACE | WIRING | (SERVICES - DRIVER_MAY_USE),
+    "cluster": FACE | WIRING | SERVICES | ADAPTERS | {"datapath", "drivers"},
     "services": FACE | WIRING,
     "adapters": FACE | WIRING | SERVICES | STORE,
     "store": FACE | WIRING | SERVICES | ADAPTERS,
@@ -48,6 +57,9 @@ def layer(name: str) -> str | None:
         return "pure"
     if name == PLUGINS or name.startswith(PLUGINS + "."):
         return "plugins"
+    for label in (DRIVERS, CLUSTER):
+        if name == label or name.startswith(label + "."):
+            return label
     if name.startswith("datapath"):
         return "datapath"
     for label, members in (("services", SERVICES), ("adapters", ADAPTERS), ("store", STORE)):
@@ -101,3 +113,5 @@ def test_the_rule_can_fail() -> None:
     assert "ext:pyroute2" in imports(CONTROLLER / "links.py")
     assert layer("plugins.cni") == "plugins" and "links" in FORBIDDEN["plugins"]
     assert "client" in imports(CONTROLLER / "plugins" / "cni.py")
+    assert layer("drivers.bridge") == "drivers" and "endpoints" in FORBIDDEN["drivers"]
+    assert "runtime" in imports(CONTROLLER / "drivers" / "bridge.py") and "runtime" not in FORBIDDEN["drivers"]

@@ -60,6 +60,7 @@ def snapshot(with_db: bool = True) -> MetricsSnapshot:
                 ipv4_total=13,
                 ipv4_in_use=13 if with_db else 12,
                 endpoints=1 if with_db else 0,
+                driver="overlay",
             ),
         ),
         endpoints=tuple(eps),
@@ -120,6 +121,8 @@ def test_network_datapath_and_build_series() -> None:
     assert value(reg, "bpfnet_network_ipam_addresses_in_use", network="back", family="ipv4") == 13
     assert value(reg, "bpfnet_network_ipam_addresses", network="back", family="ipv6") is None
     assert value(reg, "bpfnet_network_endpoints", network="back") == 1
+    assert value(reg, "bpfnet_network_info", network="back", driver="overlay") == 1
+    assert value(reg, "bpfnet_network_info", network="front", driver="bridge") == 1
     assert (
         value(reg, "bpfnet_datapath_info", mode="redirect-peer", requested_mode="redirect-peer",
               attach="tcx", endpoint_device="netkit")

@@ -191,9 +191,10 @@ def test_published_ports_are_shown(world: World) -> None:
     (f"[{UP6}]:8082:80", 409, "already published"),
     ("70000:80", 400, "out of range"),
     ("8090:80/sctp", 400, "not tcp or udp"),
-    ("8090-8091:80", 400, "differ in length"),
+    ("8090-8091:80-82", 400, "differ in length"),
     ("203.0.113.9:8090:80", 400, "has no address 203.0.113.9"),
-    ("8090", 400, "expected"),
+    ("8090-8091", 400, "same length"),
+    ("a:80", 400, "not a port"),
 ])
 def test_publish_refusals_leave_nothing(world: World, spec: str, status: int, words: str) -> None:
     d = world.d
@@ -203,6 +204,26 @@ def test_publish_refusals_leave_nothing(world: World, spec: str, status: int, wo
     assert err.value.status == status and words in str(err.value), err.value
     assert {e["name"] for e in d.client.get("/v1/endpoints")} == eps
     assert d.name("bad") not in netns_list() and nft_table(d.netns) == table
+
+
+def test_open_host_ports_are_picked_free(world: World) -> None:
+    """Docker's `-p 80` / `-p LOW-HIGH:80`: the first free host port, never one taken."""
+    d = world.d
+    a = d.add_endpoint("pick1", publish=["8080-8083:80", "127.0.0.1::81"])
+    try:
+        got = {p["endpoint_port"]: p for p in a["published"]}
+        # 8080/tcp is the web endpoint's, 8081 only for udp: 8081/tcp is the first free one
+        assert got[80]["host_port"] == 8081
+        assert got[81]["host_port"] >= 49153 and got[81]["host_ip"] == "127.0.0.1"
+        assert "tcp dport 8081" in nft_table(d.netns)
+        table = nft_table(d.netns)
+        with pytest.raises(ClientError) as err:
+            d.add_endpoint("pick2", publish=["8081-8082:80"])  # 8082: web's on its IPv6 address
+        assert err.value.status == 507 and "no free host port in 8081-8082" in str(err.value)
+        assert d.name("pick2") not in {e["name"] for e in d.client.get("/v1/endpoints")}
+        assert nft_table(d.netns) == table
+    finally:
+        d.remove_endpoint(a["name"])
 
 
 def test_cli_publishes(world: World) -> None:

@@ -15,10 +15,20 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from pathlib import Path
 
 import pytest
-from bpfnet.errors import Conflict, InvalidArgument
+from bpfnet.errors import Conflict, Exhausted, InvalidArgument
 from bpfnet.outside import ruleset
 from bpfnet.outside.nft import NftError
-from bpfnet.outside.ports import MAX_RANGE, PortMapping, first_collision, parse_all, parse_publish
+from bpfnet.outside.ports import (
+    EPHEMERAL,
+    MAX_RANGE,
+    PortChoice,
+    PortMapping,
+    assign,
+    first_collision,
+    parse_all,
+    parse_publish,
+    parse_spec,
+)
 from bpfnet.outside.service import OutsideService, OutsideSettings
 from helpers import delete_netns, is_root, unique_tag
 from hypothesis import given
@@ -42,10 +52,11 @@ def test_parse(spec: str, want: list[PortMapping]) -> None:
 
 
 @pytest.mark.parametrize(("spec", "words"), [
-    ("", "expected"), ("80", "expected"), ("1:2:3:4", "brackets"), ("x:1:2", "IPv4 address"), ("a:80", "not a port"),
+    ("", "expected"), ("80", "no host port"), ("1:2:3:4", "brackets"), ("x:1:2", "IPv4 address"), ("a:80", "not a port"),
     ("0:80", "out of range"), ("65536:80", "out of range"), ("80:70000", "out of range"),
     ("80:80/sctp", "not tcp or udp"), ("80:80/", "not tcp or udp"), ("90-80:90-80", "ends before"),
-    ("8000-8003:80", "differ in length"), ("2001:db8::1:80:80", "brackets"),
+    ("8000-8003:80-81", "differ in length"), ("8000-8003:80", "no host port"),
+    ("80-81", "same length"), ("[2001:db8::1]:80", "[ADDRESS]:[HOST_PORT]"), ("2001:db8::1:80:80", "brackets"),
     ("[2001:db8::1]80:80", "[ADDRESS]:PORT"), ("[nope]:80:80", "not an IPv6 address"),
     ("224.0.0.1:80:80", "multicast"), (f"1-{MAX_RANGE + 1}:1-{MAX_RANGE + 1}", f"at most {MAX_RANGE}"),
 ])
@@ -95,6 +106,42 @@ def test_collisions_within_a_request_and_with_others() -> None:
     mine = parse_all(["[2001:db8::1]:8080:80"])
     assert first_collision(mine, [("a", PortMapping("tcp", 8080, 80, IPv4Address("10.0.0.1")))]) is None
     assert first_collision(mine, [("a", PortMapping("tcp", 8080, 80))]) is not None
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    ("80", PortChoice("tcp", *EPHEMERAL, 80)),
+    ("53/udp", PortChoice("udp", *EPHEMERAL, 53)),
+    ("127.0.0.1::80", PortChoice("tcp", *EPHEMERAL, 80, IPv4Address("127.0.0.1"))),
+    ("[2001:db8::1]::80", PortChoice("tcp", *EPHEMERAL, 80, IPv6Address("2001:db8::1"))),
+    ("8000-8010:80", PortChoice("tcp", 8000, 8010, 80)),
+])
+def test_docker_forms_leave_the_host_port_to_bpfnet(spec: str, want: PortChoice) -> None:
+    assert parse_spec(spec) == want
+
+
+def test_assign_picks_the_first_free_port_of_the_range() -> None:
+    taken = [PortMapping("tcp", 8000, 1), PortMapping("tcp", 8001, 1, IPv4Address("10.0.0.1"))]
+    assert assign(["8000-8003:80"], taken) == [PortMapping("tcp", 8002, 80)]
+    # the request's own named ports count as taken, whatever the order of the specs
+    assert assign(["8000-8003:80", "8002:81"], taken) == [PortMapping("tcp", 8002, 81), PortMapping("tcp", 8003, 80)]
+    # another family's address or protocol does not take the port
+    assert assign(["10.0.0.2:8000-8003:80"], taken) == [PortMapping("tcp", 8001, 80, IPv4Address("10.0.0.2"))]
+    assert assign(["8000-8001:80/udp"], taken) == [PortMapping("udp", 8000, 80)]
+    assert assign(["80"], [])[0].host_port == EPHEMERAL[0]
+    with pytest.raises(Exhausted, match="no free host port in 8000-8001"):
+        assign(["8000-8001:80"], taken)
+
+
+@given(st.lists(MAPPINGS, max_size=6), st.lists(st.sampled_from(["1-4:80", "2-3:81/udp", "80"]), max_size=4))
+def test_assigned_ports_never_collide(published: list[PortMapping], specs: list[str]) -> None:
+    try:
+        out = assign(specs, published)
+    except Exhausted:
+        return
+    assert len(out) == len(specs)
+    for i, m in enumerate(out):
+        assert not any(m.collides(p) for p in published)
+        assert not any(m.collides(o) for o in out[i + 1:])
 
 
 # -- the ruleset ---------------------------------------------------------------------------------

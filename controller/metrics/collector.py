@@ -125,6 +125,10 @@ def _family_specs() -> dict[str, _Family]:
     f["endpoints"] = _Family(
         "bpfnet_network_endpoints", "gauge", "Endpoints attached to the network.", ("network",)
     )
+    f["network_info"] = _Family(
+        "bpfnet_network", "info", "One series per network: its driver (bridge, overlay, ...).",
+        ("network", "driver"),
+    )
     f["datapath"] = _Family(
         "bpfnet_datapath", "info",
         "Datapath in use: mode is the running mode, requested_mode the configured one, "
@@ -345,7 +349,7 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
     programs, scrape and build), labels in each family's order. Call it last:
     ``bpfnet_scrape_duration_seconds`` is measured from start to now."""
     out: _StateSamples = {
-        key: [] for key in ("ipam", "ipam_in_use", "endpoints", "datapath", "program")
+        key: [] for key in ("ipam", "ipam_in_use", "endpoints", "network_info", "datapath", "program")
     }
     if snap is not None:
         for net in snap.networks:
@@ -355,6 +359,7 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
                 out["ipam"].append(((net.name, "ipv6"), float(net.ipv6_total)))
                 out["ipam_in_use"].append(((net.name, "ipv6"), net.ipv6_in_use or 0))
             out["endpoints"].append(((net.name,), net.endpoints))
+            out["network_info"].append(((net.name, net.driver), 1))
         info = snap.datapath_info
         mode = str(info.get("mode", ""))
         if mode:

@@ -25,7 +25,7 @@ from ..errors import Conflict, InvalidArgument
 from ..runtime import Runtime
 from . import ruleset
 from .nft import NftError, OutsideKernel
-from .ports import PortMapping, first_collision, parse_all
+from .ports import PortMapping, assign, first_collision
 
 log = logging.getLogger(__name__)
 MECHANISM = f"nftables table {ruleset.TABLE_REF}"
@@ -128,7 +128,8 @@ class OutsideService:
             return []
         if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
             raise InvalidArgument("publish: expected a list of strings like 8080:80")
-        mappings = parse_all(specs)
+        existing = list(map(_mapping, self.rt.store.published_ports()))
+        mappings = assign(specs, [m for _, m in existing])
         if cfg.internal:
             raise InvalidArgument(f"network {network} is internal: nothing outside it can reach it, "
                                   "so it cannot publish ports")
@@ -139,7 +140,7 @@ class OutsideService:
                                       f"{self.rt.hostns or 'of the daemon'}) has no address {m.host_ip}")
             if m.host_ip is not None and m.host_ip.version == 6 and not has_ipv6:
                 raise InvalidArgument(f"--publish {m}: network {network} has no IPv6")
-        clash = first_collision(mappings, list(map(_mapping, self.rt.store.published_ports())))
+        clash = first_collision(mappings, existing)
         if clash is not None:
             new, owner, old = clash
             raise Conflict(f"--publish {new}: port {old.host_port}/{old.proto} is already published "

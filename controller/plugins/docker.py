@@ -49,6 +49,7 @@ from ..config import parse_v4_network, parse_v6_network
 from ..endpoints import EndpointService
 from ..errors import BpfnetError, Conflict, InvalidArgument, NotFound
 from ..networks import NetworkService
+from ..outside.ports import PortMapping
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ ICC_OPTIONS = ("icc", "com.docker.network.bridge.enable_icc")
 MTU_OPTIONS = ("mtu", "com.docker.network.driver.mtu")
 BRIDGE_OPTIONS = ("bridge", "com.docker.network.bridge.name")
 GENERIC = "com.docker.network.generic"
+PORT_MAP = "com.docker.network.portmap"  # CreateEndpoint's option: `docker run -p`'s bindings
+PROTOCOLS = {6: "tcp", 17: "udp"}  # libnetwork's types.Protocol numbers
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 
 Handler = Callable[[Any], dict[str, Any]]
@@ -167,6 +170,38 @@ def _bool_option(key: str, value: Any) -> bool:
     if str(value).lower() in ("false", "0", "no"):
         return False
     raise InvalidArgument(f"-o {key}={value}: expected true or false")
+
+
+def publish_specs(options: dict[str, Any] | None) -> list[str]:
+    """``docker run -p`` as bpfnet's ``--publish`` specs. dockerd hands the bindings to the
+    driver in CreateEndpoint's options (its own bridge driver publishes them; a remote driver
+    must too): ``{"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}``.
+    HostPort 0 leaves the port to bpfnet (ephemeral range); HostPortEnd above HostPort is a
+    range to pick one port from, as dockerd does for ``-p 8000-8010:80``."""
+    raw = (options or {}).get(PORT_MAP) or []
+    if not isinstance(raw, list):
+        raise InvalidArgument(f"{PORT_MAP}: expected a list of port bindings")
+    specs: list[str] = []
+    for b in raw:
+        if not isinstance(b, dict):
+            raise InvalidArgument(f"{PORT_MAP}: expected a list of port bindings")
+        proto = PROTOCOLS.get(b.get("Proto", 6))
+        if proto is None:
+            raise InvalidArgument(f"-p ...{b.get('Port')}: bpfnet publishes tcp and udp ports only "
+                                  f"(protocol number {b.get('Proto')})")
+        port, low, high = int(b.get("Port") or 0), int(b.get("HostPort") or 0), int(b.get("HostPortEnd") or 0)
+        host = str(b.get("HostIP") or "")
+        prefix = "" if host in ("", "0.0.0.0", "::") else (f"[{host}]:" if ":" in host else f"{host}:")
+        if low == 0:
+            ports = f":{port}" if prefix else f"{port}"
+        elif high > low:
+            ports = f"{low}-{high}:{port}"
+        else:
+            ports = f"{low}:{port}"
+        spec = f"{prefix}{ports}/{proto}"
+        if spec not in specs:  # dockerd may send 0.0.0.0 and :: for one port: bpfnet's "all" is both
+            specs.append(spec)
+    return specs
 
 
 def network_request(req: NetworkRequest) -> dict[str, Any]:
@@ -344,6 +379,9 @@ class DockerPlugin:
             body["mac"] = iface.MacAddress
         if "ip" not in body:
             raise InvalidArgument("CreateEndpoint without an IPv4 address: use --ipam-driver with bpfnet's driver")
+        publish = publish_specs(req.Options)
+        if publish:
+            body["publish"] = publish
         try:
             ep = self.endpoints.add(schemas.parse_body(schemas.EndpointCreate, json.dumps(body).encode()).to_json())
         except Conflict:
@@ -361,7 +399,8 @@ class DockerPlugin:
 
     def endpoint_info(self, req: EndpointRequest) -> dict[str, Any]:
         ep = self._endpoint(req)
-        return {"Value": {"bpfnet.endpoint": ep["name"], "bpfnet.host_ifname": ep["host_ifname"]}}
+        return {"Value": {"bpfnet.endpoint": ep["name"], "bpfnet.host_ifname": ep["host_ifname"],
+                          "bpfnet.published": [str(PortMapping.from_json(p)) for p in ep["published"]]}}
 
     def join(self, req: EndpointRequest) -> dict[str, Any]:
         ep = self._endpoint(req)
