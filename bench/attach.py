@@ -137,7 +137,9 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             "removed through bpfnet's `EbpfDatapath` (map entries plus attaching or detaching its programs), "
             "and two daemons (`--datapath-attach tcx` / `tc`, redirect-peer) measured in alternating rounds. "
             "In tcx mode `ep_ingress` and `bridge_egress` are tcx links and `ep_egress` a cls_bpf filter "
-            "(one RCU grace period per endpoint add instead of two; README \"Attach mechanism\")."), "",
+            "(one RCU grace period per endpoint add instead of two; README \"Attach mechanism\"). "
+             f"Load average at start {doc.get('load_at_start', '?')} on 2 cores (a shared machine: "
+             "single figures vary by 2x; the grace period is wall-clock time)."), "",
             "| metric | tcx | cls_bpf | tcx / cls_bpf |", "| --- | --- | --- | --- |", *rows, ""]
 
 
@@ -156,7 +158,9 @@ def main(argv: list[str]) -> int:
     try:
         # unmounted again afterwards if this run mounted it (its kernel-made entries otherwise stay)
         with bpffs.mounted():
-            doc = {"kernel": os.uname().release, "datapath": measure(n), "pps": packet_rates(rounds)}
+            load = [round(x, 2) for x in os.getloadavg()]
+            doc = {"kernel": os.uname().release, "load_at_start": load, "datapath": measure(n),
+                   "pps": packet_rates(rounds)}
             print(json.dumps(doc, indent=2))
             if write:
                 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), OUT_JSON), "w",
