@@ -601,7 +601,7 @@ def test_restart_over_pins_of_an_older_layout(daemons: DaemonFactory) -> None:
     d.stop()
     pin_old_layout(pin_dir, a, b)
     r = subprocess.run(bpfnet_cmd() + ["daemon", "--cleanup", "--netns", d.netns, "--state-dir",
-                                       str(d.state_dir)], capture_output=True, text=True, timeout=60,
+                                       str(d.state_dir)], capture_output=True, text=True, timeout=60 * SLOWDOWN,
                        check=False)
     assert r.returncode == 0, r.stderr
     assert not pin_dir.exists(), list(pin_dir.iterdir())
@@ -652,7 +652,7 @@ def test_endpoint_rm_and_cleanup_remove_filters_map_entries_pins(daemons: Daemon
     d.stop()
     assert "ep_ingress" in tc_filters(d.netns, b["host_ifname"], "ingress").stdout  # stop leaves them
     r = subprocess.run(bpfnet_cmd() + ["daemon", "--cleanup", "--netns", d.netns, "--state-dir",
-                                       str(d.state_dir)], capture_output=True, text=True, timeout=60,
+                                       str(d.state_dir)], capture_output=True, text=True, timeout=60 * SLOWDOWN,
                        check=False)
     assert r.returncode == 0, r.stderr
     for dev, direction in ((b["host_ifname"], "ingress"), (b["host_ifname"], "egress"), (bridge, "egress"),
