@@ -43,7 +43,7 @@ vm-test: setup
 # kernel in the VM; the JSON lands in bench/netkit_vm.json.
 #   make vm-bench KERNEL=6.12 ACCEL=tcg
 vm-bench: setup
-	ACCEL=$(ACCEL) BENCH_OUT=bench/netkit_vm.json bash vagrant/run-kernel $(KERNEL) -- --bench 3 2
+	ACCEL=$(ACCEL) BENCH_OUT=bench/netkit_vm.json bash vagrant/run-kernel $(KERNEL) -- --bench 3 4 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -143,7 +143,7 @@ class Daemon:
             raise
         self.pins_existed = os.path.isdir(pin_dir(cfg.netns))
         try:
-            device = resolve_endpoint_device(cfg.endpoint_device)
+            device = resolve_endpoint_device(cfg.endpoint_device, cfg.datapath)
             datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints,
                                                cfg.datapath_attach, device)
         except ImportError as exc:

@@ -103,13 +103,14 @@ class BridgeDatapath:
         return None
 
 
-def resolve_endpoint_device(requested: str) -> str:
-    """"auto": netkit where the kernel has it (``probe.probe_endpoint_device``), else veth;
+def resolve_endpoint_device(requested: str, mode: str = MODE_AUTO) -> str:
+    """"auto": netkit where the kernel has it (``probe.probe_endpoint_device``) and the
+    requested datapath MODE can use it (not an explicit "redirect-peer"), else veth;
     "netkit" on a kernel without it: ValueError naming the problem."""
     if requested not in REQUESTABLE_ENDPOINT_DEVICES:
         raise ValueError(f"unknown endpoint device {requested!r}; choose one of {REQUESTABLE_ENDPOINT_DEVICES}")
-    if requested == ENDPOINT_VETH:
-        return requested
+    if requested == ENDPOINT_VETH or (requested == MODE_AUTO and mode == MODE_REDIRECT_PEER):
+        return ENDPOINT_VETH
     from .netkit import netkit_available
 
     if netkit_available():

@@ -45,6 +45,10 @@ def test_netkit_needs_redirect_mode() -> None:
     assert dp.mode in ("redirect", "bridge") and dp.info()["endpoint_device"] == "netkit"
     with pytest.raises(ValueError, match="endpoint device"):
         resolve_endpoint_device("macvlan")
+    # an explicit redirect-peer keeps auto on veth (netkit cannot serve it), on any kernel
+    assert resolve_endpoint_device("auto", "redirect-peer") == abi.ENDPOINT_VETH
+    with pytest.raises(ValueError, match="netkit endpoints need datapath mode"):
+        make_datapath("redirect-peer", pin_dir="/sys/fs/bpf/bpfnet-test-unused", endpoint_device="netkit")
 
 
 def test_newlink_message_layout() -> None:
