@@ -39,8 +39,12 @@ def available() -> str | None:
     return None
 
 
-def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80) -> dict[str, Any]:
-    """perf samples of CPU 0 while the generator runs; symbols as ns per delivered packet."""
+def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80,
+                 comms: tuple[str, ...] = ()) -> dict[str, Any]:
+    """perf samples of CPU 0 while the generator runs; symbols as ns per delivered packet.
+    comms: count only samples of these commands (e.g. the generator and ksoftirqd, whose
+    contexts carry the packets through the stack): "path_ns_per_packet" is then what the
+    packets' own path costs, whatever else shares the CPU."""
     out_dir = env.tmpdir("perf")
     data = os.path.join(out_dir, f"{pair.variant}-{family}.data")
     cfg = os.path.join(out_dir, f"udp{family}.cfg")
@@ -59,8 +63,9 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80) -> dict
     finally:
         env.stop(gen, signal.SIGINT)
     rate = (c1 - c0) / (t1 - t0)
+    only = ["--comms", ",".join(comms), "--percentage", "absolute"] if comms else []
     rep = env.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
-                   "--percent-limit", "0.1"], timeout=120)
+                   "--percent-limit", "0.01" if comms else "0.1", *only], timeout=120)
     symbols = []
     for line in rep.stdout.splitlines():
         m = _LINE.match(line)
@@ -68,8 +73,11 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80) -> dict
             pct, dso, _kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
             symbols.append({"symbol": sym, "dso": dso, "pct": pct,
                             "ns_per_packet": pct / 100 * 1e9 / rate if rate else 0.0})
-    return {"variant": pair.variant, "family": family, "rate_pps": rate, "ns_per_packet": 1e9 / rate if rate else 0,
-            "symbols": symbols[:top]}
+    out = {"variant": pair.variant, "family": family, "rate_pps": rate, "ns_per_packet": 1e9 / rate if rate else 0,
+           "symbols": symbols[:top]}
+    if comms:
+        out["path_ns_per_packet"] = sum(s["ns_per_packet"] for s in symbols)
+    return out
 
 
 def compare(profiles: list[dict[str, Any]], focus: str, base: str = "direct",

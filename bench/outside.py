@@ -1,6 +1,7 @@
-"""Published ports: Docker's way (nftables DNAT + masquerade on a plain bridge) vs bpfnet.
+"""Published ports: Docker's way (nftables DNAT + masquerade on a plain bridge) vs bpfnet, with
+its fast path for established flows (bpf/nat.h) on and off.
 
-Boundary: ``python -m bench.outside [SECONDS [ROUNDS]]``, JSON on stdout. Two topologies of the
+Boundary: ``python -m bench.outside [SECONDS [ROUNDS]]``, JSON on stdout. Three topologies of the
 same shape, built in namespaces of this run only (``bench.env``):
 
     outside ns (198.51.100.2) --veth-- managed ns (up0, 198.51.100.1) --bridge-- endpoint ns
@@ -13,7 +14,10 @@ same shape, built in namespaces of this run only (``bench.env``):
   and a filter forward chain accepting (dockerd's DOCKER-USER/DOCKER-ISOLATION chains accept
   this traffic too, after a few jumps: left out, which favours Docker).
 - ``bpfnet``: a ``bpfnet daemon --datapath redirect-peer`` managing the namespace, the endpoint
-  added with ``--publish`` for the same ports.
+  added with ``--publish`` for the same ports; the fast path on (the default): ``uplink_ingress``
+  on up0 translates a flow once the kernel has forwarded it.
+- ``bpfnet-nofast``: the same with ``--no-published-fastpath``: every packet takes the kernel's
+  conntrack/NAT path and routing, bpfnet's programs only replace the bridge.
 
 Measured from the outside namespace to the host's address, every process pinned to CPU 0
 (as ``bench.traffic``): 64-byte UDP packets/s counted at the endpoint's UDP layer (trafgen,
@@ -46,7 +50,8 @@ IPERF_PORT = 5201
 CONN_PORT = 8080
 LAT_PORT = 11111  # sockperf, udp
 CPU = traffic.CPU
-OUT_JSON = "outside.json"  # next to RESULTS.md: its "Published ports" section
+OUT_JSON = "outside.json"
+PATH_COMMS = ("trafgen", "ksoftirqd/0")  # the contexts a generated UDP packet's path runs in  # next to RESULTS.md: its "Published ports" section
 
 DOCKER_NFT = f"""
 table ip bench-docker {{
@@ -109,6 +114,7 @@ class Topology:
     outside: str
     endpoint: Host
     up_mac: str
+    daemon: BpfnetDaemon | None = None
 
     def pair(self) -> Pair:
         """trafgen in the outside namespace to the uplink's MAC and the host's address;
@@ -162,19 +168,25 @@ def _nft(ns: str, script: str) -> None:
         raise RuntimeError(f"nft in {ns}: {r.stderr.strip()}")
 
 
-def bpfnet_way() -> Topology:
-    d = BpfnetDaemon("ob", "redirect-peer", "fd00:b0:c1::/64")
+def bpfnet_way(fast: bool = True) -> Topology:
+    tag = "ob" if fast else "on"
+    d = BpfnetDaemon(tag, "redirect-peer", "fd00:b0:c1::/64",
+                     extra=() if fast else ("--no-published-fastpath",))
     d.start()
     if d.mode != "redirect-peer":
         raise RuntimeError(f"bpfnet daemon runs {d.mode}, not redirect-peer")
-    o = env.add_netns(env.ns_name("ob-o"))
+    o = env.add_netns(env.ns_name(f"{tag}-o"))
     up_mac = _uplink(d.netns, o)
     name = d.endpoint_name(0)
     ep = d.client.post("/v1/endpoints", {"name": name, "publish": [
         f"{UDP_PORT}:{UDP_PORT}/udp", f"{IPERF_PORT}:{IPERF_PORT}", f"{CONN_PORT}:{CONN_PORT}",
         f"{LAT_PORT}:{LAT_PORT}/udp"]})
     d.endpoints.append(name)
-    return Topology("bpfnet", d.netns, o, Host(ep["netns"], ep["mac"], ep["ipv4"].split("/")[0], ""), up_mac)
+    fastpath = d.client.get("/v1/info")["outside"]["fastpath"]
+    if fastpath["enabled"] != fast or (fast and fastpath["uplinks"] != ["up0"]):
+        raise RuntimeError(f"bpfnet daemon's fast path is not as asked (fast={fast}): {fastpath}")
+    return Topology("bpfnet" if fast else "bpfnet-nofast", d.netns, o,
+                    Host(ep["netns"], ep["mac"], ep["ipv4"].split("/")[0], ""), up_mac, d)
 
 
 def tcp_throughput(t: Topology, seconds: float) -> float:
@@ -223,7 +235,7 @@ def latency(t: Topology, seconds: int) -> traffic.Latency:
 
 def measure(seconds: float = 3.0, rounds: int = 3) -> dict[str, Any]:
     env.quiet_timeout = 5.0  # a busy shared machine: measure anyway, both variants alike
-    topologies = [docker_way(), bpfnet_way()]
+    topologies = [docker_way(), bpfnet_way(fast=True), bpfnet_way(fast=False)]
     samples: dict[str, dict[str, list[float]]] = {t.variant: {} for t in topologies}
 
     def add(t: Topology, key: str, value: float) -> None:
@@ -247,15 +259,45 @@ def measure(seconds: float = 3.0, rounds: int = 3) -> dict[str, Any]:
                         for k, v in by.items()}
     med = {v: {k: out[v][k]["median"] for k in out[v]} for v in samples}
     out["ratios_bpfnet_over_docker"] = {k: round(med["bpfnet"][k] / med["docker"][k], 3) for k in med["docker"]}
+    out["ratios_nofast_over_docker"] = {k: round(med["bpfnet-nofast"][k] / med["docker"][k], 3)
+                                        for k in med["docker"]}
+    # what the fast path carried: the published ports' counters of the fast variant
+    fast = next(t for t in topologies if t.variant == "bpfnet").daemon
+    assert fast is not None
+    out["fastpath_share"] = _fast_share(fast)
     why_not = kprofile.available()
     if why_not is None:
         # where CPU 0 goes per delivered UDP packet, symbol by symbol (untimed pass)
-        profiles = [kprofile.profile_pair(t.pair(), 4, seconds) for t in topologies]
+        # only the packets' own contexts: the generator's (veth xmit, then the receive softirq it
+        # runs on its way out) and ksoftirqd's; the rest of a shared CPU is not the path's cost
+        profiles = [kprofile.profile_pair(t.pair(), 4, seconds, comms=PATH_COMMS) for t in topologies]
+        path = {p["variant"]: round(p["path_ns_per_packet"]) for p in profiles}
         out["profile"] = {"ns_per_packet": {p["variant"]: round(p["ns_per_packet"]) for p in profiles},
+                          "path_ns_per_packet": path,
                           "symbols": kprofile.compare(profiles, focus="bpfnet", base="docker")}
+        if path.get("bpfnet") and path.get("docker"):
+            out["profile"]["path_cost_docker_over_bpfnet"] = round(path["docker"] / path["bpfnet"], 3)
     else:
         out["profile"] = {"skipped": why_not}
     return out
+
+
+def _fast_share(d: BpfnetDaemon) -> dict[str, float]:
+    """Per published host port: the share of its packets (both directions) the fast path carried."""
+    import urllib.request
+
+    url = d.client.get("/v1/info")["metrics_url"]
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    total: dict[str, float] = {}
+    fast: dict[str, float] = {}
+    for line in text.splitlines():
+        for prefix, into in (("bpfnet_published_port_packets_total{", total),
+                             ("bpfnet_published_port_fastpath_packets_total{", fast)):
+            if line.startswith(prefix):
+                port = line.split('host_port="')[1].split('"')[0] + "/" + line.split('proto="')[1].split('"')[0]
+                into[port] = into.get(port, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {p: round(fast.get(p, 0.0) / n, 4) for p, n in sorted(total.items()) if n}
 
 
 LABELS = {"udp_pps": ("UDP/IPv4 64 B, packets/s", 1e3, "k"), "tcp_bps": ("TCP/IPv4, Gbit/s", 1e9, ""),
@@ -267,22 +309,49 @@ def markdown(doc: dict[str, Any]) -> list[str]:
     """The "Published ports" section of RESULTS.md (report.py appends it when outside.json exists)."""
     ratio = doc["ratios_bpfnet_over_docker"]
     rows = []
+    three = "bpfnet-nofast" in doc
     for key, (label, scale, unit) in LABELS.items():
         d, b = doc["docker"][key]["median"], doc["bpfnet"][key]["median"]
-        rows.append(f"| {label} | {d / scale:.1f}{unit} | {b / scale:.1f}{unit} | {ratio[key]:.2f}x |")
+        if three:
+            n, nr = doc["bpfnet-nofast"][key]["median"], doc["ratios_nofast_over_docker"][key]
+            rows.append(f"| {label} | {d / scale:.1f}{unit} | {n / scale:.1f}{unit} ({nr:.2f}x) | "
+                        f"{b / scale:.1f}{unit} | {ratio[key]:.2f}x |")
+        else:
+            rows.append(f"| {label} | {d / scale:.1f}{unit} | {b / scale:.1f}{unit} | {ratio[key]:.2f}x |")
     m = doc["machine"]
     lines = ["## Published ports (`python -m bench.outside`)", "",
              (f"From an outside namespace through the uplink to an endpoint's published port: Docker's way "
               f"(nftables DNAT + masquerade, endpoint on a plain bridge, as dockerd `--userland-proxy=false`) "
-              f"vs bpfnet redirect-peer. Medians of {doc['rounds']} interleaved rounds of {doc['seconds']:.0f} s; "
+              f"vs bpfnet redirect-peer{' without and with its fast path (`--published-fastpath`)' if three else ''}"
+              f". Medians of {doc['rounds']} interleaved rounds of {doc['seconds']:.0f} s; "
               f"load average at start {m.get('loadavg_at_start')}."), "",
-             "| metric | Docker's way | bpfnet | bpfnet / Docker |", "| --- | --- | --- | --- |", *rows, ""]
+             *([("| metric | Docker's way | bpfnet, fast path off (/ Docker) | bpfnet, fast path on | "
+                 "fast path on / Docker |"), "| --- | --- | --- | --- | --- |"] if three else
+               ["| metric | Docker's way | bpfnet | bpfnet / Docker |", "| --- | --- | --- | --- |"]), *rows, ""]
+    if "fastpath_share" in doc:
+        lines += [("Share of each published port's packets (both directions, whole run) the fast path carried: "
+                   + ", ".join(f"{p} {v:.1%}" for p, v in doc["fastpath_share"].items()) + "."), ""]
     goal = (f"Goal: packet rate ≥ 1.3x Docker's way: **{'met' if ratio['udp_pps'] >= 1.3 else 'missed'}** "
             f"({ratio['udp_pps']:.2f}x); connection rate no worse: "
             f"**{'met' if ratio['conn_per_s'] >= 1.0 else 'missed'}** ({ratio['conn_per_s']:.2f}x).")
     lines += [goal, ""]
     prof = doc.get("profile", {})
-    if "symbols" in prof:
+    if "symbols" in prof and "path_ns_per_packet" in prof:
+        path = prof["path_ns_per_packet"]
+        lines += [(f"perf (CPU 0, untimed pass): CPU time per delivered 64 B UDP packet in the packets' own "
+                   f"contexts ({', '.join(PATH_COMMS)}: the generator's send, and the receive softirq that "
+                   f"carries the packet through the uplink, the datapath and into the endpoint's UDP layer), "
+                   f"whatever else ran on the CPU: " + ", ".join(f"{v} {n} ns" for v, n in path.items())
+                   + f"; Docker's way costs **{prof.get('path_cost_docker_over_bpfnet', 0):.2f}x** what bpfnet "
+                   "with its fast path costs per packet. Largest differences, bpfnet (fast path on) minus "
+                   "Docker's way:"), "",
+                  "| symbol | Docker's way ns | bpfnet, fast path off ns | bpfnet, fast path on ns |",
+                  "| --- | --- | --- | --- |"]
+        for row in prof["symbols"][:14]:
+            lines.append(f"| `{row['symbol']}` | {row.get('docker', 0):.0f} | {row.get('bpfnet-nofast', 0):.0f} | "
+                         f"{row.get('bpfnet', 0):.0f} |")
+        lines.append("")
+    elif "symbols" in prof:
         lines += [(f"perf (CPU 0, ns per delivered UDP packet): {prof['ns_per_packet']}. Largest differences, "
                    "bpfnet minus Docker's way:"), "", "| symbol | Docker's way ns | bpfnet ns |", "| --- | --- | --- |"]
         for row in prof["symbols"][:12]:

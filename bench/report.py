@@ -424,7 +424,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
     if found:
         lines += ["## Findings", "", ("Derived from this run's figures and profiles (details in the "
                   "sections below)."), ""] + [f"- {f}" for f in found] + [""]
-    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _kernels_md() + _method_md(doc)
+    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _dns_md() + _kernels_md() + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
     lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
@@ -435,11 +435,23 @@ def _outside_md() -> list[str]:
     """The published-port figures of the last ``python -m bench.outside --write`` (bench/outside.json)."""
     from . import outside
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), outside.OUT_JSON)
+    return _section(outside.OUT_JSON, outside.markdown)
+
+
+def _dns_md() -> list[str]:
+    """The DNS figures of the last ``python -m bench.dns --write`` (bench/dns.json)."""
+    from . import dns
+
+    return _section(dns.OUT_JSON, dns.markdown)
+
+
+def _section(name: str, render: Any) -> list[str]:
+    """A section rendered from a JSON file beside this module, written by a separate benchmark."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return outside.markdown(json.load(f))
+        return list(render(json.load(f)))
 
 
 def _kernels_md() -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -239,6 +240,9 @@ class BpfnetDaemon:
             log.warning("bpfnet daemon --cleanup (%s) failed: %s", self.tag, r.stderr.strip()[-300:])
         prefix = env.ns_name(f"{self.tag}-")
         env.remove_namespaces([n for n in env.our_namespaces() if n.startswith(prefix)] + [self.netns])
+        # the endpoints' DNS files (bpfnet.dns): endpoints left at SIGTERM keep theirs, as they keep their veths
+        for files in Path("/etc/netns").glob(f"{prefix}*"):
+            shutil.rmtree(files, ignore_errors=True)
 
 
 def _environ() -> dict[str, str]:

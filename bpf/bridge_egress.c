@@ -5,10 +5,12 @@
  * known endpoint is redirected straight out of that endpoint's host veth with
  * its MAC as destination and counted as the endpoint's fast-path RX. Anything
  * else goes through the bridge; the endpoint egress program counts it when it
- * arrives. On an internal network, what comes from outside it (not the
+ * arrives. A packet of a flow to a published port that the kernel has DNATed
+ * here promotes the flow to the fast path (nat.h). On an internal network, what comes from outside it (not the
  * gateway) is dropped (DROP_INTERNAL) before it is redirected.
  */
 #include "forward.h"
+#include "nat.h"
 
 int bridge_egress(struct __sk_buff *skb)
 {
@@ -44,6 +46,8 @@ int bridge_egress(struct __sk_buff *skb)
 	net = lookup_network(*network_id);
 	if (net && net->internal && !internal_peer_allowed(*network_id, net, &p, 1))
 		return drop(skb, dst->id, DIR_RX, DROP_INTERNAL);
+	/* routed from outside: the kernel carried a published-port flow (nat.h) */
+	published_learn(skb, &p, dst);
 	/* bpf_redirect_peer is only valid at tc ingress, so this is always a
 	 * plain redirect to the veth's egress (marked, see forward.h). */
 	verdict = redirect_to_endpoint(skb, p.eth, dst, 0);

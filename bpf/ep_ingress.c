@@ -10,9 +10,18 @@
  *    redirect straight to it (fast path).
  * 3. On an internal network, unicast IP to anything but an endpoint of the
  *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
- * 4. Everything else goes to the kernel (bridge) unchanged.
+ * 3a. A DNS query to the network's gateway: answered here for the network's
+ *    endpoint names (dns.h), else passed to the resolver process.
+ * 4. Multicast DNS from an endpoint of an icc=false network: drop (DROP_POLICY,
+ *    see dns.h); other multicast goes to the bridge.
+ * 4a. A reply of an established flow through a published port (nat.h): source
+ *    translated back to the host's address and port, straight out through the
+ *    uplink.
+ * 5. Everything else goes to the kernel (bridge) unchanged.
  */
+#include "dns.h"
 #include "forward.h"
+#include "nat.h"
 #include "validate.h"
 
 int ep_ingress(struct __sk_buff *skb)
@@ -36,13 +45,29 @@ int ep_ingress(struct __sk_buff *skb)
 	case SOURCE_VALID_IP:
 		break;
 	}
-	if (mac_is_multicast(p.eth->h_dest))
+	switch (dns_reply(skb, src, &p)) { /* a query to the gateway's resolver? */
+	case DNS_ANSWERED:
+		return redirect_back(skb, src, BPFNET_REDIRECT_PEER);
+	case DNS_PASSED:
+		goto kernel; /* p is stale: nothing below may read it */
+	default:
+		break;
+	}
+	if (mac_is_multicast(p.eth->h_dest)) {
+		if (mdns_blocked(lookup_network(src->network_id), &p))
+			return drop(skb, src->id, DIR_TX, DROP_POLICY);
 		goto kernel;
+	}
 	dst = fast_target(src->network_id, &p);
 	if (!dst || dst->ifindex == src->ifindex) {
 		net = lookup_network(src->network_id);
 		if (net && net->internal && !internal_peer_allowed(src->network_id, net, &p, 0))
 			return drop(skb, src->id, DIR_TX, DROP_INTERNAL);
+		if (!dst) {
+			verdict = published_out(skb, src, &p);
+			if (verdict >= 0)
+				return verdict;
+		}
 		goto kernel;
 	}
 	net = lookup_network(src->network_id);

@@ -228,6 +228,17 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct et
 	return bpf_redirect(dst->ifindex, 0);
 }
 
+/* Send skb (an answer to something src sent, its MACs already written) back
+ * into src: into its eth0 (peer), or out of its host veth, marked as counted. */
+static __always_inline int redirect_back(struct __sk_buff *skb, struct endpoint *src, int peer)
+{
+	if (peer)
+		return bpf_redirect_peer(src->ifindex, 0);
+	skb->cb[0] = BPFNET_CB_MARK0;
+	skb->cb[1] = BPFNET_CB_MARK1;
+	return bpf_redirect(src->ifindex, 0);
+}
+
 /* Make the first bytes linear: senders such as AF_PACKET can hand us skbs
  * whose headers are in fragments, and direct packet access only sees the
  * linear part. Only when needed: the helper call is not free, and on a cloned

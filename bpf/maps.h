@@ -38,8 +38,9 @@
 #endif
 /* The limits, from controller/datapath/abi.py via -D cflags (see above). */
 #if !defined(MAX_ENDPOINTS) || !defined(MAX_NETWORKS) || !defined(MAX_EP_IPV6) || \
-	!defined(MAX_GATEWAY6)
-#error "MAX_ENDPOINTS, MAX_NETWORKS, MAX_EP_IPV6 and MAX_GATEWAY6 come from abi.cflags()"
+	!defined(MAX_GATEWAY6) || !defined(MAX_PUBLISHED) || !defined(MAX_FLOWS) || \
+	!defined(DNS_NAME_MAX) || !defined(DNS_MAX_ADDRS) || !defined(DNS_NAMES_PER_ENDPOINT)
+#error "MAX_ENDPOINTS, MAX_NETWORKS, MAX_EP_IPV6, MAX_GATEWAY6, MAX_PUBLISHED, MAX_FLOWS and the DNS limits come from abi.cflags()"
 #endif
 
 /* The endpoint behind one host-side veth, at index id of endpoint_by_id. */
@@ -95,6 +96,93 @@ struct endpoint_counters {
 	struct path_counters dir[2]; /* indexed by enum direction */
 };
 
+/*
+ * Published ports' fast path (bpf/nat.h). Addresses in __u32[4] in network
+ * byte order, IPv4 in the first word and the rest zero; ports in network
+ * byte order too (compared with and written to packet fields as they are).
+ */
+
+/* A published port as a packet from outside shows it. addr all zero: every
+ * address of the host (a --publish without HOST_IP). */
+struct published_key {
+	__u32 addr[4];   /* host address */
+	__be16 port;     /* host port */
+	__u8 proto;      /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 family;     /* 4, 6 */
+};
+
+/* Where a published port leads: what the nftables DNAT rule translates to. */
+struct published_port {
+	__u32 addr[4];     /* the endpoint's address */
+	__be16 port;       /* the endpoint's port */
+	__u16 pad;
+	__u32 endpoint_id; /* index in endpoint_by_id and endpoint_counters */
+	__u32 slot;        /* index in published_port_counters */
+};
+
+/* One direction of a flow through a published port, as the packets show it:
+ * in = (client, client port -> host address, host port), out = (endpoint,
+ * endpoint port -> client, client port). */
+struct flow_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+enum flow_state {
+	FLOW_NEW = 0,         /* seen at the uplink; the kernel's NAT path carries it */
+	FLOW_ESTABLISHED = 1, /* the kernel forwarded it established: the fast path carries it */
+};
+
+enum flow_dir {
+	FLOW_IN = 0,  /* client -> endpoint: daddr, dport are rewritten */
+	FLOW_OUT = 1, /* endpoint -> client: saddr, sport are rewritten */
+};
+
+struct flow {
+	__u32 addr[4];     /* in: the endpoint's address (new daddr); out: the host's (new saddr) */
+	__be16 port;       /* in: the endpoint's port; out: the host port */
+	__u8 state;        /* enum flow_state */
+	__u8 dir;          /* enum flow_dir */
+	__u32 endpoint_id;
+	__u32 slot;        /* published_port_counters index */
+	__u64 last_ns;     /* bpf_ktime_get_ns() of this direction's last packet */
+	__u64 kernel_ns;   /* ... of its last packet handed to the kernel (UDP refresh) */
+};
+
+/* Fast-pathed traffic of one published port, indexed by enum flow_dir.
+ * Bytes are IP lengths (as nftables counts), packets are wire packets. */
+struct port_counters {
+	__u64 packets[2];
+	__u64 bytes[2];
+};
+
+/* DNS (dns.h): a query name of a network, in wire form (lowercase labels
+ * with their length bytes, the final zero byte, then zeros to the end). */
+struct dns_name_key {
+	__u32 network_id;
+	__u8 name[DNS_NAME_MAX];
+};
+
+/* The addresses a name answers with (network byte order). */
+struct dns_addrs {
+	__u8 n_ipv4; /* valid entries in ipv4[] */
+	__u8 n_ipv6; /* valid entries in ipv6[] */
+	__u8 pad[2];
+	__be32 ipv4[DNS_MAX_ADDRS];
+	__u32 ipv6[DNS_MAX_ADDRS][4];
+};
+
+struct dns_counters {
+	__u64 answered_a;    /* A queries answered by the datapath */
+	__u64 answered_aaaa; /* AAAA queries answered by the datapath */
+	__u64 passed;        /* queries to the gateway's port 53 left to the resolver */
+};
+
 #define BPFNET_PIN(name) BPFNET_PIN_DIR "/" #name
 
 /* host-side veth ifindex -> endpoint: the sender's record in one hash lookup
@@ -125,5 +213,25 @@ BPF_TABLE_PINNED("hash", __u32, __u32, network_by_bridge_ifindex, MAX_NETWORKS,
  * over CPUs by the controller. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct endpoint_counters, endpoint_counters,
 		 MAX_ENDPOINTS, BPFNET_PIN(endpoint_counters));
+/* (network id, query name) -> addresses: the names dns.h answers itself.
+ * Written by the DNS service from the same records the resolver has. */
+BPF_TABLE_PINNED("hash", struct dns_name_key, struct dns_addrs, dns_names,
+		 MAX_ENDPOINTS * DNS_NAMES_PER_ENDPOINT, BPFNET_PIN(dns_names));
+/* network id -> DNS counters; per CPU, summed by the controller. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct dns_counters, dns_counters, MAX_NETWORKS,
+		 BPFNET_PIN(dns_counters));
+
+/* published port -> its endpoint; written by the controller (outside service) */
+BPF_TABLE_PINNED("hash", struct published_key, struct published_port, published_ports,
+		 MAX_PUBLISHED, BPFNET_PIN(published_ports));
+/* flow direction -> its translation; both directions of a flow are written by
+ * uplink_ingress at its first packet, promoted by bridge_egress, removed at
+ * FIN/RST or when idle. LRU: a full table evicts the oldest flows, which then
+ * simply take the kernel's path again. */
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow, published_flows, MAX_FLOWS,
+		 BPFNET_PIN(published_flows));
+/* published port slot -> fast-pathed packets and bytes (per CPU) */
+BPF_TABLE_PINNED("percpu_array", __u32, struct port_counters, published_port_counters,
+		 MAX_PUBLISHED, BPFNET_PIN(published_port_counters));
 
 #endif

@@ -57,6 +57,10 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         lines.append(f"Outside:      {out['mechanism']}; ip-masq {'on' if out['ip_masq'] else 'off'}, "
                      f"ip6-masq {'on' if out['ip6_masq'] else 'off'}, ip-forward "
                      f"{'on' if out['ip_forward'] else 'off'}; {out['published_ports']} published port(s)")
+        fast = out.get("fastpath") or {}
+        if fast.get("enabled"):
+            lines.append(f"  fast path:  uplink_ingress on {', '.join(fast['uplinks']) or 'no uplink yet'}; "
+                         f"{fast['flows']} flow direction(s), {fast['established']} established")
     emit(args, info, "\n".join(lines))
 
 
@@ -108,7 +112,9 @@ def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
 def cmd_endpoint_add(args: argparse.Namespace, c: Client) -> None:
     body: dict[str, Any] = {"name": args.name}
     for key, value in (("network", args.network), ("ip", args.ip), ("ip6", args.ip6), ("mac", args.mac),
-                       ("netns", args.netns), ("publish", args.publish)):
+                       ("netns", args.netns), ("publish", args.publish), ("dns", args.dns),
+                       ("dns_search", args.dns_search), ("dns_opt", args.dns_opt), ("aliases", args.alias),
+                       ("hostname", args.hostname)):
         if value is not None:
             body[key] = value
     ep = c.post("/v1/endpoints", body)
@@ -179,7 +185,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
         "reconcile": args.reconcile, "default_address_pool": args.default_address_pool,
         "ip_masq": args.ip_masq, "ip6_masq": args.ip6_masq, "ip_forward": args.ip_forward,
+        "published_fastpath": args.published_fastpath, "uplinks": args.uplink,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
+        "dns": args.dns, "dns_search": args.dns_search, "dns_opt": args.dns_opt, "resolv_conf": args.resolv_conf,
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -203,6 +211,17 @@ def _bool_flag(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
                    metavar="BOOL", help=help_text)
     p.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"same as --{name}=false")
 
+
+
+def _dns_flags(p: argparse.ArgumentParser, whose: str) -> None:
+    """--dns, --dns-search, --dns-opt: of the daemon (every endpoint) or of one endpoint."""
+    p.add_argument("--dns", action="append", metavar="IP",
+                   help=f"{whose} upstream nameserver, where the embedded resolver forwards other names "
+                        "(repeatable, IPv4 or IPv6)")
+    p.add_argument("--dns-search", action="append", metavar="DOMAIN",
+                   help=f"{whose} search domain (repeatable; '.' for none)")
+    p.add_argument("--dns-opt", action="append", metavar="OPT",
+                   help=f"{whose} resolv.conf option (repeatable, e.g. ndots:2)")
 
 
 def _tls_client_options(p: argparse.ArgumentParser, after_command: bool) -> None:
@@ -258,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(d, "ip-masq", "masquerade IPv4 traffic of networks leaving the host (default true)")
     _bool_flag(d, "ip6-masq", "masquerade IPv6 traffic of networks leaving the host (default false)")
     _bool_flag(d, "ip-forward", "turn on IPv4/IPv6 forwarding in the managed namespace (default true)")
+    _bool_flag(d, "published-fastpath", "translate established flows to published ports in BPF on the "
+                                        "uplinks, skipping conntrack, routing and the bridge (default true)")
+    d.add_argument("--uplink", action="append", metavar="IFNAME",
+                   help="an interface that carries published-port traffic from outside (repeatable; default: "
+                        "every interface of the managed namespace with an address that is not bpfnet's)")
     d.add_argument("--ndp-proxy-iface", help="answer NDP for endpoint IPv6 addresses on this interface")
     d.add_argument("--datapath", choices=REQUESTABLE_MODES,
                    help="force a datapath mode (default auto: the best the kernel offers)")
@@ -276,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--docker-plugin-dir", metavar="DIR",
                    help="where the plugin's socket NAME.sock goes (default /run/docker/plugins, where dockerd "
                         "looks)")
+    _dns_flags(d, "the endpoints' (replacing the host resolv.conf's)")
+    d.add_argument("--resolv-conf", metavar="PATH",
+                   help="the resolv.conf endpoints' files start from (default /etc/resolv.conf of the namespace "
+                        "the daemon starts in)")
     d.add_argument("--cleanup", action="store_true",
                    help="remove every BPF program, filter, map entry and pin bpfnet made, then exit")
     d.add_argument("--reconcile", choices=RECONCILE_MODES,
@@ -336,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("-p", "--publish", action="append", metavar="[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]",
                     help="publish a port of the endpoint on the host, as docker run -p (repeatable; ranges "
                          "8000-8003:80-83; an IPv6 host address in brackets)")
+    _dns_flags(ea, "this endpoint's (replacing the daemon's)")
+    ea.add_argument("--alias", action="append", metavar="NAME",
+                    help="another name the endpoint answers to in its network's DNS (repeatable)")
+    ea.add_argument("--hostname", help="the endpoint's hostname in DNS and its hosts file (default: its name)")
     ea.set_defaults(func=cmd_endpoint_add)
     el = ep.add_parser("ls", parents=[client_opts], help="list endpoints")
     el.set_defaults(func=cmd_endpoint_ls)

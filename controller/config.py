@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_ENDPOINT_DEVICES, REQUESTABLE_MODES
+from .dns.rules import settings as dns_settings
 from .errors import InvalidArgument
 
 # Names of networks, endpoints and namespaces. Always used with fullmatch(): a "$" also matches
@@ -602,8 +603,18 @@ class DaemonConfig:
     ip_masq: bool = True  # masquerade networks' IPv4 traffic leaving the host (bpfnet.outside)
     ip6_masq: bool = False  # and their IPv6 traffic
     ip_forward: bool = True  # turn on forwarding in the managed namespace
+    # published ports' BPF fast path (bpf/nat.h) on the uplinks: these interfaces, or () for
+    # every interface of the managed namespace with an address that is not bpfnet's
+    published_fastpath: bool = True
+    uplinks: tuple[str, ...] = ()
     docker_plugin: str | None = None  # serve Docker's network + IPAM driver API as this plugin name
     docker_plugin_dir: str = DOCKER_PLUGIN_DIR  # where dockerd looks for plugin sockets
+    # bpfnet.dns: upstreams, search domains and options replacing those of the resolv.conf the
+    # daemon starts from (--resolv-conf, default /etc/resolv.conf); None: not given
+    dns: tuple[str, ...] | None = None
+    dns_search: tuple[str, ...] | None = None
+    dns_opt: tuple[str, ...] | None = None
+    resolv_conf: str | None = None
 
     @property
     def docker_plugin_socket(self) -> str | None:
@@ -657,6 +668,12 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
     for k, v in overrides.items():
         if v is not None:
             values[k] = v
+    if isinstance(values.get("uplinks"), str):
+        values["uplinks"] = [values["uplinks"]]
+    if "uplinks" in values:
+        values["uplinks"] = tuple(values["uplinks"])
+        for name in values["uplinks"]:
+            check_ifname(name, "--uplink")
     if isinstance(values.get("hosts"), str):
         values["hosts"] = [values["hosts"]]
     if "hosts" in values:
@@ -670,6 +687,11 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
         values["default_address_pool"] = tuple(p if isinstance(p, AddressPool) else parse_address_pool(p)
                                                for p in pools)
         _check_pools_apart(values["default_address_pool"])
+    for key in ("dns", "dns_search", "dns_opt"):
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
     cfg = replace(DaemonConfig(), **values)
     _validate_daemon(cfg)
     return cfg
@@ -742,5 +764,8 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
         if len(cfg.docker_plugin_socket or "") > 107:
             raise InvalidArgument(f"--docker-plugin socket {cfg.docker_plugin_socket} is longer than a Unix "
                                   "socket path may be (107 bytes)")
+    dns_settings(cfg.dns, cfg.dns_search, cfg.dns_opt)
+    if cfg.resolv_conf is not None and not cfg.resolv_conf.startswith("/"):
+        raise InvalidArgument(f"--resolv-conf {cfg.resolv_conf!r} is not an absolute path")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidArgument(f"--log-level {cfg.log_level!r}: expected debug, info, warning or error")

@@ -27,9 +27,12 @@ from .api.server import ApiServer, Request
 from .config import DaemonConfig, Listener
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
 from .datapath import Datapath, abi, make_datapath, resolve_endpoint_device, tcx
+from .dns import rules as dns_rules
+from .dns.service import DnsOptions, DnsService
 from .endpoints import EndpointService
 from .errors import BpfnetError, Conflict, InvalidArgument
 from .metrics import build_registry
+from .metrics.dns import DnsCollector
 from .metrics.outside import OutsideCollector
 from .metrics.server import MetricsServer, bind_metrics_socket, serve_metrics
 from .netlink import IPRoute
@@ -79,6 +82,7 @@ class Daemon:
             raise BpfnetError("bpfnet daemon must run as root (it creates namespaces, links and BPF programs)")
         with IPRoute() as outer:
             outer_prefixes = links.host_prefixes(outer) if cfg.netns else []
+        self.dns_options = read_dns_options(cfg)
         self.router = routes.Router()
         self.metrics_sock: socket.socket | None = None
         self.metrics_server: MetricsServer | None = None
@@ -116,6 +120,7 @@ class Daemon:
         self.registry, self.controller_metrics = build_registry(self.snapshot)
         if self.outside is not None:
             self.registry.register(OutsideCollector(self.outside.counters))
+        self.registry.register(DnsCollector(self.dns.stats, lambda: self.dns.restarts))
         self.on_request = self.controller_metrics.api_request
         self.rt.observer = self.controller_metrics
         self.rt.outer_prefixes = outer_prefixes
@@ -162,10 +167,15 @@ class Daemon:
         nft = NftKernel(self.rt.ipr)
         why_not = nft.unusable()
         if why_not is None:
-            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward))
+            self.outside = OutsideService(self.rt, nft, OutsideSettings(cfg.ip_masq, cfg.ip6_masq, cfg.ip_forward,
+                                                                          cfg.published_fastpath, cfg.uplinks))
             self.networks.outside = self.endpoints.outside = self.outside
         else:
             log.warning("no masquerading and no published ports: %s", why_not)
+        state_dir = Path(cfg.state_dir).resolve()
+        self.dns = DnsService(self.rt, self.dns_options, f"state {state_dir}", state_dir / "dns",
+                              log_level=cfg.log_level)
+        self.networks.dns = self.endpoints.dns = self.dns
 
     def _check_state_owner(self, store: Store) -> None:
         owner = self.cfg.netns or ""
@@ -186,6 +196,7 @@ class Daemon:
                                 delete_leaks=cfg.reconcile != "adopt")
         if self.outside is not None:
             self.outside.start()  # adopts a previous daemon's table: rebuilt in one transaction
+        self.dns.start()  # adopts a previous daemon's resolver; rewrites and checks the endpoints' files
         return repairs
 
     def undo_failed_start(self) -> None:
@@ -204,6 +215,7 @@ class Daemon:
         doc = routes.info_document(self.cfg, self.rt, self.metrics_server.url if self.metrics_server else None,
                                    self.servers.warnings)
         doc["outside"] = self.outside.info() if self.outside is not None else None
+        doc["dns"] = self.dns.info()
         return doc
 
     def snapshot(self) -> MetricsSnapshot:
@@ -220,6 +232,7 @@ class Daemon:
             log.info("Docker network and IPAM driver %s on %s", self.cfg.docker_plugin, self.cfg.docker_plugin_socket)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
+        self.dns.watch(self.stop_event)
         log.info("bpfnet %s ready (datapath %s)", __version__, self.rt.datapath.mode)
         for warning in self.servers.warnings:
             log.warning("%s", warning)
@@ -259,6 +272,8 @@ class Daemon:
         datapath.cleanup()
         if self.outside is not None and self.outside.cleanup():
             log.info("removed bpfnet's nftables table")
+        if self.dns.stop_resolver():
+            log.info("stopped the DNS resolver")
         try:
             PIN_ROOT.rmdir()
         except OSError:
@@ -296,6 +311,22 @@ def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
     finally:
         daemon.close()
     return 0
+
+
+def read_dns_options(cfg: DaemonConfig) -> DnsOptions:
+    """The daemon's DNS settings and the resolv.conf endpoints' files start from: --resolv-conf,
+    else /etc/resolv.conf as the namespace the daemon was started in sees it (read before
+    entering --netns). A missing default file means no upstreams; a missing --resolv-conf is an error."""
+    source = cfg.resolv_conf or "/etc/resolv.conf"
+    try:
+        text = Path(source).read_text()
+    except OSError as exc:
+        if cfg.resolv_conf:
+            raise InvalidArgument(f"--resolv-conf {source}: {exc.strerror or exc}") from None
+        log.warning("cannot read %s (%s): endpoints get no upstream nameserver unless --dns", source, exc)
+        text = ""
+    settings = dns_rules.settings(cfg.dns, cfg.dns_search, cfg.dns_opt)
+    return DnsOptions(settings, dns_rules.parse_resolv_conf(text), source)
 
 
 def missing_dirs(path: Path) -> list[Path]:

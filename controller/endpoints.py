@@ -37,6 +37,7 @@ from .runtime import Runtime
 from .state import EndpointRow
 
 if TYPE_CHECKING:
+    from .dns.service import DnsService
     from .outside.service import OutsideService
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class EndpointService:
         self.rt = rt
         self.networks = networks
         self.outside: OutsideService | None = None  # published ports (bpfnet.outside), set by the daemon
+        self.dns: DnsService | None = None  # resolv.conf, hosts and the resolver (bpfnet.dns), set by the daemon
         # (network, range) -> (store.lease_generation, offset): when last searched, every
         # address of the range below offset was leased; valid while no lease was deleted.
         self._leased_below: dict[tuple[str, IPNetwork], tuple[int, int]] = {}
@@ -173,6 +175,7 @@ class EndpointService:
             "state": row.state,
             "created": row.created,
             "published": self.outside.published(row.name) if self.outside is not None else [],
+            "dns": self.dns.describe(row) if self.dns is not None else None,
         }
         if cfg.ipv6:
             out["ipv6"] = [f"{a}/{cfg.subnet6.prefixlen if cfg.subnet6 else 64}" for a in v6]
@@ -196,7 +199,7 @@ class EndpointService:
         if not isinstance(data, dict):
             raise InvalidArgument("endpoint: expected a JSON object")
         unknown = set(data) - {"name", "network", "ip", "ip6", "mac", "netns", "netns_path", "ifname", "owner",
-                               "handoff", "publish"}
+                               "handoff", "publish", "dns", "dns_search", "dns_opt", "aliases", "hostname"}
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
@@ -220,6 +223,7 @@ class EndpointService:
             v4, mac, v6 = self._plan_addresses(net_name, cfg, data)
             self._check_mac(net_name, cfg, mac)
             publish = self._check_publish(net_name, cfg, data.get("publish"), bool(v6))
+            dns = self.dns.check(name, net_name, data) if self.dns is not None else None
             leases = [(str(v4), 4)] + [(str(a), 6) for a in v6]
             try:
                 row = self.rt.store.reserve_endpoint(
@@ -243,10 +247,14 @@ class EndpointService:
                     if publish and self.outside is not None:
                         self.outside.publish(name, publish)
                         rb.push("published ports", partial(self.outside.unpublish, name))
+                    if dns is not None and self.dns is not None:
+                        self.dns.added(row, dns, rb)
                     self.rt.store.set_endpoint_state(name, "ready")
                 ok = True
             finally:
                 self.rt.observer.endpoint_added(time.monotonic() - started, ok)
+                if not ok and dns is not None and self.dns is not None:
+                    self.dns.changed()  # rolled back: the resolver forgets what it was told
             log.info("endpoint %s added to %s: %s %s%s", name, net_name, mac, v4,
                      "".join(f" {a}" for a in v6))
             return self.describe(self._row(name), host_ifindex=index)
@@ -486,6 +494,8 @@ class EndpointService:
                 self.spec(row, NetworkConfig.from_json(net.config), net.id)))
         if self.outside is not None:
             step("published ports", partial(self.outside.unpublish, row.name))
+        if self.dns is not None:
+            step("DNS files", partial(self.dns.removed, row))
         proxy = kernel.link_index(self.rt.ndp_proxy_iface) if self.rt.ndp_proxy_iface else None
         if proxy is not None:
             for a in v6:
@@ -510,6 +520,8 @@ class EndpointService:
             raise Incomplete(f"endpoint {row.name!r}: could not remove its {' and '.join(left)}; "
                              "it stays in state 'removing' and is retried at the next removal or start")
         self.rt.store.remove_endpoint(row.name)
+        if self.dns is not None:
+            self.dns.changed()  # the resolver forgets its names
         return failed
 
     def joined(self, name: str, sandbox: str) -> None:

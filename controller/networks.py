@@ -42,6 +42,7 @@ from .runtime import Runtime
 from .state import NetworkRow
 
 if TYPE_CHECKING:
+    from .dns.service import DnsService
     from .outside.service import OutsideService
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class NetworkService:
         self.rt = rt
         self.drivers = drivers or Drivers(BridgeDriver(rt))
         self.outside: OutsideService | None = None  # masquerading follows the networks; set by the daemon
+        self.dns: DnsService | None = None  # the resolver listens on every network's gateway; set by the daemon
 
     # queries
     def config(self, name: str) -> tuple[NetworkRow, NetworkConfig]:
@@ -346,6 +348,8 @@ class NetworkService:
                 rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
                 if self.outside is not None:
                     self.outside.sync()
+                if self.dns is not None:
+                    self.dns.changed()
             log.info("network %s created (driver %s): bridge %s (ifindex %s), %s%s", cfg.name, cfg.driver,
                      cfg.bridge, spec.bridge_ifindex, cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
             return self.describe(row)
@@ -389,6 +393,8 @@ class NetworkService:
             self.rt.store.remove_network(name)
             if self.outside is not None:
                 self.outside.sync()
+            if self.dns is not None:
+                self.dns.changed()
             self.rt.observer.network_overlaps(name, 0)
             log.info("network %s removed", name)
 

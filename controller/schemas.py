@@ -63,6 +63,8 @@ from .config import (
     parse_v6,
     parse_v6_network,
 )
+from .dns import rules as dns_rules
+from .dns.rules import LIST_MAX
 from .errors import InvalidArgument
 from .outside.ports import MAX_PUBLISH, parse_spec
 
@@ -160,6 +162,17 @@ V6Gateway = Annotated[str, _field(_V6_ADDRESS + " (link-local allowed)", V6_ADDR
                                   examples=["fe80::1"]), _scope(parse_v6), _check(parse_v6, True)]
 
 
+DnsServer = Annotated[str, _field("an IPv4 or IPv6 address of an upstream nameserver", r"[0-9A-Fa-f:.]{2,45}",
+                                  examples=["192.0.2.53"]), _check(dns_rules.check_dns_address)]
+SearchDomain = Annotated[str, _field("a domain name, or '.' for none", r"[A-Za-z0-9_.-]+", 254,
+                                     examples=["example.com"]),
+                         _check(dns_rules.check_search_domain)]
+DnsOption = Annotated[str, _field("a resolv.conf option", r"[A-Za-z0-9_.:+-]+", dns_rules.OPTION_MAX,
+                                  examples=["ndots:2"]), _check(dns_rules.check_dns_option)]
+DnsName = Annotated[str, _field("a DNS name: labels of letters, digits, '-', '_'", r"[A-Za-z0-9_.-]+", 254,
+                                examples=["db"]), _check(dns_rules.check_domain)]
+Hostname = Annotated[str, _field("a host name of at most 64 characters", r"[A-Za-z0-9_.-]+", 254,
+                                 examples=["web1.example"]), _check(dns_rules.check_hostname)]
 NetnsPath = Annotated[str, _field("the absolute path of a network namespace's file, like /run/netns/NAME or "
                                   "/proc/PID/ns/net", r"/[^\x00]*", 4096, examples=["/run/netns/netns-1"])]
 Owner = Annotated[str, _field("printable ASCII without spaces", r"[!-~]+", 256, examples=["cni:4f2a:eth0"])]
@@ -245,6 +258,14 @@ class EndpointCreate(_Body):
     ifname: IfName | None = Field(None, description="the endpoint's interface in its namespace; default eth0")
     owner: Owner | None = Field(None, description="the runtime's key for this endpoint, e.g. "
                                 "cni:<container id>:<ifname>; unique")
+    dns: list[DnsServer] | None = Field(None, max_length=LIST_MAX, description="upstream nameservers for this "
+                                        "endpoint, replacing the daemon's --dns / resolv.conf ones")
+    dns_search: list[SearchDomain] | None = Field(None, max_length=LIST_MAX, description="search domains of "
+                                                  "its resolv.conf ('.' alone: none)")
+    dns_opt: list[DnsOption] | None = Field(None, max_length=LIST_MAX, description="options of its resolv.conf")
+    aliases: list[DnsName] | None = Field(None, max_length=LIST_MAX, description="more names it answers to in "
+                                          "its network's DNS; never another endpoint's name")
+    hostname: Hostname | None = Field(None, description="its hostname in DNS and its hosts file; default its name")
     handoff: bool | None = Field(None, description="leave the veth's peer in the managed namespace as ifname "
                                  "(default bnv<id>p) for the runtime to move into its container and configure "
                                  "(Docker's remote driver model); excludes netns and netns_path")
@@ -282,6 +303,11 @@ _EXPECT = {
     "masquerade": "true or false",
     "driver": "a driver name like bridge or overlay",
     "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
+    "dns": "a list of IP address strings",
+    "dns_search": "a list of domain names",
+    "dns_opt": "a list of resolv.conf options like ndots:2",
+    "aliases": "a list of DNS names",
+    "hostname": "a host name",
 }
 
 
@@ -306,6 +332,11 @@ _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
     "publish": lambda v, w: parse_spec(v), "driver": lambda v, w: check_driver_name(v),
+    "dns": lambda v, w: dns_rules.check_dns_address(v, "dns"),
+    "dns_search": lambda v, w: dns_rules.check_search_domain(v, "dns_search"),
+    "dns_opt": lambda v, w: dns_rules.check_dns_option(v, "dns_opt"),
+    "aliases": lambda v, w: dns_rules.check_domain(v, "aliases"),
+    "hostname": lambda v, w: dns_rules.check_hostname(v, "hostname"),
 }
 _STRING_SHAPE = ("string_pattern_mismatch", "string_too_long", "string_too_short")
 
@@ -454,6 +485,8 @@ class EndpointDoc(_Doc):
     gateway6: str | None = Field(None, description="only on IPv6 networks")
     published: list[dict[str, Any]] = Field(default_factory=list, description="published ports: host_ip (null: "
                                             "every address), host_port, endpoint_port, proto")
+    dns: dict[str, Any] | None = Field(None, description="hostname, aliases, the resolv.conf it gets (nameservers: "
+                                       "the embedded resolver; upstreams, search, options) and its files")
 
 
 class EndpointCheckDoc(_Doc):

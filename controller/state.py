@@ -76,6 +76,17 @@ CREATE TABLE IF NOT EXISTS published_ports (
     endpoint_port INTEGER NOT NULL,
     PRIMARY KEY (proto, host_ip, host_port)
 );
+CREATE TABLE IF NOT EXISTS endpoint_dns (
+    endpoint TEXT PRIMARY KEY,
+    config TEXT NOT NULL  -- JSON: hostname, aliases, dns, dns_search, dns_opt (bpfnet.dns)
+);
+CREATE TABLE IF NOT EXISTS dns_aliases (
+    network TEXT NOT NULL,
+    alias TEXT NOT NULL,  -- lowercase
+    endpoint TEXT NOT NULL,
+    PRIMARY KEY (network, alias, endpoint)
+);
+CREATE INDEX IF NOT EXISTS dns_aliases_by_endpoint ON dns_aliases (endpoint);
 """
 # Columns added after the first release: (table, column, declaration), added to older files at open.
 ADDED_COLUMNS = (
@@ -396,6 +407,8 @@ class Store:
         with self.tx() as c:
             c.execute("DELETE FROM leases WHERE endpoint = ?", (name,))
             c.execute("DELETE FROM published_ports WHERE endpoint = ?", (name,))
+            c.execute("DELETE FROM endpoint_dns WHERE endpoint = ?", (name,))
+            c.execute("DELETE FROM dns_aliases WHERE endpoint = ?", (name,))
             c.execute("DELETE FROM endpoints WHERE name = ?", (name,))
             self.lease_generation += 1
 
@@ -454,3 +467,42 @@ class Store:
     def remove_published_ports(self, endpoint: str) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM published_ports WHERE endpoint = ?", (endpoint,))
+
+    # DNS (bpfnet.dns): an endpoint's hostname, aliases and resolver settings
+    def set_endpoint_dns(self, endpoint: str, network: str, config: dict[str, Any], aliases: list[str]) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO endpoint_dns (endpoint, config) VALUES (?, ?)",
+                      (endpoint, json.dumps(config)))
+            c.execute("DELETE FROM dns_aliases WHERE endpoint = ?", (endpoint,))
+            c.executemany("INSERT INTO dns_aliases (network, alias, endpoint) VALUES (?, ?, ?)",
+                          [(network, a, endpoint) for a in aliases])
+
+    def remove_endpoint_dns(self, endpoint: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM endpoint_dns WHERE endpoint = ?", (endpoint,))
+            c.execute("DELETE FROM dns_aliases WHERE endpoint = ?", (endpoint,))
+
+    def endpoint_dns(self, endpoint: str | None = None) -> dict[str, dict[str, Any]]:
+        """endpoint -> its DNS config (every endpoint's, or ENDPOINT's)."""
+        q = "SELECT endpoint, config FROM endpoint_dns"
+        args: tuple[Any, ...] = ()
+        if endpoint is not None:
+            q += " WHERE endpoint = ?"
+            args = (endpoint,)
+        with self._lock:
+            rows = self._db.execute(q, args).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def alias_owner(self, network: str, alias: str, other_than: str = "") -> str | None:
+        """An endpoint of NETWORK (not OTHER_THAN) that has the alias ALIAS (lowercase)."""
+        with self._lock:
+            row = self._db.execute("SELECT endpoint FROM dns_aliases WHERE network = ? AND alias = ? "
+                                   "AND endpoint != ? LIMIT 1", (network, alias, other_than)).fetchone()
+        return None if row is None else str(row[0])
+
+    def endpoint_named(self, network: str, name: str) -> str | None:
+        """The endpoint of NETWORK whose name is NAME, compared as DNS does (case-insensitively)."""
+        with self._lock:
+            row = self._db.execute("SELECT name FROM endpoints WHERE network = ? AND lower(name) = ? LIMIT 1",
+                                   (network, name.lower())).fetchone()
+        return None if row is None else str(row[0])

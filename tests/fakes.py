@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 
 from bpfnet.datapath import BridgeDatapath
+from bpfnet.datapath.published import PublishedPort
 from bpfnet.errors import Conflict
 from bpfnet.kernel import Kernel
 from bpfnet.model import EndpointSpec, InterfaceConfig, InterfaceState, LinkState
@@ -246,6 +247,24 @@ class FakeDatapath(BridgeDatapath):
         self.endpoints: dict[str, EndpointSpec] = {}
         self.fail: set[str] = set()
         self.broken: set[str] = set()  # endpoint names whose entries check_endpoint reports missing
+        self.ports: list[PublishedPort] = []  # the published ports' fast path (bpfnet.outside drives it)
+        self.uplink_devs: dict[int, str] = {}
+        self.fast_counters: dict[int, dict[str, int]] = {}
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        self.ports = list(ports)
+
+    def published(self) -> list[PublishedPort]:
+        return list(self.ports)
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        return self.fast_counters
+
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        self.uplink_devs = dict(uplinks)
+
+    def uplinks(self) -> dict[int, str]:
+        return dict(self.uplink_devs)
 
     def add_endpoint(self, ep: EndpointSpec) -> None:
         if "add_endpoint" in self.fail:

@@ -277,9 +277,32 @@ class DaemonProcess:
         return netns_with_prefix(self.tag)
 
     # cleanup
+    def resolver_pid(self) -> int | None:
+        """The DNS resolver this daemon spawned (or adopted), from its pidfile."""
+        try:
+            pid = int((self.state_dir / "dns" / "resolver.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"bpfnet.dns.server" in cmd and str(self.state_dir).encode() in cmd else None
+
+    def stop_resolver(self) -> None:
+        """SIGKILL the resolver by its PID (a daemon that is killed leaves it running, by design)."""
+        pid = self.resolver_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: self.resolver_pid() is None, timeout=5, what="the resolver to exit")
+
     def cleanup(self) -> list[str]:
-        """Kill the daemon and delete every namespace of the tag; return what could not be removed."""
+        """Kill the daemon and its DNS resolver, delete every namespace of the tag and the DNS files
+        of its endpoints; return what could not be removed."""
         self.kill()
+        self.stop_resolver()
+        for files in Path("/etc/netns").glob(f"{self.tag}-*"):
+            shutil.rmtree(files, ignore_errors=True)
         for name in sorted(self.owned_netns(), reverse=True):  # endpoint namespaces before the managed one
             delete_netns(name)
         pins = Path("/sys/fs/bpf/bpfnet") / self.netns
@@ -292,6 +315,7 @@ class DaemonProcess:
         if self._sock_dir != self.workdir:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
         left = sorted(self.owned_netns())
+        left += [str(p) for p in Path("/etc/netns").glob(f"{self.tag}-*")]
         if pins.exists():
             left.append(str(pins))
         return left

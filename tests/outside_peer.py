@@ -4,6 +4,7 @@ serve PORT...      TCP and UDP on [::]:PORT (IPv4 too): answer every line / data
                    the address the request came from ("who am I to you"), then a newline
 ask PROTO HOST PORT  one request; print the answer (exit 1 on timeout or refusal)
 hold HOST PORT     one TCP connection: for each line on stdin, send it, print the answer
+repeat PROTO HOST PORT N  one connection (UDP: one socket): N requests, print each answer
 """
 
 from __future__ import annotations
@@ -82,11 +83,25 @@ def hold(host: str, port: int) -> None:
             print(s.recv(2048).decode().strip(), flush=True)
 
 
+def repeat(proto: str, host: str, port: int, n: int) -> int:
+    try:
+        with _connect(proto, host, port) as s:
+            for _ in range(n):
+                s.send(b"who\n")
+                print(s.recv(2048).decode().strip(), flush=True)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     if cmd == "serve":
         serve([int(p) for p in rest])
     elif cmd == "ask":
         sys.exit(ask(rest[0], rest[1], int(rest[2])))
+    elif cmd == "repeat":
+        sys.exit(repeat(rest[0], rest[1], int(rest[2]), int(rest[3])))
     else:
         hold(rest[0], int(rest[1]))

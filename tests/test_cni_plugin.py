@@ -91,6 +91,11 @@ def test_add_check_del(daemon: DaemonProcess, containers: list[Container]) -> No
     assert rb.returncode == 0, rb
     assert daemon.client.get(f"/v1/endpoints/{b.id[:12]}")["owner"] == f"cni:{b.id}:eth0"
     b4, b6 = (x["address"].split("/")[0] for x in rb.doc["ips"])
+    # DNS: the result names bpfnet's resolver (the gateway), which knows the container by name
+    assert "10.151.0.1" in res["dns"]["nameservers"], res["dns"]
+    answer = run("ip", "netns", "exec", b.ns, "dig", "+short", "+time=2", "+tries=2", "@10.151.0.1",
+                 daemon.name("web"), "A", check=False)
+    assert answer.stdout.split() == [ip4["address"].split("/")[0]], answer
     stats0 = {e["name"]: e["counters"] for e in daemon.client.get("/v1/stats")["endpoints"]}
     assert ping(a.ns, b4, count=3) and ping(a.ns, b6, count=3)
     stats1 = {e["name"]: e["counters"] for e in daemon.client.get("/v1/stats")["endpoints"]}

@@ -101,6 +101,9 @@ def test_request_and_result() -> None:
     assert [ip["version"] for ip in cni.result("0.4.0", EP)["ips"]] == ["4", "6"]
     v4only = {k: v for k, v in EP.items() if k not in ("ipv6", "gateway6")}
     assert len(cni.result("1.0.0", v4only)["routes"]) == 1
+    assert res["dns"] == {}  # no resolver
+    dns = {"nameservers": ["10.0.0.1"], "search": ["example.com"], "options": [], "upstreams": ["192.0.2.53"]}
+    assert cni.result("1.0.0", dict(EP, dns=dns))["dns"] == {"nameservers": ["10.0.0.1"], "search": ["example.com"]}
 
 
 def test_check_against_previous_result() -> None:

@@ -15,11 +15,12 @@ CONTROLLER = Path(__file__).resolve().parent.parent / "controller"
 FACE = {"cli", "top", "demo", "client", "tables", "tls"}
 WIRING = {"daemon", "api.routes", "api.server", "api"}
 SERVICES = {"networks", "endpoints", "reconcile", "recovery", "ndp", "rollback", "runtime", "stats", "observer",
-            "outside.service"}
-ADAPTERS = {"kernel", "links", "netns", "outside.nft"}
+            "outside.service", "dns.service"}
+ADAPTERS = {"kernel", "links", "netns", "outside.nft", "dns.files", "dns.supervisor", "dns.server"}
 STORE = {"state", "daemonlock"}
 PURE = {"config", "ipam", "addressing", "model", "errors", "snapshot", "schemas", "datapath.abi",
-        "datapath.counters", "datapath.drop_reasons", "outside", "outside.ports", "outside.ruleset"}
+        "datapath.counters", "datapath.drop_reasons", "outside", "outside.ports", "outside.ruleset",
+        "dns", "dns.rules", "dns.wire", "dns.records"}
 # Runtime plugins (CNI, Docker) are clients of the services, like the CLI: never the kernel,
 # the store or the datapath directly, and never the daemon's wiring.
 PLUGINS = "plugins"

@@ -191,6 +191,16 @@ tests:
         values: '0+60x30'
       - series: 'bpfnet_published_port_packets_total{{instance="h",network="n",endpoint="ok",proto="udp",host_ip="",host_port="53",endpoint_port="53",direction="out"}}'
         values: '0+60x30'
+      - series: 'bpfnet_dns_queries_total{{instance="h",network="n",type="A",result="forwarded"}}'
+        values: '0+60x30'
+      - series: 'bpfnet_dns_queries_total{{instance="h",network="n",type="A",result="servfail"}}'
+        values: '0+60x30'
+      - series: 'bpfnet_dns_queries_total{{instance="h",network="ok",type="A",result="forwarded"}}'
+        values: '0+600x30'
+      - series: 'bpfnet_dns_queries_total{{instance="h",network="ok",type="A",result="servfail"}}'
+        values: '0+6x30'
+      - series: 'bpfnet_dns_resolver_up{{instance="h"}}'
+        values: '1 1 0x28'
     alert_rule_test:
       - eval_time: 20m
         alertname: BpfnetEndpointDropsRising
@@ -220,6 +230,20 @@ tests:
             exp_annotations:
               summary: "published port 8080/tcp of web gets no answers"
               description: "Packets reach the published port :8080/tcp of endpoint web (network n, instance h) but none come back, for 10 minutes: is its service listening?"
+      - eval_time: 20m
+        alertname: BpfnetDnsUpstreamFailing
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: h, network: n}}
+            exp_annotations:
+              summary: "DNS upstreams of network n are failing"
+              description: "50% of the queries the embedded resolver forwards for network n (instance h) fail with SERVFAIL: no upstream answered. Check --dns / the resolv.conf the daemon started from."
+      - eval_time: 10m
+        alertname: BpfnetDnsResolverDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: h}}
+            exp_annotations:
+              summary: "bpfnet's embedded DNS resolver is not running on h"
+              description: "Endpoints cannot resolve each other's names. The daemon starts the resolver again within a second; if this persists, see <state-dir>/dns/resolver.log."
 """
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from bpfnet.client import ClientError
+from bpfnet.datapath.published import Flow
 from helpers import DaemonFactory, DaemonProcess, make_netns, netns_list, run, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -271,6 +272,57 @@ def test_metrics_count_ports_and_masquerading(world: World) -> None:
     assert value("bpfnet_masquerade_packets_total", 'network="bridge"', 'direction="in"') > 0
 
 
+# -- the fast path for established published flows (bpf/nat.h) ------------------------------
+def flows(d: DaemonProcess) -> list[Flow]:
+    """The daemon's published_flows entries, read from its pinned map."""
+    from bpfnet.datapath import published
+    from bpfnet.datapath.maps import PinnedMaps
+
+    maps = PinnedMaps(f"/sys/fs/bpf/bpfnet/{d.netns}", 4096)
+    try:
+        return list(published.flows(maps))
+    finally:
+        maps.close()
+
+
+def fast_packets(d: DaemonProcess, port: int, proto: str) -> dict[str, float]:
+    url = d.cli_json("info")["metrics_url"]
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {"in": 0.0, "out": 0.0}
+    for line in text.splitlines():
+        if line.startswith("bpfnet_published_port_fastpath_packets_total{") and f'host_port="{port}"' in line \
+                and f'proto="{proto}"' in line:
+            out[line.split('direction="')[1].split('"')[0]] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def repeat(ns: str, proto: str, host: str, port: int, n: int) -> list[str]:
+    r = run("ip", "netns", "exec", ns, sys.executable, PEER, "repeat", proto, host, str(port), str(n), check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+@pytest.mark.parametrize(("proto", "host", "port", "client"), [
+    ("tcp", UP4, 8080, OUT4), ("tcp", UP6, 8080, OUT6), ("udp", UP4, 8081, OUT4), ("udp", UP6, 8081, OUT6)])
+def test_fast_path_carries_established_flows(world: World, proto: str, host: str, port: int, client: str) -> None:
+    d = world.d
+    info = d.cli_json("info")
+    assert info["outside"]["fastpath"]["uplinks"] == ["up0"] and "BPF fast path" in info["outside"]["mechanism"]
+    assert any(p["name"] == "uplink_ingress" and p["attach"] == "up0/ingress" for p in info["datapath"]["programs"])
+    before = fast_packets(d, port, proto)
+    # the endpoint sees the real client address on every request, whichever path carried it
+    assert repeat(world.out, proto, host, port, 20) == [client] * 20
+    after = fast_packets(d, port, proto)
+    # the first packets go the kernel's way until it has forwarded the flow established
+    assert after["in"] - before["in"] >= 15 and after["out"] - before["out"] >= 15, (before, after)
+    mine = [f for f in flows(d) if f.proto == proto and client in (str(f.saddr), str(f.daddr))]
+    if proto == "tcp":  # the client closed: FIN removed both directions
+        assert mine == []
+    else:  # UDP has no end: idle entries go (FLOW_UDP_IDLE), here they are still established
+        assert {(f.direction, f.state) for f in mine} >= {("in", "established"), ("out", "established")}
+
+
 # -- restart and cleanup --------------------------------------------------------------------
 def test_restart_keeps_a_connection_and_the_ports(world: World) -> None:
     """A TCP connection through a published port stays up across a restart that changes
@@ -289,10 +341,17 @@ def test_restart_keeps_a_connection_and_the_ports(world: World) -> None:
             return hold.stdout.readline().strip()
 
         assert echo() == OUT4
+        fast = fast_packets(d, 8080, "tcp")
+        for _ in range(5):
+            assert echo() == OUT4
+        assert fast_packets(d, 8080, "tcp")["in"] >= fast["in"] + 5  # on the fast path
         d.args.append("--no-ip-masq")
         try:
             d.restart()
+            fast = fast_packets(d, 8080, "tcp")
             assert echo() == OUT4  # same connection
+            # the flow table is pinned: still on the fast path after the restart
+            assert fast_packets(d, 8080, "tcp")["in"] >= fast["in"] + 1
             assert ask(world.out, "tcp", UP4, 8080) == OUT4  # new ones too
             assert ask(world.client["netns"], "tcp", OUT4, SERVER_PORT) == v4(world.client)
             assert d.cli_json("info")["outside"]["ip_masq"] is False
@@ -301,15 +360,34 @@ def test_restart_keeps_a_connection_and_the_ports(world: World) -> None:
             d.restart()
         assert echo() == OUT4
         assert ask(world.client["netns"], "tcp", OUT4, SERVER_PORT) == UP4
+        # the fast path turned off under the open connection: the kernel's conntrack carries it on
+        d.args.append("--no-published-fastpath")
+        try:
+            d.restart()
+            info = d.cli_json("info")
+            assert info["outside"]["mechanism"] == "nftables table inet bpfnet"
+            assert not [p for p in info["datapath"]["programs"] if p["name"] == "uplink_ingress"]
+            assert flows(d) == []
+            for _ in range(3):
+                assert echo() == OUT4
+        finally:
+            d.args.remove("--no-published-fastpath")
+            d.restart()
+        assert echo() == OUT4
     finally:
         hold.kill()
         hold.wait()
 
 
 def test_cleanup_leaves_no_table_or_program(daemons: DaemonFactory) -> None:
-    d = daemons.start("--bip", "10.206.0.1/24", datapath=None)
+    # cls_bpf filters (the default is tcx where the kernel has it): `tc filter show` sees them
+    d = daemons.start("--bip", "10.206.0.1/24", "--datapath-attach", "tc", datapath=None)
+    run("ip", "-n", d.netns, "link", "add", "upc", "type", "veth", "peer", "name", "upc-p")
+    run("ip", "-n", d.netns, "addr", "add", "192.0.2.1/24", "dev", "upc")
+    run("ip", "-n", d.netns, "link", "set", "upc", "up")
     d.add_endpoint("w", publish=["8080:80"])
     assert "dnat" in nft_table(d.netns)
+    assert "bpfnet:uplink_ingress" in run("tc", "-n", d.netns, "filter", "show", "dev", "upc", "ingress").stdout
     d.stop()
     r = run(*d.command(), "--cleanup", check=False, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -317,5 +395,6 @@ def test_cleanup_leaves_no_table_or_program(daemons: DaemonFactory) -> None:
     assert "bpfnet" not in tables
     filters = run("tc", "-n", d.netns, "filter", "show", "dev", "bpfnet0", "egress", check=False).stdout
     assert "bpfnet" not in filters
+    assert "bpfnet" not in run("tc", "-n", d.netns, "filter", "show", "dev", "upc", "ingress", check=False).stdout
     assert not Path(f"/sys/fs/bpf/bpfnet/{d.netns}").exists()
     wait_until(lambda: not nft_table(d.netns), what="no table")

@@ -261,6 +261,12 @@ class FakeNft:
     def local_addresses(self) -> set[IPv4Address | IPv6Address]:
         return set(self.addresses)
 
+    def links(self) -> dict[int, str]:
+        return {1: "lo", 2: "eth0", 3: "br-n4", 4: "veth-x", 5: "up1"}
+
+    def addressed_links(self) -> set[int]:
+        return {1, 2, 3, 5}
+
     def write_sysctls(self, sysctls: Mapping[str, str]) -> None:
         self.sysctls.update(sysctls)
 
@@ -328,7 +334,7 @@ def test_networks_resync_and_cleanup_deletes_the_table(outside: tuple[Env, FakeN
     e.nets.remove("more")
     assert "10.5.0.0/24" not in nft.script
     info = svc.info()
-    assert info["mechanism"] == "nftables table inet bpfnet" and info["installed"]
+    assert info["mechanism"] == "nftables table inet bpfnet + BPF fast path (uplink_ingress)" and info["installed"]
     assert svc.cleanup() and nft.deleted and not svc.info()["installed"]
 
 
@@ -347,4 +353,57 @@ def test_internal_needs_an_ebpf_datapath(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="needs an eBPF datapath"):
         e.nets.create({"name": "in", "subnet4": "10.9.0.0/24", "internal": True})
     assert e.store.networks() == [] and not e.kernel.links
+    e.store.close()
+
+
+# -- the fast path's entries (bpf/nat.h), as the service hands them to the datapath -----------------
+def test_fast_path_gets_ports_slots_and_uplinks(outside: tuple[Env, FakeNft, OutsideService]) -> None:
+    e, nft, svc = outside
+    dp = e.datapath
+    assert dp.ports == [] and dp.uplink_devs == {}  # nothing published: no uplink program
+    e.eps.add({"name": "web", "publish": ["8080:80", "198.51.100.1:53:53/udp"]})
+    ports = {(p.proto, p.family, p.host_port, str(p.host_ip), str(p.endpoint_addr), p.endpoint_port, p.slot)
+             for p in dp.ports}
+    assert ports == {("tcp", 4, 8080, "None", "10.1.0.2", 80, 0), ("udp", 4, 53, "198.51.100.1", "10.1.0.2", 53, 1)}
+    assert {p.endpoint_id for p in dp.ports} == {e.store.endpoint("web").id}
+    # every interface with an address but lo and the bridges
+    assert dp.uplink_devs == {2: "eth0", 5: "up1"}
+    assert nft.sysctls["net/netfilter/nf_conntrack_tcp_be_liberal"] == "1"
+    # a second endpoint: the first one's slots stay, the new mapping gets a slot no entry had
+    e.eps.add({"name": "api", "publish": ["9000:90"]})
+    assert {(p.host_port, p.slot) for p in dp.ports} == {(8080, 0), (53, 1), (9000, 2)}
+    e.eps.remove("web")
+    assert {(p.host_port, p.slot) for p in dp.ports} == {(9000, 2)}
+    info = svc.info()["fastpath"]
+    assert info["enabled"] and info["uplinks"] == ["eth0", "up1"]
+    e.eps.remove("api")
+    assert dp.ports == [] and dp.uplink_devs == {}
+
+
+def test_metrics_add_the_fast_paths_counts(outside: tuple[Env, FakeNft, OutsideService]) -> None:
+    e, _, svc = outside
+    e.eps.add({"name": "web", "publish": ["8080:80"]})
+    e.datapath.fast_counters = {0: {"in_packets": 5, "in_bytes": 500, "out_packets": 4, "out_bytes": 40}}
+    [port] = svc.counters()["ports"]
+    # the fake nft reports (1, 100) for every counter
+    assert (port["in_packets"], port["in_bytes"], port["out_packets"], port["out_bytes"]) == (6, 600, 5, 140)
+    assert (port["fast_in_packets"], port["connections"]) == (5, 1)
+
+
+@pytest.mark.parametrize(("settings", "mode", "ports", "uplinks"), [
+    (OutsideSettings(fastpath=False), "redirect-peer", 0, {}),
+    (OutsideSettings(), "bridge", 0, {}),
+    (OutsideSettings(uplinks=("up1", "nope")), "redirect-peer", 1, {5: "up1"}),
+])
+def test_fast_path_off_bridge_mode_and_named_uplinks(tmp_path: Path, settings: OutsideSettings, mode: str,
+                                                      ports: int, uplinks: dict[int, str]) -> None:
+    e = make_env(tmp_path)
+    e.datapath.mode = mode
+    svc = OutsideService(e.rt, FakeNft(), settings)
+    e.nets.outside = e.eps.outside = svc
+    e.nets.create({"name": "n4", "subnet4": "10.1.0.0/24"}, is_default=True)
+    svc.start()
+    e.eps.add({"name": "web", "publish": ["8080:80"]})
+    assert (len(e.datapath.ports), e.datapath.uplink_devs) == (ports, uplinks)
+    assert svc.info()["fastpath"]["enabled"] == bool(ports)
     e.store.close()

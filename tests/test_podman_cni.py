@@ -168,6 +168,12 @@ def test_two_containers_ping_counters_metrics(podman: Podman) -> None:
     series = [x for x in text.splitlines() if x.startswith("bpfnet_endpoint_transmit_path_packets_total{")
               and f'endpoint="{a}"' in x and f'network="{NET}"' in x and 'path="fast"' in x]
     assert len(series) == 1 and float(series[0].split()[-1]) >= 6, series
+    # DNS: podman writes the resolver the CNI result names (the network's gateway) into the
+    # container's resolv.conf, and bpfnet's resolver knows the other container by its name
+    gateway = eps[a]["gateway4"]
+    assert f"nameserver {gateway}" in p("exec", a, "cat", "/etc/resolv.conf").stdout
+    r = p("exec", a, "nslookup", b, gateway, check=False)
+    assert b4 in r.stdout, r.stdout + r.stderr
 
 
 def test_network_connect_disconnect(podman: Podman) -> None:

@@ -9,6 +9,7 @@ everything) and the eBPF datapath in ``bpfnet.datapath.ebpf``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec
@@ -24,8 +25,12 @@ from .abi import (
     REQUESTABLE_ENDPOINT_DEVICES,
     REQUESTABLE_MODES,
 )
+from .published import Flow, PublishedPort
 
-__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "make_datapath"]
+__all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "DnsAddresses", "make_datapath"]
+
+# A name's addresses for the datapath's DNS answers: (IPv4s, IPv6s), each packed (4 / 16 bytes).
+DnsAddresses = tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
 
 class Datapath(Protocol):
@@ -51,6 +56,28 @@ class Datapath(Protocol):
 
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
+
+    # published ports' fast path (bpf/nat.h); the outside service drives it
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
+
+    def uplinks(self) -> dict[int, str]: ...
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        """Make the published_ports map hold exactly PORTS (their flows go when they do)."""
+
+    def published(self) -> list[PublishedPort]: ...
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        """Counter slot -> fast-pathed in/out packets and bytes."""
+
+    def flows(self) -> list[Flow]: ...
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
+        """The names the datapath answers itself: (network id, wire-form name) -> addresses;
+        the whole set (entries not in it are removed). Names that do not fit are left out."""
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        """Per network id: DNS queries the datapath answered (answered_a, answered_aaaa) and passed."""
 
     def info(self) -> dict[str, Any]:
         """Mode, attach mechanism ("tcx", "tc"; None without programs), endpoint device ("veth",
@@ -90,6 +117,30 @@ class BridgeDatapath:
         return []
 
     def counters(self) -> dict[int, dict[str, Any]]:
+        return {}
+
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        return None
+
+    def uplinks(self) -> dict[int, str]:
+        return {}
+
+    def set_published(self, ports: list[PublishedPort]) -> None:
+        return None
+
+    def published(self) -> list[PublishedPort]:
+        return []
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        return {}
+
+    def flows(self) -> list[Flow]:
+        return []
+
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], DnsAddresses]) -> None:
+        return None
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
         return {}
 
     def info(self) -> dict[str, Any]:

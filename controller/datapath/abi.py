@@ -60,8 +60,23 @@ MAX_ENDPOINTS_LIMIT = 65536  # the most max_endpoints may be
 MAX_NETWORKS = 1024  # network ids 1 .. MAX_NETWORKS - 1 (0 is never used)
 MAX_EP_IPV6 = 4  # IPv6 addresses per endpoint: global ones + the EUI-64 link-local
 MAX_GATEWAY6 = 2  # IPv6 gateways per network
+# The datapath's DNS answers (bpf/dns.h): a name's wire form (lowercase, with its final zero
+# byte) in at most DNS_NAME_MAX bytes, at most DNS_MAX_ADDRS addresses per family; longer
+# names and names with more addresses are answered by the resolver process alone.
+DNS_NAME_MAX = 96
+DNS_MAX_ADDRS = 2
+DNS_NAMES_PER_ENDPOINT = 4  # dns_names entries per endpoint slot: name, NAME.NETWORK, hostname/alias ...
 
 DIRECTIONS = ("tx", "rx")  # enum direction: DIR_TX = 0, DIR_RX = 1
+
+# published ports' fast path (bpf/nat.h)
+MAX_PUBLISHED = 4096  # published_ports entries (one per mapping and family) and counter slots
+MAX_FLOWS = 65536  # published_flows entries: two per flow (in, out); LRU beyond
+FLOW_TCP_IDLE = 3600  # s: a TCP flow idle this long leaves the fast path (conntrack: 5 days)
+FLOW_UDP_IDLE = 20  # s: < conntrack's 30 s UDP timeout minus FLOW_REFRESH (see nat.h)
+FLOW_REFRESH = 5  # s: one UDP packet per direction this often goes the kernel's way
+FLOW_STATES = ("new", "established")  # enum flow_state
+FLOW_DIRS = ("in", "out")  # enum flow_dir
 
 
 # -- C types -------------------------------------------------------------------
@@ -79,6 +94,8 @@ class Scalar:
 
 
 U8 = Scalar("__u8", 1, "B")
+U16 = Scalar("__u16", 2, "H")
+BE16 = Scalar("__be16", 2, "H")
 U32 = Scalar("__u32", 4, "I")
 BE32 = Scalar("__be32", 4, "I")
 U64 = Scalar("__u64", 8, "Q")
@@ -236,13 +253,80 @@ ENDPOINT_COUNTERS = Struct("endpoint_counters", (
     Field("dir", PATH_COUNTERS, (len(DIRECTIONS),)),
 ))
 
-STRUCTS = (ENDPOINT, NETWORK, EP_IPV4_KEY, EP_IPV6_KEY, PATH_COUNTERS, ENDPOINT_COUNTERS)
+# Published ports' fast path: addresses as 16 bytes (IPv4 in the first 4, the rest zero),
+# ports in network byte order (packed as 2 raw bytes).
+PUBLISHED_KEY = Struct("published_key", (
+    Field("addr", U32, (4,), as_bytes=True),
+    Field("port", BE16, as_bytes=True),
+    Field("proto", U8),
+    Field("family", U8),
+))
+
+PUBLISHED_PORT = Struct("published_port", (
+    Field("addr", U32, (4,), as_bytes=True),
+    Field("port", BE16, as_bytes=True),
+    Field("pad", U16, pad=True),
+    Field("endpoint_id", U32),
+    Field("slot", U32),
+))
+
+FLOW_KEY = Struct("flow_key", (
+    Field("saddr", U32, (4,), as_bytes=True),
+    Field("daddr", U32, (4,), as_bytes=True),
+    Field("sport", BE16, as_bytes=True),
+    Field("dport", BE16, as_bytes=True),
+    Field("proto", U8),
+    Field("family", U8),
+    Field("pad", U8, (2,), pad=True),
+))
+
+FLOW = Struct("flow", (
+    Field("addr", U32, (4,), as_bytes=True),
+    Field("port", BE16, as_bytes=True),
+    Field("state", U8),
+    Field("dir", U8),
+    Field("endpoint_id", U32),
+    Field("slot", U32),
+    Field("last_ns", U64),
+    Field("kernel_ns", U64),
+))
+
+PORT_COUNTERS = Struct("port_counters", (
+    Field("packets", U64, (len(FLOW_DIRS),)),
+    Field("bytes", U64, (len(FLOW_DIRS),)),
+))
+
+# DNS: (network id, query name in wire form, lowercase, zero-padded) -> the name's addresses
+DNS_NAME_KEY = Struct("dns_name_key", (
+    Field("network_id", U32),
+    Field("name", U8, (DNS_NAME_MAX,), as_bytes=True),
+))
+
+DNS_ADDRS = Struct("dns_addrs", (
+    Field("n_ipv4", U8),
+    Field("n_ipv6", U8),
+    Field("pad", U8, (2,), pad=True),
+    Field("ipv4", BE32, (DNS_MAX_ADDRS,), as_bytes=True),
+    Field("ipv6", U32, (DNS_MAX_ADDRS, 4), as_bytes=True),
+))
+
+# per network id: queries the datapath answered (by type) and those it passed to the resolver
+DNS_COUNTERS = Struct("dns_counters", (
+    Field("answered_a", U64),
+    Field("answered_aaaa", U64),
+    Field("passed", U64),
+))
+
+STRUCTS = (ENDPOINT, NETWORK, EP_IPV4_KEY, EP_IPV6_KEY, PATH_COUNTERS, ENDPOINT_COUNTERS,
+           PUBLISHED_KEY, PUBLISHED_PORT, FLOW_KEY, FLOW, PORT_COUNTERS, DNS_NAME_KEY, DNS_ADDRS, DNS_COUNTERS)
 
 # Enumerators C must number exactly like Python (checked by compile_checks()).
 ENUMS: Mapping[str, int] = {
     **{f"DIR_{d.upper()}": i for i, d in enumerate(DIRECTIONS)},
     **{f"DROP_{r.name}": r.value for r in DropReason},
     "DROP_REASON_COUNT": len(DropReason),
+    **{f"FLOW_{st.upper()}": i for i, st in enumerate(FLOW_STATES)},
+    **{f"FLOW_{d.upper()}": i for i, d in enumerate(FLOW_DIRS)},
 }
 
 
@@ -250,7 +334,7 @@ ENUMS: Mapping[str, int] = {
 @dataclass(frozen=True)
 class MapDef:
     """One pinned map: name (= pin name), kind as BPF_TABLE_PINNED spells it
-    ("hash", "array", "percpu_array"), key and value type, and its number of
+    ("hash", "lru_hash", "array", "percpu_array"), key and value type, and its number of
     entries as a function of max_endpoints."""
 
     name: str
@@ -269,6 +353,11 @@ MAPS = (
     MapDef("network_by_id", "array", U32, NETWORK, lambda n: MAX_NETWORKS),
     MapDef("network_by_bridge_ifindex", "hash", U32, U32, lambda n: MAX_NETWORKS),
     MapDef("endpoint_counters", "percpu_array", U32, ENDPOINT_COUNTERS, lambda n: n),
+    MapDef("published_ports", "hash", PUBLISHED_KEY, PUBLISHED_PORT, lambda n: MAX_PUBLISHED),
+    MapDef("published_flows", "lru_hash", FLOW_KEY, FLOW, lambda n: MAX_FLOWS),
+    MapDef("published_port_counters", "percpu_array", U32, PORT_COUNTERS, lambda n: MAX_PUBLISHED),
+    MapDef("dns_names", "hash", DNS_NAME_KEY, DNS_ADDRS, lambda n: n * DNS_NAMES_PER_ENDPOINT),
+    MapDef("dns_counters", "percpu_array", U32, DNS_COUNTERS, lambda n: MAX_NETWORKS),
 )
 
 
@@ -289,6 +378,14 @@ def cflags(mode: str, max_endpoints: int) -> list[str]:
         f"-DMAX_NETWORKS={MAX_NETWORKS}",
         f"-DMAX_EP_IPV6={MAX_EP_IPV6}",
         f"-DMAX_GATEWAY6={MAX_GATEWAY6}",
+        f"-DMAX_PUBLISHED={MAX_PUBLISHED}",
+        f"-DMAX_FLOWS={MAX_FLOWS}",
+        f"-DFLOW_TCP_IDLE={FLOW_TCP_IDLE}",
+        f"-DFLOW_UDP_IDLE={FLOW_UDP_IDLE}",
+        f"-DFLOW_REFRESH={FLOW_REFRESH}",
+        f"-DDNS_NAME_MAX={DNS_NAME_MAX}",
+        f"-DDNS_MAX_ADDRS={DNS_MAX_ADDRS}",
+        f"-DDNS_NAMES_PER_ENDPOINT={DNS_NAMES_PER_ENDPOINT}",
         f"-DBPFNET_REDIRECT_PEER={1 if mode == MODE_REDIRECT_PEER else 0}",
     ]
 

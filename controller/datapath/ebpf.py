@@ -29,12 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from ..model import EndpointSpec, NetworkSpec
 from ..netlink import IPRoute
 from . import abi, tc, tcx
 from . import maps as m
+from . import published as pub
 from .loader import LoadedPrograms, load
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ log = logging.getLogger(__name__)
 # period. ep_ingress (every packet an endpoint sends) and bridge_egress (once
 # per network) are links. Measured in bench/RESULTS.md ("tcx vs cls_bpf").
 TC_IN_TCX_MODE = frozenset({"ep_egress"})
+
+
+def tc_direction(hook: str) -> str:
+    """The tc direction of a hook: an uplink's hook is its ingress."""
+    return "ingress" if hook == pub.UPLINK else hook
 
 
 def check_netkit_mode(mode: str, device: str) -> None:
@@ -105,6 +112,9 @@ class EbpfDatapath:
         # tcx only: the hooks of each device still carrying a cls_bpf filter of an earlier
         # daemon (set in start()), dropped once their link is in place.
         self._old_filters: dict[int, set[str]] = {}
+        self._uplinks: dict[int, str] = {}  # ifindex -> name: devices carrying uplink_ingress
+        # dns_names as last written: key -> value; None until read back from the pinned map
+        self._dns: dict[bytes, bytes] | None = None
 
     # -- lifecycle --------------------------------------------------------
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
@@ -120,7 +130,24 @@ class EbpfDatapath:
                 self.attach_network(net)
             for ep in endpoints:
                 self.add_endpoint(ep)
+            self._adopt_uplinks()
             self._reconcile(networks, endpoints)
+
+    def _adopt_uplinks(self) -> None:
+        """Swap the new uplink_ingress into every uplink an earlier daemon attached it to
+        (no gap); the outside service then says which devices stay uplinks."""
+        _, ipr = self._need()
+        found: set[int] = set()
+        for ifindex in tc.devices_with_our_filters(ipr):
+            if any(name == tc.FILTER_PREFIX + "uplink_ingress" for *_, name in tc.our_filters(ipr, ifindex)):
+                found.add(ifindex)
+        found |= {i for i, d in tcx.pinned(self.pin_dir) if d == pub.UPLINK
+                  and tcx.attached(self.pin_dir, i, d) is not None}
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for ifindex in found - set(self._networks) - set(self._endpoints):
+            if ifindex in names:
+                self._attach(ipr, ifindex, [(pub.UPLINK, "uplink_ingress")])
+                self._uplinks[ifindex] = names[ifindex]
 
     def _reconcile(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
         """Drop state left by networks/endpoints that went away while we were down."""
@@ -152,11 +179,16 @@ class EbpfDatapath:
         for slot in maps.counters(set()):
             if slot not in live:
                 maps.zero_counters(slot)
+        keep = ep_ifindexes | br_ifindexes | set(self._uplinks)
+        nets = {n.id for n in networks}
+        for network_id in maps.dns_counters():
+            if network_id not in nets:
+                maps.zero_dns_counters(network_id)
         for ifindex in tc.devices_with_our_filters(ipr):
-            if ifindex not in ep_ifindexes and ifindex not in br_ifindexes:
+            if ifindex not in keep:
                 log.info("removing stale bpfnet filters from ifindex %d", ifindex)
                 tc.detach(ipr, ifindex)
-        tcx.remove_stale(self.pin_dir, ep_ifindexes | br_ifindexes)
+        tcx.remove_stale(self.pin_dir, keep)
         self._old_filters.clear()
 
     def close(self) -> None:
@@ -170,6 +202,7 @@ class EbpfDatapath:
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
+            self._dns = None
 
     def cleanup(self) -> None:
         with self._lock:
@@ -203,6 +236,7 @@ class EbpfDatapath:
             self.close()
             self._networks.clear()
             self._endpoints.clear()
+            self._uplinks.clear()
             if os.path.isdir(self.pin_dir):
                 specs = m.map_specs(self.max_endpoints)
                 for name in [s.name for s in specs] + m.stale_pins(self.pin_dir, specs):
@@ -233,13 +267,15 @@ class EbpfDatapath:
         assert self._progs is not None
         fds = self._progs.fds
         links = [(h, fds[name]) for h, name in progs if not self._on_tc(h, name)]
-        filters = [(h, fds[name], name) for h, name in progs if self._on_tc(h, name)]
+        on_tc = [(h, name) for h, name in progs if self._on_tc(h, name)]
         for hook, fd in links:
             tcx.attach(self.pin_dir, ifindex, hook, fd)
-        if filters:
-            tc.attach_all(ipr, ifindex, filters)
+            if hook == pub.UPLINK:
+                tc.detach(ipr, ifindex, "ingress")  # a forced tcx after a tc run
+        if on_tc:
+            tc.attach_all(ipr, ifindex, [(tc_direction(h), fds[name], name) for h, name in on_tc])
             # Links an earlier daemon made on these hooks go, or both programs would run.
-            tcx.detach(self.pin_dir, ifindex, tuple(h for h, _, _ in filters))
+            tcx.detach(self.pin_dir, ifindex, tuple(h for h, _ in on_tc))
         old = self._old_filters.pop(ifindex, set())
         for hook, _ in links:
             if hook in old:
@@ -260,7 +296,7 @@ class EbpfDatapath:
             if self._on_tc(hook, name):
                 if filters is None:
                     filters = {(d, n.removeprefix(tc.FILTER_PREFIX)) for d, _, _, n in tc.our_filters(ipr, ifindex)}
-                if (hook, name) in filters:
+                if (tc_direction(hook), name) in filters:
                     out.add(name)
             elif tcx.attached(self.pin_dir, ifindex, hook) == self._progs.info[name].id:
                 out.add(name)
@@ -297,6 +333,7 @@ class EbpfDatapath:
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
             if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
+                maps.zero_dns_counters(net.id)  # a network made later with this id starts at 0
             self._networks.pop(net.bridge_ifindex, None)
 
     # -- endpoints --------------------------------------------------------
@@ -397,9 +434,50 @@ class EbpfDatapath:
                 out.append("filters")
             return out
 
+    # -- published ports' fast path (bpf/nat.h) ----------------------------
+    def set_uplinks(self, uplinks: dict[int, str]) -> None:
+        """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
+        with self._lock:
+            _, ipr = self._need()
+            for ifindex in set(self._uplinks) - set(uplinks):
+                tcx.detach(self.pin_dir, ifindex, pub.UPLINK)
+                tc.detach(ipr, ifindex, "ingress")
+                log.info("uplink_ingress detached from %s", self._uplinks.pop(ifindex))
+            for ifindex, name in uplinks.items():
+                if ifindex in self._networks or ifindex in self._endpoints:
+                    raise ValueError(f"{name} is one of bpfnet's own devices, not an uplink")
+                if ifindex not in self._uplinks:
+                    self._attach(ipr, ifindex, [(pub.UPLINK, "uplink_ingress")])
+                    log.info("uplink_ingress attached to %s (ifindex %d)", name, ifindex)
+                self._uplinks[ifindex] = name
+
+    def uplinks(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._uplinks)
+
+    def set_published(self, ports: list[pub.PublishedPort]) -> None:
+        with self._lock:
+            maps, _ = self._need()
+            pub.replace(maps, ports)
+
+    def published(self) -> list[pub.PublishedPort]:
+        with self._lock:
+            maps, _ = self._need()
+            return pub.entries(maps)
+
+    def published_counters(self) -> dict[int, dict[str, int]]:
+        with self._lock:
+            maps, _ = self._need()
+            return pub.counters(maps)
+
+    def flows(self) -> list[pub.Flow]:
+        with self._lock:
+            maps, _ = self._need()
+            return pub.flows(maps)
+
     # -- observability ----------------------------------------------------
     def program_fd(self, name: str) -> int:
-        """fd of a loaded entry program ("ep_ingress", "ep_egress", "bridge_egress"),
+        """fd of a loaded entry program ("ep_ingress", "ep_egress", "bridge_egress", "uplink_ingress"),
         for BPF_PROG_TEST_RUN in tests and tools; valid until close()."""
         with self._lock:
             if self._progs is None:
@@ -416,6 +494,37 @@ class EbpfDatapath:
             slots = {spec.id for spec in self._endpoints.values()}
             return dict(maps.counters(slots))  # type: ignore[arg-type]
 
+    # -- DNS ---------------------------------------------------------------
+    def set_dns_names(self, names: Mapping[tuple[int, bytes], tuple[tuple[bytes, ...], tuple[bytes, ...]]]) -> None:
+        """Bring dns_names to exactly NAMES (what fits: see abi.DNS_NAME_MAX, DNS_MAX_ADDRS),
+        writing only the differences: one add of a 1000-endpoint network writes its few names."""
+        want: dict[bytes, bytes] = {}
+        for (network_id, wire), (v4, v6) in names.items():
+            if len(wire) <= abi.DNS_NAME_MAX and len(v4) <= abi.DNS_MAX_ADDRS and len(v6) <= abi.DNS_MAX_ADDRS:
+                want[m.dns_name_key(network_id, wire)] = m.pack_dns_addrs(v4, v6)
+        with self._lock:
+            maps, _ = self._need()
+            if self._dns is None:
+                self._dns = dict(maps.items("dns_names"))
+            have = self._dns
+            for key in [k for k in have if k not in want]:
+                maps.delete("dns_names", key)
+                del have[key]
+            for key, value in want.items():
+                if have.get(key) == value:
+                    continue
+                try:
+                    maps.put("dns_names", key, value)
+                except OSError as exc:  # full (E2BIG): the resolver process answers the rest
+                    log.warning("dns_names: cannot add a name (%s); the resolver process answers it", exc)
+                    continue
+                have[key] = value
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        with self._lock:
+            maps, _ = self._need()
+            return maps.dns_counters()
+
     def info(self) -> dict[str, Any]:
         with self._lock:
             programs: list[dict[str, Any]] = []
@@ -430,6 +539,10 @@ class EbpfDatapath:
                         p = pi[name]
                         programs.append({"name": name, "id": p.id, "tag": p.tag,
                                          "attach": f"{ep.host_ifname}/{d}", "via": self._via(d, name)})
+                for ifname in self._uplinks.values():
+                    p = pi["uplink_ingress"]
+                    programs.append({"name": "uplink_ingress", "id": p.id, "tag": p.tag,
+                                     "attach": f"{ifname}/ingress", "via": self._via(pub.UPLINK, "uplink_ingress")})
             return {"mode": self.mode, "attach": self.attach, "endpoint_device": self.endpoint_device,
                     "pin_dir": self.pin_dir,
                     "max_endpoints": self.max_endpoints, "programs": programs}

@@ -29,7 +29,8 @@ U32_FMT = "=I"
 COUNTERS_SIZE = abi.ENDPOINT_COUNTERS.size
 
 _MAP_TYPES = {"hash": bpfsys.BPF_MAP_TYPE_HASH, "array": bpfsys.BPF_MAP_TYPE_ARRAY,
-              "percpu_array": bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY}
+              "percpu_array": bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY,
+              "lru_hash": bpfsys.BPF_MAP_TYPE_LRU_HASH}
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,15 @@ def ipv6_key(network_id: int, addr: IPv6Address) -> bytes:
     return abi.EP_IPV6_KEY.pack(network_id=network_id, addr=addr.packed)
 
 
+def dns_name_key(network_id: int, wire: bytes) -> bytes:
+    """Key of dns_names: the network id and the name in wire form, zero-padded."""
+    return abi.DNS_NAME_KEY.pack(network_id=network_id, name=wire)
+
+
+def pack_dns_addrs(v4: tuple[bytes, ...], v6: tuple[bytes, ...]) -> bytes:
+    return abi.DNS_ADDRS.pack(n_ipv4=len(v4), n_ipv6=len(v6), ipv4=b"".join(v4), ipv6=b"".join(v6))
+
+
 def u32(v: int) -> bytes:
     return struct.pack(U32_FMT, v)
 
@@ -189,6 +199,25 @@ class PinnedMaps:
     def zero_counters(self, slot: int) -> None:
         # Per-CPU array elements cannot be deleted; writing zeros for every CPU resets them.
         self.put("endpoint_counters", u32(slot), self._zero_counters)
+
+    def dns_counters(self) -> dict[int, dict[str, int]]:
+        """Per network id with any count: the per-CPU DNS counters summed."""
+        s = self.specs["dns_counters"]
+        fields = [f.name for f in abi.DNS_COUNTERS.fields]
+        per_key = abi.DNS_COUNTERS.size * self._ncpu
+        keys, values, n = bpfsys.map_lookup_batch(self.fds["dns_counters"], s.key_size, per_key, s.max_entries)
+        q = memoryview(values).cast("Q")
+        width = len(fields)
+        out: dict[int, dict[str, int]] = {}
+        for i in range(n):
+            base = i * per_key // 8
+            sums = [sum(q[base + c * width + f] for c in range(self._ncpu)) for f in range(width)]
+            if any(sums):
+                out[struct.unpack_from(U32_FMT, keys, i * s.key_size)[0]] = dict(zip(fields, sums, strict=True))
+        return out
+
+    def zero_dns_counters(self, network_id: int) -> None:
+        self.put("dns_counters", u32(network_id), bytes(abi.DNS_COUNTERS.size * self._ncpu))
 
     def counters(self, wanted: set[int]) -> dict[int, EndpointCounters]:
         """Summed per-CPU counters of the slots in wanted and of any non-zero slot.

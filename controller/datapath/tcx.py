@@ -31,11 +31,13 @@ LINK_DIR = "links"
 # ``netkit.py``), attached through the primary's ifindex; the link reports the
 # peer's ifindex (in the endpoint's namespace), 0 once the pair is gone.
 NETKIT_PEER = "netkit-peer"
-TCX_HOOKS = ("ingress", "egress")
+# "uplink": the ingress hook of an uplink (uplink_ingress, published ports' fast path),
+# pinned under its own name so a restarted daemon finds which devices are uplinks.
+TCX_HOOKS = ("ingress", "egress", "uplink")
 ATTACH_TYPES = {"ingress": bpfsys.BPF_TCX_INGRESS, "egress": bpfsys.BPF_TCX_EGRESS,
-                NETKIT_PEER: bpfsys.BPF_NETKIT_PEER}
+                "uplink": bpfsys.BPF_TCX_INGRESS, NETKIT_PEER: bpfsys.BPF_NETKIT_PEER}
 LINK_TYPES = {"ingress": bpfsys.BPF_LINK_TYPE_TCX, "egress": bpfsys.BPF_LINK_TYPE_TCX,
-              NETKIT_PEER: bpfsys.BPF_LINK_TYPE_NETKIT}
+              "uplink": bpfsys.BPF_LINK_TYPE_TCX, NETKIT_PEER: bpfsys.BPF_LINK_TYPE_NETKIT}
 
 
 def link_dir(pin_dir: str) -> str:

@@ -23,10 +23,15 @@ def _families() -> dict[str, CounterMetricFamily]:
     return {
         "packets": CounterMetricFamily(
             "bpfnet_published_port_packets", "Packets through a published port; direction = in "
-            "(to the endpoint) | out (its replies). Counted in netfilter's forward/input/output hooks.",
+            "(to the endpoint) | out (its replies). Counted in netfilter's forward/input/output hooks and, "
+            "for established flows the fast path carries, by its programs.",
             labels=[*PORT_LABELS, "direction"]),
         "bytes": CounterMetricFamily(
             "bpfnet_published_port_bytes", "Bytes (IP packet lengths) through a published port, by direction.",
+            labels=[*PORT_LABELS, "direction"]),
+        "fast": CounterMetricFamily(
+            "bpfnet_published_port_fastpath_packets", "Of bpfnet_published_port_packets, those the BPF fast "
+            "path translated (uplink_ingress, ep_ingress) instead of conntrack; by direction.",
             labels=[*PORT_LABELS, "direction"]),
         "conns": CounterMetricFamily(
             "bpfnet_published_port_connections", "Connections (UDP: flows) DNATed to a published port.",
@@ -60,6 +65,7 @@ class OutsideCollector(Collector):
             for d in ("in", "out"):
                 fam["packets"].add_metric([*labels, d], p[f"{d}_packets"])
                 fam["bytes"].add_metric([*labels, d], p[f"{d}_bytes"])
+                fam["fast"].add_metric([*labels, d], p.get(f"fast_{d}_packets", 0))
             fam["conns"].add_metric(labels, p["connections"])
         for m in data["masquerade"]:
             for d in ("out", "in"):

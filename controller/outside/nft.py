@@ -41,6 +41,10 @@ class OutsideKernel(Protocol):
         """Delete bpfnet's table; False when there was none."""
     def local_addresses(self) -> set[IPv4Address | IPv6Address]:
         """Every address of the managed namespace's interfaces."""
+    def links(self) -> dict[int, str]:
+        """ifindex -> name of the managed namespace's interfaces."""
+    def addressed_links(self) -> set[int]:
+        """ifindexes of the interfaces that have an address other than a link-local one."""
     def write_sysctls(self, sysctls: Mapping[str, str]) -> None: ...
 
 
@@ -111,6 +115,17 @@ class NftKernel:
             address = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
             if address:
                 out.add(ip_address(address.split("%")[0]))
+        return out
+
+    def links(self) -> dict[int, str]:
+        return {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in self.ipr.get_links()}
+
+    def addressed_links(self) -> set[int]:
+        out: set[int] = set()
+        for msg in self.ipr.get_addr():
+            address = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+            if address and not ip_address(address.split("%")[0]).is_link_local:
+                out.add(int(msg["index"]))
         return out
 
     def write_sysctls(self, sysctls: Mapping[str, str]) -> None:

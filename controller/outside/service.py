@@ -9,6 +9,14 @@ port another endpoint publishes: 409), stored with the endpoint, and removed wit
 Internal networks are enforced by the datapath (``DROP_INTERNAL``); here they only get
 no masquerading and no published ports. Entered from the services: ``EndpointService``
 calls check/publish/unpublish, ``NetworkService`` calls ``sync`` after a change.
+
+The fast path (``--published-fastpath``, bpf/nat.h): every sync also hands the datapath
+the published ports (one entry per mapping and family, a counter slot per mapping that
+keeps its number while the mapping exists) and the uplinks to attach ``uplink_ingress``
+to: the ``--uplink`` interfaces, or every interface of the managed namespace with an
+address that is not a bpfnet bridge, while any port is published. The kernel's DNAT
+still admits every flow; the datapath takes over once the kernel has forwarded it. Its
+counters are added to the nftables ones, so the metrics count either path.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from ..config import NetworkConfig
-from ..datapath.abi import MODE_BRIDGE
+from ..datapath.abi import MAX_PUBLISHED, MODE_BRIDGE
+from ..datapath.published import PublishedPort
 from ..errors import Conflict, InvalidArgument
 from ..runtime import Runtime
 from . import ruleset
@@ -29,15 +38,23 @@ from .ports import PortMapping, assign, first_collision
 
 log = logging.getLogger(__name__)
 MECHANISM = f"nftables table {ruleset.TABLE_REF}"
+FASTPATH = "BPF fast path (uplink_ingress)"
+# The kernel judges a fast-pathed TCP flow's FIN/RST after missing its sequence numbers
+# (bpf/nat.h): conntrack must not call them out of window.
+FASTPATH_SYSCTLS = {"net/netfilter/nf_conntrack_tcp_be_liberal": "1"}
+
+PortKey = tuple[str, IPv4Address | IPv6Address | None, int]  # (proto, host ip, host port)
 
 
 @dataclass(frozen=True)
 class OutsideSettings:
-    """The daemon's flags: --ip-masq, --ip6-masq, --ip-forward."""
+    """The daemon's flags: --ip-masq, --ip6-masq, --ip-forward, --published-fastpath, --uplink."""
 
     ip_masq: bool = True
     ip6_masq: bool = False
     ip_forward: bool = True
+    fastpath: bool = True
+    uplinks: tuple[str, ...] = ()  # () = every interface with an address that is not bpfnet's
 
 
 def _mapping(row: tuple[str, str, str, int, int]) -> tuple[str, PortMapping]:
@@ -56,10 +73,20 @@ class OutsideService:
     def published(self, endpoint: str) -> list[dict[str, Any]]:
         return [m.to_json() for _, m in map(_mapping, self.rt.store.published_ports(endpoint))]
 
+    @property
+    def fastpath(self) -> bool:
+        return self.settings.fastpath and self.rt.datapath.mode != MODE_BRIDGE
+
     def info(self) -> dict[str, Any]:
-        return {"mechanism": MECHANISM, "ip_masq": self.settings.ip_masq, "ip6_masq": self.settings.ip6_masq,
+        fast: dict[str, Any] = {"enabled": self.fastpath, "uplinks": [], "flows": 0, "established": 0}
+        if self.fastpath:
+            flows = self.rt.datapath.flows()
+            fast.update(uplinks=sorted(self.rt.datapath.uplinks().values()), flows=len(flows),
+                        established=sum(1 for f in flows if f.state == "established"))
+        return {"mechanism": MECHANISM + (f" + {FASTPATH}" if self.fastpath else ""),
+                "ip_masq": self.settings.ip_masq, "ip6_masq": self.settings.ip6_masq,
                 "ip_forward": self.settings.ip_forward, "installed": self.kernel.table_exists(),
-                "published_ports": len(self.rt.store.published_ports())}
+                "published_ports": len(self.rt.store.published_ports()), "fastpath": fast}
 
     def plan(self) -> ruleset.Plan:
         """What the table must hold now, from the state."""
@@ -104,8 +131,61 @@ class OutsideService:
             self.kernel.write_sysctls({f"net/ipv4/conf/{b}/route_localnet": "1"
                                        for b in sorted({p.bridge for p in plan.published})})
             self.kernel.apply(ruleset.render(plan, list(self.kernel.counters()), self.kernel.chains()))
+            self._sync_fastpath(plan)
             log.debug("%s: %d network(s) (%d bridge(s)), %d published port(s)", MECHANISM,
                       len(plan.networks), len(bridges), len(plan.published))
+
+    def _sync_fastpath(self, plan: ruleset.Plan) -> None:
+        """The datapath's published ports and uplinks, from PLAN (nothing with the fast path off)."""
+        dp = self.rt.datapath
+        if not self.fastpath:
+            dp.set_published([])
+            dp.set_uplinks({})
+            return
+        ports = self._fast_ports(plan)
+        if ports:
+            self.kernel.write_sysctls(FASTPATH_SYSCTLS)
+        dp.set_published(ports)
+        dp.set_uplinks(self._uplinks(plan) if ports else {})
+
+    def _fast_ports(self, plan: ruleset.Plan) -> list[PublishedPort]:
+        """One entry per published mapping and family; slots kept from the map (a mapping keeps
+        its counters), new mappings get slots no entry had (freed ones are zeroed first)."""
+        had: dict[PortKey, int] = {(p.proto, p.host_ip, p.host_port): p.slot for p in self.rt.datapath.published()}
+        free = (s for s in range(MAX_PUBLISHED) if s not in set(had.values()))
+        out: list[PublishedPort] = []
+        for pub in plan.published:
+            m = pub.mapping
+            ep = self.rt.store.endpoint(pub.endpoint)
+            if ep is None:
+                continue
+            key: PortKey = (m.proto, m.host_ip, m.host_port)
+            slot = had.get(key)
+            if slot is None:
+                slot = next(free, None)
+                if slot is None:
+                    log.warning("--publish %s: more than %d published ports, this one takes the kernel's "
+                                "path only", m, MAX_PUBLISHED)
+                    continue
+                had[key] = slot
+            for fam, addr in ((4, pub.ipv4), (6, pub.ipv6)):
+                if addr is not None and fam in m.families:
+                    out.append(PublishedPort(m.proto, fam, m.host_port, addr, m.endpoint_port, ep.id, slot,
+                                             m.host_ip))
+        return out
+
+    def _uplinks(self, plan: ruleset.Plan) -> dict[int, str]:
+        """--uplink's interfaces, or every interface with an address that is not a bpfnet bridge."""
+        links = self.kernel.links()
+        by_name = {name: index for index, name in links.items()}
+        if self.settings.uplinks:
+            missing = [n for n in self.settings.uplinks if n not in by_name]
+            if missing:
+                log.warning("--uplink %s: no such interface in the managed namespace (yet)", ", ".join(missing))
+            return {by_name[n]: n for n in self.settings.uplinks if n in by_name}
+        bridges = {n.bridge for n in plan.networks}
+        return {i: links[i] for i in sorted(self.kernel.addressed_links())
+                if i in links and links[i] != "lo" and links[i] not in bridges}
 
     def start(self) -> None:
         """At daemon start: forwarding sysctls (--ip-forward), then the table."""
@@ -172,7 +252,8 @@ class OutsideService:
             self.sync()
 
     def cleanup(self) -> bool:
-        """--cleanup: delete bpfnet's table (nothing else is touched). False if there was none."""
+        """--cleanup: delete bpfnet's table (nothing else is touched; the datapath's cleanup
+        removes uplink_ingress with every other program). False if there was none."""
         try:
             return self.kernel.delete_table()
         except NftError as exc:
@@ -183,13 +264,23 @@ class OutsideService:
     def counters(self) -> dict[str, Any]:
         """Per published port and per network, read from the table's named counters now."""
         raw = self.kernel.counters()
+        slots: dict[PortKey, int] = {}
+        fast: dict[int, dict[str, int]] = {}
+        if self.fastpath:
+            slots = {(p.proto, p.host_ip, p.host_port): p.slot for p in self.rt.datapath.published()}
+            fast = self.rt.datapath.published_counters()
         ports = []
         for endpoint, m in map(_mapping, self.rt.store.published_ports()):
             row = self.rt.store.endpoint(endpoint)
             c = {w: raw.get(ruleset.port_counter(m, w), (0, 0)) for w in ("in", "out", "conn")}
+            slot = slots.get((m.proto, m.host_ip, m.host_port))
+            f = fast.get(slot, {}) if slot is not None else {}
             ports.append({"endpoint": endpoint, "network": row.network if row else "", **m.to_json(),
-                          "in_packets": c["in"][0], "in_bytes": c["in"][1], "out_packets": c["out"][0],
-                          "out_bytes": c["out"][1], "connections": c["conn"][0]})
+                          "in_packets": c["in"][0] + f.get("in_packets", 0),
+                          "in_bytes": c["in"][1] + f.get("in_bytes", 0),
+                          "out_packets": c["out"][0] + f.get("out_packets", 0),
+                          "out_bytes": c["out"][1] + f.get("out_bytes", 0), "connections": c["conn"][0],
+                          "fast_in_packets": f.get("in_packets", 0), "fast_out_packets": f.get("out_packets", 0)})
         masq = []
         for net in self.rt.store.networks():
             names = {d: ruleset.masq_counter(net.id, d) for d in ruleset.DIRECTIONS}

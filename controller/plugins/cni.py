@@ -242,8 +242,22 @@ def result(version: str, ep: dict[str, Any]) -> dict[str, Any]:
                        {"name": ep["ifname"], "mac": ep["mac"], "sandbox": ep["netns"]}],
         "ips": ips,
         "routes": routes,
-        "dns": {},
+        "dns": dns_result(ep.get("dns")),
     }
+
+
+def dns_result(dns: dict[str, Any] | None) -> dict[str, Any]:
+    """The result's DNS: bpfnet's embedded resolver (the network's gateway addresses) with the
+    endpoint's search domains and options, which the runtime writes into the container's
+    resolv.conf (podman does); empty where the daemon runs no resolver."""
+    if not dns or not dns.get("nameservers"):
+        return {}
+    out: dict[str, Any] = {"nameservers": list(dns["nameservers"])}
+    if dns.get("search"):
+        out["search"] = list(dns["search"])
+    if dns.get("options"):
+        out["options"] = list(dns["options"])
+    return out
 
 
 def check_against(prev: dict[str, Any], ep: dict[str, Any], ifname: str) -> list[str]:

@@ -74,7 +74,8 @@ def test_restart_keeps_counters_and_replaces_programs(ns_links, attach) -> None:
         assert sorted(os.listdir(pins)) == sorted(
             ["endpoint_by_ifindex", "endpoint_id_by_ipv4", "endpoint_id_by_ipv6",
              "endpoint_by_id", "endpoint_counters", "network_by_bridge_ifindex", "network_by_id",
-             *(["links"] if attach == "tcx" else [])])
+             "published_ports", "published_flows", "published_port_counters",
+             "dns_names", "dns_counters", *(["links"] if attach == "tcx" else [])])
 
         dp2.start(list(nets.values()), list(eps.values()))  # daemon restarts
         assert dp2.counters() == before  # no reset
@@ -215,3 +216,31 @@ def test_cleanup_from_a_fresh_process(ns_links) -> None:
                          text=True, check=True).stdout
     assert "clsact" not in out
     EbpfDatapath(mode="redirect-peer", pin_dir=pins).cleanup()  # nothing left: fine
+
+
+def test_restart_swaps_the_uplink_program_without_a_gap(ns_links, attach) -> None:
+    """uplink_ingress (published ports' fast path) is adopted by the next daemon's start():
+    the new program replaces the old one on the same hook; set_uplinks({}) and cleanup remove it."""
+    ns, pins, nets, eps = ns_links
+    subprocess.run(["ip", "link", "add", "upl", "type", "veth", "peer", "name", "upl-p"], check=True)
+    up = socket.if_nametoindex("upl")
+    dp1 = EbpfDatapath(mode="redirect-peer", pin_dir=pins)
+    dp2 = EbpfDatapath(mode="redirect-peer", pin_dir=pins)
+    try:
+        dp1.start(list(nets.values()), list(eps.values()))
+        dp1.set_uplinks({up: "upl"})
+        old = tc_progs(ns, "upl", "ingress")
+        assert len(old) == 1
+        dp1.close()
+        assert tc_progs(ns, "upl", "ingress") == old  # stays while no daemon runs
+        dp2.start(list(nets.values()), list(eps.values()))
+        new = tc_progs(ns, "upl", "ingress")
+        assert dp2.uplinks() == {up: "upl"} and len(new) == 1 and new != old
+        dp2.set_uplinks({})
+        assert tc_progs(ns, "upl", "ingress") == []
+        dp2.set_uplinks({up: "upl"})
+        dp2.cleanup()
+        assert tc_progs(ns, "upl", "ingress") == []
+    finally:
+        dp1.close()
+        dp2.close()

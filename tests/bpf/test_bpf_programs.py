@@ -254,6 +254,30 @@ def test_icc_false_drops_endpoint_to_endpoint(env):
                      ipv6(str(b1.ipv6[0]), str(b2.ipv6[0]), 58, icmp6(135))), b1)
 
 
+def test_icc_false_drops_multicast_dns_only(env):
+    a1, _, b1, _ = ids(env)
+
+    def mdns(ep, dport=5353):
+        ll = str(eui64_link_local(ep.mac))
+        return [eth("01:00:5e:00:00:fb", ep.mac, ETH_IP, ipv4(str(ep.ipv4), "224.0.0.251",
+                                                              payload=udp(5353, dport))),
+                eth("33:33:00:00:00:fb", ep.mac, ETH_IPV6, ipv6(ll, "ff02::fb", 17, udp(5353, dport))),
+                eth("33:33:00:00:00:fb", ep.mac, ETH_IPV6, ipv6(str(ep.ipv6[0]), "ff02::fb", 17,
+                                                                udp(40000, dport)))]
+    for pkt in mdns(b1):
+        r = run(env.dp, "ep_ingress", pkt, b1.host_ifindex)
+        assert r.verdict == TC_ACT_SHOT
+        assert r.counts == {b1.id: {"tx_drop_policy": 1}}
+    for pkt in mdns(a1):  # icc=true: announced to every endpoint
+        _kernel(env, pkt, a1)
+    ll = str(eui64_link_local(b1.mac))
+    for pkt in [*mdns(b1, dport=5354),  # not mDNS
+                eth("01:00:5e:7f:ff:fa", b1.mac, ETH_IP, ipv4(str(b1.ipv4), "239.255.255.250",
+                                                              payload=udp(1900, 1900))),
+                eth("33:33:ff:00:00:03", b1.mac, ETH_IPV6, ipv6(ll, "ff02::1:ff00:3", 58, icmp6(135)))]:
+        _kernel(env, pkt, b1)
+
+
 # -- ep_egress --------------------------------------------------------------------
 
 def test_egress_counts_kernel_rx(env):
