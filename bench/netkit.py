@@ -62,12 +62,15 @@ OUT_JSON = "netkit_vm.json"  # where make vm-bench puts the guest's JSON
 
 def markdown(doc: dict[str, Any]) -> list[str]:
     """The RESULTS.md section for the JSON of one ``make vm-bench`` run."""
+    title = "## netkit vs veth endpoints (`make vm-bench KERNEL=6.12`)"
+    if "pps" not in doc:
+        return [title, "", f"Kernel {doc['kernel']} in the VM (qemu {doc.get('accel')}): {doc['error']}", ""]
     pps = doc["pps"]
     ratio = pps["ratio_to_direct_best"]
     rows = [f"| {v} | {pps[v]['best_pps']} | {pps[v]['median_pps']} | {ratio[v]:.3f}x |" for v in ratio]
     where = "EMULATED (qemu TCG): absolute rates mean nothing, only the ratios" if doc.get("emulated") \
         else f"accel {doc.get('accel')}"
-    return ["## netkit vs veth endpoints (`make vm-bench KERNEL=6.12`)", "",
+    return [title, "",
             (f"One run in the VM on kernel {doc['kernel']}, {doc.get('cpus')} guest CPUs, **{where}**. "
             f"64-byte UDP/IPv4 between two endpoints, {doc['rounds']} alternating rounds of {doc['seconds']} s "
             "(`bench/netkit.py`)."), "",
