@@ -3,13 +3,16 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench bench-quick vm-test vm-bench clean
+.PHONY: setup demo demo-cluster test lint bench bench-quick vm-test vm-bench clean
 
 setup:
 	@bash scripts/setup
 
 demo: setup
 	$(VENV)/bin/bpfnet demo
+
+demo-cluster: setup
+	$(VENV)/bin/bpfnet demo --cluster
 
 # The daemon datapath tests run twice: as the kernel allows (tcx here) and with the
 # programs forced onto clsact + cls_bpf (the fallback of kernels before 6.6).

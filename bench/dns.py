@@ -42,6 +42,7 @@ BASELINE_PORT = 5300
 SIZES = tuple(int(n) for n in os.environ.get("BPFNET_DNS_SIZES", "10,1000").split(","))
 FORWARDED = [f"f{i}.test.example" for i in range(50)]
 OUT_JSON = "dns.json"
+ROUNDS = 3
 
 
 def _query(name: str, qid: int) -> bytes:
@@ -104,6 +105,16 @@ def dnsperf(ns: str, server: str, port: int, names: list[str], seconds: float, w
             "completed": int(number("Queries completed"))}
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per field, the median of the rounds (losses and failures: the sum); the rounds' values kept."""
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        values = sorted(r[key] for r in runs)
+        out[key] = sum(values) if key in ("lost", "failed", "wrong", "sent") else values[len(values) // 2]
+    out["rounds"] = runs
+    return out
+
+
 def _dnsmasq(ns: str, workdir: Path, *args: str) -> subprocess.Popen[bytes]:
     return env.spawn(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                       "--bind-interfaces", "--user=root", f"--pid-file={workdir}/dnsmasq-{time.time_ns()}.pid",
@@ -155,29 +166,49 @@ def measure(seconds: float) -> dict[str, Any]:
         _wait_answer(client.ns, GW, BASELINE_PORT, names[-1])
         _wait_answer(client.ns, GW, 53, names[-1])
         row: dict[str, Any] = {"endpoints": size, "add_ms_per_endpoint": round(add_s * 1000 / max(added, 1), 1)}
-        for label, port in (("bpfnet", 53), ("dnsmasq", BASELINE_PORT)):
-            row[label] = {"names": dnsperf(client.ns, GW, port, names, seconds, work),
-                          "forwarded": dnsperf(client.ns, GW, port, FORWARDED, seconds, work),
-                          "names_latency": _probe_in(client.ns, GW, port, 1000, names),
-                          "forwarded_latency": _probe_in(client.ns, GW, port, 1000, FORWARDED)}
+        # Interleaved rounds (bpfnet, dnsmasq, bpfnet, …), medians reported: the 2 cores are shared.
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for _ in range(ROUNDS):
+            for kind, queries in (("names", names), ("forwarded", FORWARDED)):
+                for label, port in (("bpfnet", 53), ("dnsmasq", BASELINE_PORT)):
+                    runs.setdefault((label, kind), []).append(dnsperf(client.ns, GW, port, queries, seconds, work))
+                    runs.setdefault((label, f"{kind}_latency"), []).append(
+                        _probe_in(client.ns, GW, port, 500, queries))
+        for label in ("bpfnet", "dnsmasq"):
+            row[label] = {kind: _median_run(runs[(label, kind)])
+                          for kind in ("names", "forwarded", "names_latency", "forwarded_latency")}
         sizes[str(size)] = row
         log.info("%d endpoints: %s", size, json.dumps(row))
     restart = _restart_losses(d, client.ns, names[:10])
-    return {"sizes": sizes, "restart": restart, "seconds": seconds, "machine": env.machine()}
+    return {"sizes": sizes, "restart": restart, "seconds": seconds, "rounds": ROUNDS, "machine": env.machine()}
 
 
 def _restart_losses(d: BpfnetDaemon, ns: str, names: list[str]) -> dict[str, Any]:
-    """2000 queries one at a time (about 2 ms apart) while the daemon restarts and is SIGKILLed."""
-    proc = env.spawn([env.PYTHON, "-m", "bench.dns", "probe", GW, "53", "2000", "0.002", *names], ns=ns,
-                     stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    """Endpoint-name queries one at a time (about 2 ms apart, in batches of 500) from before the
+    daemon is stopped until it has been started, SIGKILLed and started again."""
+    import threading
+
+    done = threading.Event()
+    total = {"sent": 0, "failed": 0, "wrong": 0}
+
+    def loop() -> None:
+        while not done.is_set():
+            r = _probe_in(ns, GW, 53, 500, names, 0.002)
+            for k in total:
+                total[k] += int(r[k])
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    time.sleep(1)
     assert d.proc is not None
     env.stop(d.proc, timeout=20)
     d.start()
     env.stop(d.proc, sig=9)
     d.start()
-    out, _ = proc.communicate(timeout=300)
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    time.sleep(1)
+    done.set()
+    t.join(timeout=120)
+    return total
 
 
 def ratio(a: float, b: float) -> float:
@@ -185,10 +216,11 @@ def ratio(a: float, b: float) -> float:
 
 
 def markdown(doc: dict[str, Any]) -> list[str]:
-    intro = ("bpfnet's embedded resolver (a Python process on the network's gateway, port 53) against dnsmasq "
-             "on the same address (port 5300) serving the same names from a hosts file and forwarding the "
-             "rest, uncached, to the same upstream dnsmasq; queried from one endpoint. qps: dnsperf, 20 "
-             f"outstanding, {doc['seconds']:g} s; latency: one query at a time, 1000 queries.")
+    intro = ("bpfnet (the eBPF datapath's answers for endpoint names, the resolver process for the rest, on the "
+             "network's gateway, port 53) against dnsmasq on the same address (port 5300) serving the same "
+             "names from a hosts file and forwarding the rest, uncached, to the same upstream dnsmasq; queried "
+             f"from one endpoint. qps: dnsperf, 20 outstanding, {doc['seconds']:g} s; latency: one query at a "
+             f"time, 500 queries; {doc.get('rounds', 1)} interleaved rounds, medians.")
     head = ("| endpoints | queries | bpfnet qps | dnsmasq qps | ratio | bpfnet p50 / p99 µs | dnsmasq p50 / p99 µs "
             "| p99 ratio |")
     lines = ["## DNS for endpoints", "", intro, "", head, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -199,11 +231,43 @@ def markdown(doc: dict[str, Any]) -> list[str]:
             lines.append(f"| {size} | {'endpoint names' if kind == 'names' else 'forwarded'} | {b[kind]['qps']} "
                          f"| {m[kind]['qps']} | {ratio(b[kind]['qps'], m[kind]['qps'])}x | {bl['p50_us']} / "
                          f"{bl['p99_us']} | {ml['p50_us']} / {ml['p99_us']} | {ratio(bl['p99_us'], ml['p99_us'])}x |")
+    sizes = doc["sizes"]
+
+    def worst(kind: str, what: str) -> float:
+        values = []
+        for row in sizes.values():
+            b, m = row["bpfnet"], row["dnsmasq"]
+            if what == "qps":
+                values.append(ratio(b[kind]["qps"], m[kind]["qps"]))
+            else:
+                values.append(ratio(b[f"{kind}_latency"]["p99_us"], m[f"{kind}_latency"]["p99_us"]))
+        return min(values) if what == "qps" else max(values)
+
+    names_qps, names_p99 = worst("names", "qps"), worst("names", "p99")
+    fwd_qps, fwd_p99 = worst("forwarded", "qps"), worst("forwarded", "p99")
+    goals = (f"Goals: endpoint names at ≥ 1.0x dnsmasq's qps: **{'met' if names_qps >= 1.0 else 'missed'}** "
+             f"(worst {names_qps}x); p99 no worse: **{'met' if names_p99 <= 1.0 else 'missed'}** (worst "
+             f"{names_p99}x); 0 lost across a restart: **{'met' if doc['restart']['failed'] == 0 else 'missed'}**. "
+             f"Forwarded names: {fwd_qps}x qps, p99 {fwd_p99}x.")
+    why = [
+        ("- Endpoint names never reach user space with the eBPF datapath: `ep_ingress` (bpf/dns.h) answers "
+         "A/AAAA from the `dns_names` map on the endpoint's own veth and sends the answer straight back "
+         "(`bpf_redirect_peer`); dnsmasq pays the bridge, the host's UDP stack, a socket wake-up and its "
+         "hosts-file look-up each way."),
+        ("- Forwarded names go through the resolver process (Python, one thread, no cache, like Docker's "
+         "embedded DNS) against dnsmasq's C: the interpreter's cost per query (two sendto/recvfrom pairs, "
+         "parsing) bounds its rate, which varies by ±50% between rounds here, as the 2 cores are shared with "
+         "other test runs and a qemu guest (load 5-7). Not a goal of the issue; no profile taken."),
+        ("- Queries over IPv6 transport, over TCP, PTR and NODATA are answered by the resolver process too "
+         "(not measured here)."),
+    ]
+    lines += ["", goals, "", *why]
     r = doc["restart"]
-    restart = (f"Across a daemon restart and a SIGKILL (2000 endpoint-name queries one at a time, no retry): "
-               f"**{r['failed']} lost**, {r['wrong']} wrong.")
+    restart = (f"Across a daemon restart and a SIGKILL at {max(int(k) for k in doc['sizes'])} endpoints "
+               f"({r['sent']} endpoint-name queries one at a time, no retry, from before the stop until "
+               f"after the second start): **{r['failed']} lost**, {r['wrong']} wrong.")
     lines += ["", restart,
-              "Endpoint add with DNS (files, resolver state handed over and confirmed): " + ", ".join(
+              "Endpoint add with DNS (files, names into the datapath, resolver state handed over): " + ", ".join(
                   f"{row['add_ms_per_endpoint']} ms per add up to {size}" for size, row in doc["sizes"].items())
               + "."]
     return lines + [""]

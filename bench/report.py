@@ -424,11 +424,23 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
     if found:
         lines += ["## Findings", "", ("Derived from this run's figures and profiles (details in the "
                   "sections below)."), ""] + [f"- {f}" for f in found] + [""]
-    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _dns_md() + _kernels_md() + _method_md(doc)
+    lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _overlay_md()
+    lines += _underlay_md() + _dns_md() + _kernels_md() + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
     lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
     return "\n".join(lines)
+
+
+def _overlay_md() -> list[str]:
+    """The cross-host figures of the last ``python -m bench.overlay --write`` (bench/overlay.json)."""
+    from . import overlay
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), overlay.OUT_JSON)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return overlay.markdown(json.load(f))
 
 
 def _outside_md() -> list[str]:
@@ -466,6 +478,17 @@ def _kernels_md() -> list[str]:
             with open(path, encoding="utf-8") as f:
                 out += mod.markdown(json.load(f))
     return out
+
+
+def _underlay_md() -> list[str]:
+    """The cross-host figures of the last ``python -m bench.underlay --write`` (bench/underlay.json)."""
+    from . import underlay
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), underlay.OUT_JSON)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return underlay.markdown(json.load(f))
 
 
 def _relative_rates(med: dict[str, dict[str, float]]) -> str:

@@ -14,7 +14,8 @@
 #define BPFNET_DROP_REASONS(X)                                                     \
 	X(SPOOFED_SOURCE, 0, "source MAC, IPv4/IPv6 address or ARP sender is not the endpoint's own") \
 	X(POLICY, 1, "icc=false: unicast between two endpoints of the same network") \
-	X(INTERNAL, 2, "internal network: unicast IP to or from outside the network (not an endpoint or gateway)")
+	X(INTERNAL, 2, "internal network: unicast IP to or from outside the network (not an endpoint or gateway)") \
+	X(TUNNEL_SOURCE, 3, "from the overlay tunnel: the source is not an endpoint of that VTEP and network")
 
 enum drop_reason {
 #define BPFNET_X_ENUM(name, num, doc) DROP_##name = num,

@@ -8,6 +8,10 @@
  * 2. Unicast IPv4/IPv6 to another endpoint of the same network: drop if the
  *    network has icc=false (DROP_POLICY), else rewrite the destination MAC and
  *    redirect straight to it (fast path).
+ * 2b. Unicast IP to an endpoint of the same overlay network on another host
+ *    (bpf/tunnel.h): the same icc rule, then encapsulated through the
+ *    overlay's VXLAN device (tunnel path). An ARP request for such an
+ *    endpoint is answered here.
  * 3. On an internal network, unicast IP to anything but an endpoint of the
  *    network or its gateway: drop (DROP_INTERNAL, see internal_peer_allowed()).
  * 3a. A DNS query to the network's gateway: answered here for the network's
@@ -21,6 +25,7 @@
  */
 #include "dns.h"
 #include "forward.h"
+#include "tunnel.h"
 #include "nat.h"
 #include "validate.h"
 
@@ -28,6 +33,7 @@ int ep_ingress(struct __sk_buff *skb)
 {
 	struct packet p;
 	struct endpoint *src, *dst;
+	struct remote_endpoint *remote;
 	struct network *net;
 	__u32 len, pkts;
 	int verdict;
@@ -41,6 +47,9 @@ int ep_ingress(struct __sk_buff *skb)
 	case SOURCE_SPOOFED:
 		return drop(skb, src->id, DIR_TX, DROP_SPOOFED_SOURCE);
 	case SOURCE_KERNEL:
+		verdict = arp_answer_remote(skb, src, &p);
+		if (verdict >= 0)
+			return verdict;
 		goto kernel;
 	case SOURCE_VALID_IP:
 		break;
@@ -61,6 +70,12 @@ int ep_ingress(struct __sk_buff *skb)
 	dst = fast_target(src->network_id, &p);
 	if (!dst || dst->ifindex == src->ifindex) {
 		net = lookup_network(src->network_id);
+		remote = (net && net->vni) ? remote_target(src->network_id, &p) : NULL;
+		if (remote) {
+			if (!net->icc)
+				return drop(skb, src->id, DIR_TX, DROP_POLICY);
+			return tunnel_send(skb, p.eth, src, remote, net);
+		}
 		if (net && net->internal && !internal_peer_allowed(src->network_id, net, &p, 0))
 			return drop(skb, src->id, DIR_TX, DROP_INTERNAL);
 		if (!dst) {

@@ -65,6 +65,7 @@ struct network {
 	__be32 gateway4;     /* network byte order */
 	__u32 gateway6[MAX_GATEWAY6][4]; /* network byte order */
 	__u8 internal;       /* 1: nothing leaves or enters (network create --internal) */
+	__u32 vni;           /* overlay networks: VXLAN network identifier; 0: not an overlay */
 };
 
 /* Keys of the address maps. The network id is part of the key: the fast path
@@ -89,11 +90,33 @@ struct path_counters {
 	__u64 fast_bytes;
 	__u64 kernel_packets; /* left to the kernel (bridge, routing) */
 	__u64 kernel_bytes;
+	__u64 tunnel_packets; /* sent to / received from another host through the overlay tunnel */
+	__u64 tunnel_bytes;
 	__u64 drops[DROP_REASON_COUNT];
 };
 
 struct endpoint_counters {
 	struct path_counters dir[2]; /* indexed by enum direction */
+};
+
+/* An endpoint of an overlay network on another host: where its packets go. */
+struct remote_endpoint {
+	__be32 vtep;   /* its host's --advertise-addr, network byte order */
+	__u8 mac[6];   /* its eth0's MAC */
+	__u8 pad[2];
+};
+
+/* The overlay's collect-metadata VXLAN device in this namespace. */
+struct tunnel_config {
+	__u32 ifindex; /* 0: no overlay on this host */
+	__u32 pad;
+};
+
+struct tunnel_counters {
+	__u64 rx_packets; /* decapsulated and delivered to a local endpoint */
+	__u64 rx_bytes;
+	__u64 rx_unknown; /* no network for the VNI, or no endpoint for the address */
+	__u64 rx_not_ip;  /* ARP, broadcast, multicast: not carried across hosts */
 };
 
 /*
@@ -220,6 +243,16 @@ BPF_TABLE_PINNED("hash", struct dns_name_key, struct dns_addrs, dns_names,
 /* network id -> DNS counters; per CPU, summed by the controller. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct dns_counters, dns_counters, MAX_NETWORKS,
 		 BPFNET_PIN(dns_counters));
+/* Overlay networks (bpf/tunnel.h): (network id, address) -> an endpoint on another host */
+BPF_TABLE_PINNED("hash", struct ep_ipv4_key, struct remote_endpoint, remote_by_ipv4, MAX_ENDPOINTS,
+		 BPFNET_PIN(remote_by_ipv4));
+BPF_TABLE_PINNED("hash", struct ep_ipv6_key, struct remote_endpoint, remote_by_ipv6,
+		 MAX_ENDPOINTS * MAX_EP_IPV6, BPFNET_PIN(remote_by_ipv6));
+/* VNI -> this host's network id, for what arrives through the tunnel */
+BPF_TABLE_PINNED("hash", __u32, __u32, network_by_vni, MAX_NETWORKS, BPFNET_PIN(network_by_vni));
+BPF_TABLE_PINNED("array", __u32, struct tunnel_config, tunnel_config, 1, BPFNET_PIN(tunnel_config));
+BPF_TABLE_PINNED("percpu_array", __u32, struct tunnel_counters, tunnel_counters, 1,
+		 BPFNET_PIN(tunnel_counters));
 
 /* published port -> its endpoint; written by the controller (outside service) */
 BPF_TABLE_PINNED("hash", struct published_key, struct published_port, published_ports,

@@ -19,6 +19,7 @@ enum count_kind {
 	COUNT_FAST = 0,   /* redirected by bpfnet */
 	COUNT_KERNEL = 1, /* passed to the kernel */
 	COUNT_DROP = 2,   /* dropped, see reason */
+	COUNT_TUNNEL = 3, /* to / from another host through the overlay tunnel */
 };
 
 /*
@@ -53,6 +54,9 @@ static __always_inline void metrics_count(__u32 ep_id, enum direction dir, enum 
 	} else if (kind == COUNT_KERNEL) {
 		p->kernel_packets += packets;
 		p->kernel_bytes += bytes;
+	} else if (kind == COUNT_TUNNEL) {
+		p->tunnel_packets += packets;
+		p->tunnel_bytes += bytes;
 	} else if ((__u32)reason < DROP_REASON_COUNT) {
 		p->drops[reason] += packets;
 	}

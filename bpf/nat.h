@@ -63,6 +63,7 @@ static long (*bpfnet_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *para
 				     __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
 #define NS_PER_S 1000000000ULL
+#define PACKET_HOST_ 0 /* skb->pkt_type: to us (not broadcast, multicast, another host) */
 #define AF_INET_ 2
 #define AF_INET6_ 10
 #define TCP_FLAG_FIN_ 0x01
@@ -332,7 +333,8 @@ static __always_inline int published_in(struct __sk_buff *skb)
 
 	pull_headers(skb);
 	packet_start(&p, skb);
-	if (p.proto < 0 || mac_is_multicast(p.eth->h_dest) || skb->vlan_present)
+	/* only frames addressed to this host (not seen in promiscuous mode) */
+	if (p.proto < 0 || skb->pkt_type != PACKET_HOST_ || skb->vlan_present)
 		return TC_ACT_OK;
 	if (parse_ip(&p) < 0 || nat_parse(skb, &p, &n) < 0)
 		return TC_ACT_OK;
@@ -464,12 +466,12 @@ static __always_inline void published_learn(struct __sk_buff *skb, struct packet
 	out_key.proto = n.proto;
 	out_key.family = n.family;
 	out = published_flows.lookup(&out_key);
-	if (!out || out->dir != FLOW_OUT || out->state == FLOW_ESTABLISHED ||
-	    out->endpoint_id != dst->id)
+	if (!out || out->dir != FLOW_OUT || out->endpoint_id != dst->id)
 		return;
 	flow_twin_key(&out_key, out, &in_key);
 	in = published_flows.lookup(&in_key);
-	if (!in || in->dir != FLOW_IN)
+	if (!in || in->dir != FLOW_IN ||
+	    (in->state == FLOW_ESTABLISHED && out->state == FLOW_ESTABLISHED))
 		return;
 	in->state = FLOW_ESTABLISHED;
 	out->state = FLOW_ESTABLISHED;

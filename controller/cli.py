@@ -61,13 +61,19 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         if fast.get("enabled"):
             lines.append(f"  fast path:  uplink_ingress on {', '.join(fast['uplinks']) or 'no uplink yet'}; "
                          f"{fast['flows']} flow direction(s), {fast['established']} established")
+    dns = info.get("dns")
+    if dns:
+        lines.append(f"DNS:          resolver pid {dns['resolver_pid'] or '- (not running)'}, upstreams "
+                     f"{' '.join(dns['upstreams']) or 'none'} (from {dns['resolv_conf']} and --dns)")
     emit(args, info, "\n".join(lines))
 
 
 def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
     body: dict[str, Any] = {"name": args.name, "icc": args.icc}
     for key, value in (("subnet4", args.subnet), ("bridge", args.bridge), ("gateway4", args.gateway), ("ip_range4", args.ip_range), ("subnet6", args.subnet6),
-                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu)):
+                       ("gateway6", args.gateway6), ("ip_range6", args.ip_range6), ("mtu", args.mtu),
+                       ("parent", args.parent), ("ipvlan_mode", args.ipvlan_mode),
+                       ("host_prefix", args.host_prefix), ("host_prefix6", args.host_prefix6)):
         if value is not None:
             body[key] = value
     if args.ipv6:
@@ -78,6 +84,8 @@ def cmd_network_create(args: argparse.Namespace, c: Client) -> None:
         body["masquerade"] = False
     if args.driver != "bridge":
         body["driver"] = args.driver
+    if args.vni is not None:
+        body["vni"] = args.vni
     net = c.post("/v1/networks", body)
     emit(args, net, net["name"])
 
@@ -154,6 +162,13 @@ def cmd_endpoint_rm(args: argparse.Namespace, c: Client) -> None:
             print(name)
 
 
+def cmd_node_ls(args: argparse.Namespace, c: Client) -> None:
+    nodes = c.get("/v1/nodes")
+    rows = [[n["name"] + (" *" if n.get("self") else ""), n.get("address") or "-", n["state"], n.get("endpoints", 0)]
+            for n in nodes]
+    emit(args, nodes, table(rows, ["NODE", "ADDRESS", "STATE", "ENDPOINTS"]))
+
+
 def cmd_stats(args: argparse.Namespace, c: Client) -> None:
     stats = c.get("/v1/stats")
     emit(args, stats, stats_table(stats))
@@ -187,6 +202,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "ip_masq": args.ip_masq, "ip6_masq": args.ip6_masq, "ip_forward": args.ip_forward,
         "published_fastpath": args.published_fastpath, "uplinks": args.uplink,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
+        "cluster_store": args.cluster_store, "advertise_addr": args.advertise_addr, "node_name": args.node_name,
         "dns": args.dns, "dns_search": args.dns_search, "dns_opt": args.dns_opt, "resolv_conf": args.resolv_conf,
     }
     cfg = load_daemon_config(args.config, overrides)
@@ -300,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--docker-plugin-dir", metavar="DIR",
                    help="where the plugin's socket NAME.sock goes (default /run/docker/plugins, where dockerd "
                         "looks)")
+    d.add_argument("--cluster-store", metavar="etcd://HOST:PORT[,HOST:PORT...]",
+                   help="join a cluster: overlay networks, their addresses and endpoints live in this etcd")
+    d.add_argument("--advertise-addr", metavar="IP",
+                   help="with --cluster-store: this host's IPv4 address the other hosts send VXLAN to (the VTEP)")
+    d.add_argument("--node-name", metavar="NAME", help="with --cluster-store: this host's name in the cluster "
+                                                       "(default: the host name)")
     _dns_flags(d, "the endpoints' (replacing the host resolv.conf's)")
     d.add_argument("--resolv-conf", metavar="PATH",
                    help="the resolv.conf endpoints' files start from (default /etc/resolv.conf of the namespace "
@@ -325,7 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     nc = net.add_parser("create", parents=[client_opts], help="create a network")
     nc.add_argument("name")
     nc.add_argument("-d", "--driver", default="bridge",
-                    help="network driver: bridge (default; this host), overlay (every host of the cluster)")
+                    help="network driver: bridge (default; this host), overlay (every host of the cluster), "
+                         "routed (a block per node, routes between nodes), macvlan, ipvlan (endpoints on a physical interface: --parent)")
+    nc.add_argument("--parent", metavar="IFACE[.VLAN]",
+                    help="macvlan, ipvlan: the physical interface; IFACE.VLAN makes an 802.1q sub-interface "
+                         "(removed with the last network on it)")
+    nc.add_argument("--ipvlan-mode", choices=("l2", "l3"), help="ipvlan: l2 (default) or l3")
+    nc.add_argument("--host-prefix", type=int, metavar="N",
+                    help="routed: each node's block of --subnet is a /N (default 24)")
+    nc.add_argument("--host-prefix6", type=int, metavar="N",
+                    help="routed: each node's block of --subnet6 is a /N (default 80)")
+    nc.add_argument("--vni", type=int, help="overlay: the VXLAN network identifier (default: the lowest free "
+                                            "one from 4096)")
     nc.add_argument("--subnet", help="IPv4 subnet, e.g. 10.10.0.0/24 (default: the first free one of the "
                                      "daemon's address pools)")
     nc.add_argument("--gateway", help="IPv4 gateway on the bridge (default: first address)")
@@ -378,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("names", nargs="+")
     er.set_defaults(func=cmd_endpoint_rm)
 
+    node = sub.add_parser("node", help="the cluster's nodes (--cluster-store)").add_subparsers(dest="sub",
+                                                                                              required=True)
+    nl2 = node.add_parser("ls", parents=[client_opts], help="list the cluster's nodes and their state")
+    nl2.set_defaults(func=cmd_node_ls)
+
     st = sub.add_parser("stats", parents=[client_opts], help="per-endpoint counters from the BPF maps")
     st.set_defaults(func=cmd_stats)
 
@@ -386,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--iterations", type=int, default=None, help="stop after N refreshes (default: until Ctrl-C)")
     tp.set_defaults(func=cmd_top)
 
-    sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm = sub.add_parser("demo", help="start a daemon in a fresh namespace, add endpoints, ping, clean up")
+    dm.add_argument("--cluster", action="store_true",
+                    help="two hosts, etcd and an overlay network instead (make demo-cluster)")
     return p
 
 
@@ -396,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "daemon":
             return cmd_daemon(args)
         if args.cmd == "demo":
+            if args.cluster:
+                from .demo_cluster import run_cluster_demo
+
+                return int(run_cluster_demo())
             from .demo import run_demo
 
             return int(run_demo())

@@ -282,6 +282,20 @@ def parse_bip(text: Any) -> IPv4Interface:
     return iface
 
 
+VNI_MAX = (1 << 24) - 1
+
+
+def _vni(given: dict[str, Any]) -> int | None:
+    vni = given.get("vni")
+    if vni is None:
+        return None
+    if given.get("driver") != "overlay":
+        raise InvalidArgument("vni: only overlay networks (driver overlay) have a VNI")
+    if not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= VNI_MAX:
+        raise InvalidArgument(f"vni: expected an integer from 1 to {VNI_MAX}, got {vni!r}")
+    return vni
+
+
 def check_driver_name(value: Any) -> str:
     """A network driver's name: lower-case letters, digits, '-' and '_', starting with a letter.
     Whether this daemon has such a driver is the network service's question."""
@@ -291,6 +305,38 @@ def check_driver_name(value: Any) -> str:
 
 
 DRIVER_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# drivers whose endpoints hang on a physical interface (network create --parent)
+UNDERLAY_DRIVERS = ("macvlan", "ipvlan")
+IPVLAN_MODES = ("l2", "l3")
+VLAN_MIN, VLAN_MAX = 1, 4094  # 802.1q: 0 and 4095 are reserved
+
+
+def split_parent(parent: str) -> tuple[str, int | None]:
+    """IFACE.VLAN -> (IFACE, VLAN); IFACE -> (IFACE, None). Only a trailing run of digits after
+    the last dot is a VLAN id (an interface name may itself hold dots)."""
+    base, dot, tail = parent.rpartition(".")
+    if dot and base and tail.isascii() and tail.isdigit():
+        return base, int(tail)
+    return parent, None
+
+
+def check_parent(value: Any) -> str:
+    """--parent IFACE[.VLAN]: an interface name (the sub-interface's name is the text itself, as
+    Docker's macvlan names it) with a VLAN id in 1-4094."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"parent: expected an interface name like eth0 or eth0.10, got {json_type(value)}")
+    check_ifname(value, "parent interface")
+    base, vlan = split_parent(value)
+    check_ifname(base, "parent interface")
+    if vlan is not None and not VLAN_MIN <= vlan <= VLAN_MAX:
+        raise InvalidArgument(f"parent {value!r}: VLAN id {vlan} out of range {VLAN_MIN}-{VLAN_MAX}")
+    return value
+
+
+def check_ipvlan_mode(value: Any) -> str:
+    if value not in IPVLAN_MODES:
+        raise InvalidArgument(f"ipvlan_mode: expected one of {', '.join(IPVLAN_MODES)}, got {value!r}")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -324,6 +370,19 @@ class NetworkConfig:
     # bpfnet.drivers: which kind of network this is (network create --driver); "bridge" for
     # networks stored before there were drivers
     driver: str = "bridge"
+    # the underlay drivers (bpfnet.drivers.underlay): the physical interface, IFACE or IFACE.VLAN
+    # (an 802.1q sub-interface of IFACE), their endpoints' links hang on (network create --parent),
+    # and ipvlan's mode (l2, l3)
+    parent: str | None = None
+    ipvlan_mode: str | None = None
+    # routed networks (bpfnet.drivers.routed): the subnet shared by the cluster, of which this
+    # node's block (subnet4/subnet6 here) is one /host_prefix (/host_prefix6)
+    cluster_subnet4: IPv4Network | None = None
+    cluster_subnet6: IPv6Network | None = None
+    host_prefix: int | None = None
+    host_prefix6: int | None = None
+    # overlay networks: the VXLAN network identifier, one per network in the cluster
+    vni: int | None = None
 
     @property
     def owns_bridge(self) -> bool:
@@ -340,7 +399,8 @@ class NetworkConfig:
     def to_json(self) -> dict[str, Any]:
         out = {k: (str(v) if v is not None and not isinstance(v, (bool, int, dict)) else v)
                for k, v in asdict(self).items()}
-        for key in ("subnet_source", "subnet6_source", "owned"):
+        for key in ("subnet_source", "subnet6_source", "owned", "parent", "ipvlan_mode", "cluster_subnet4",
+                    "cluster_subnet6", "host_prefix", "host_prefix6"):
             if out[key] is None:
                 del out[key]  # stored and answered only when known
         return out
@@ -398,11 +458,28 @@ class NetworkConfig:
         cfg = cls(name, bridge, subnet4, gateway4, ip_range4, ipv6, subnet6, gateway6, ip_range6, dg4, dg6, mtu, icc,
                   sources[0], sources[1], owned, internal=_flag(given, "internal", False),
                   masquerade=_flag(given, "masquerade", True),
-                  driver=check_driver_name(given.get("driver", "bridge")))
+                  driver=check_driver_name(given.get("driver", "bridge")), vni=_vni(given),
+                  parent=check_parent(given["parent"]) if "parent" in given else None,
+                  ipvlan_mode=check_ipvlan_mode(given["ipvlan_mode"]) if "ipvlan_mode" in given else None,
+                  cluster_subnet4=(parse_v4_network(given["cluster_subnet4"], "cluster subnet")
+                                   if "cluster_subnet4" in given else None),
+                  cluster_subnet6=(parse_v6_network(given["cluster_subnet6"], "cluster IPv6 subnet")
+                                   if "cluster_subnet6" in given else None),
+                  host_prefix=_prefix(given, "host_prefix", 32), host_prefix6=_prefix(given, "host_prefix6", 128))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        if self.driver in UNDERLAY_DRIVERS and self.parent is None:
+            raise InvalidArgument(f"a {self.driver} network needs a parent interface (--parent IFACE or IFACE.VLAN)")
+        if self.parent is not None and self.driver not in UNDERLAY_DRIVERS:
+            raise InvalidArgument(f"parent: only the {' and '.join(UNDERLAY_DRIVERS)} drivers take a parent "
+                                  f"interface, not {self.driver}")
+        routed = (self.cluster_subnet4, self.cluster_subnet6, self.host_prefix, self.host_prefix6)
+        if self.driver != "routed" and any(v is not None for v in routed):
+            raise InvalidArgument(f"host_prefix, host_prefix6: only for the routed driver, not {self.driver}")
+        if self.ipvlan_mode is not None and self.driver != "ipvlan":
+            raise InvalidArgument(f"ipvlan_mode: only for the ipvlan driver, not {self.driver}")
         s4 = self.subnet4
         if self.gateway4 not in s4 or self.gateway4 in (s4.network_address, s4.broadcast_address):
             raise InvalidArgument(f"gateway {self.gateway4} is not a usable address of subnet {s4}")
@@ -423,6 +500,15 @@ class NetworkConfig:
             self.default_gateway6 in s6 or self.default_gateway6.is_link_local
         ):
             raise InvalidArgument(f"IPv6 default gateway {self.default_gateway6} is neither in {s6} nor link-local")
+
+
+def _prefix(data: dict[str, Any], key: str, top: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+        raise InvalidArgument(f"{key}: expected a prefix length from 1 to {top}, got {value!r}")
+    return value
 
 
 def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
@@ -609,6 +695,11 @@ class DaemonConfig:
     uplinks: tuple[str, ...] = ()
     docker_plugin: str | None = None  # serve Docker's network + IPAM driver API as this plugin name
     docker_plugin_dir: str = DOCKER_PLUGIN_DIR  # where dockerd looks for plugin sockets
+    # multi-host (bpfnet.cluster, bpfnet.drivers.overlay): etcd://HOST:PORT[,...], this host's VTEP
+    # address, and its name in the cluster (default: the host name)
+    cluster_store: str | None = None
+    advertise_addr: str | None = None
+    node_name: str | None = None
     # bpfnet.dns: upstreams, search domains and options replacing those of the resolv.conf the
     # daemon starts from (--resolv-conf, default /etc/resolv.conf); None: not given
     dns: tuple[str, ...] | None = None
@@ -764,6 +855,18 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
         if len(cfg.docker_plugin_socket or "") > 107:
             raise InvalidArgument(f"--docker-plugin socket {cfg.docker_plugin_socket} is longer than a Unix "
                                   "socket path may be (107 bytes)")
+    if cfg.cluster_store is not None:
+        from .cluster.model import check_advertise_addr, parse_store_url
+
+        parse_store_url(cfg.cluster_store)
+        if not cfg.advertise_addr:
+            raise InvalidArgument("--cluster-store needs --advertise-addr: the IPv4 address of this host that the "
+                                  "other hosts send VXLAN packets to")
+        check_advertise_addr(cfg.advertise_addr)
+        if cfg.node_name is not None:
+            check_name(cfg.node_name, "--node-name")
+    elif cfg.advertise_addr or cfg.node_name:
+        raise InvalidArgument("--advertise-addr and --node-name need --cluster-store etcd://HOST:PORT")
     dns_settings(cfg.dns, cfg.dns_search, cfg.dns_opt)
     if cfg.resolv_conf is not None and not cfg.resolv_conf.startswith("/"):
         raise InvalidArgument(f"--resolv-conf {cfg.resolv_conf!r} is not an absolute path")

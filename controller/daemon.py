@@ -24,13 +24,21 @@ from typing import Any
 from . import __version__, links, netns
 from .api import routes
 from .api.server import ApiServer, Request
+from .cluster.blocks import BlockStore
+from .cluster.model import DEFAULT_TTL, check_advertise_addr, parse_store_url
+from .cluster.store import EtcdStore
 from .config import DaemonConfig, Listener
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
 from .datapath import Datapath, abi, make_datapath, resolve_endpoint_device, tcx
 from .dns import rules as dns_rules
 from .dns.service import DnsOptions, DnsService
+from .drivers import Drivers
+from .drivers.bridge import BridgeDriver
+from .drivers.overlay import OverlayDriver
+from .drivers.routed import RoutedDriver
+from .drivers.underlay import IpvlanDriver, MacvlanDriver
 from .endpoints import EndpointService
-from .errors import BpfnetError, Conflict, InvalidArgument
+from .errors import BpfnetError, Conflict, InvalidArgument, StoreUnavailable
 from .metrics import build_registry
 from .metrics.dns import DnsCollector
 from .metrics.outside import OutsideCollector
@@ -43,7 +51,7 @@ from .plugins import docker
 from .reconcile import migrate_stored_networks, reconcile_all
 from .recovery import check_fresh_state
 from .runtime import Runtime
-from .snapshot import MetricsSnapshot
+from .snapshot import ClusterStats, MetricsSnapshot
 from .state import Store, prepare_state_dir
 from .stats import take_snapshot
 from .tls import daemon_tls
@@ -63,6 +71,7 @@ class Daemon:
         self.on_request: Callable[[str, str, int], None] = lambda route, method, status: None
         self.locks: list[DaemonLock | NetnsLock] = []
         self.created_netns = False
+        self.cleanup_only = False  # --cleanup: no cluster store, nothing but the removal
         self.pins_existed = True
 
     # start-up ---------------------------------------------------------
@@ -125,7 +134,8 @@ class Daemon:
         self.rt.observer = self.controller_metrics
         self.rt.outer_prefixes = outer_prefixes
         routes.install(self.router, networks=self.networks, endpoints=self.endpoints,
-                       info=self.info, snapshot=self.snapshot)
+                       info=self.info, snapshot=self.snapshot,
+                       nodes=self.overlay.nodes if self.overlay is not None else None)
         self.docker = docker.DockerPlugin(self.networks, self.endpoints)
 
     def _app(self, req: Request) -> tuple[int, Any, str]:
@@ -161,7 +171,17 @@ class Daemon:
         self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
                           ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools,
                           ip_forward=cfg.ip_forward, endpoint_device=device)
-        self.networks = NetworkService(self.rt)
+        self.overlay: OverlayDriver | None = None
+        drivers = Drivers(BridgeDriver(self.rt), MacvlanDriver(self.rt), IpvlanDriver(self.rt))
+        self.routed = RoutedDriver(self.rt, None, None)  # refuses networks without a cluster store
+        if cfg.cluster_store and not self.cleanup_only:  # --cleanup needs no cluster
+            self.overlay = self._join_cluster(cfg)
+            drivers.add(self.overlay)
+            self.routed = RoutedDriver(self.rt, BlockStore(self.overlay.cluster), self.overlay.advertise)
+        drivers.add(self.routed)
+        self.networks = NetworkService(self.rt, drivers)
+        if self.overlay is not None:
+            self.overlay.networks = self.networks
         self.endpoints = EndpointService(self.rt, self.networks)
         self.outside: OutsideService | None = None
         nft = NftKernel(self.rt.ipr)
@@ -176,6 +196,20 @@ class Daemon:
         self.dns = DnsService(self.rt, self.dns_options, f"state {state_dir}", state_dir / "dns",
                               log_level=cfg.log_level)
         self.networks.dns = self.endpoints.dns = self.dns
+
+    def _join_cluster(self, cfg: DaemonConfig) -> OverlayDriver:
+        """Reach etcd and register this node (inside the managed namespace: the underlay is there)."""
+        assert cfg.cluster_store and cfg.advertise_addr
+        node = cfg.node_name or socket.gethostname()
+        ttl = int(os.environ.get("BPFNET_CLUSTER_TTL", DEFAULT_TTL))  # tests shorten the node lease
+        store = EtcdStore(parse_store_url(cfg.cluster_store), node, cfg.advertise_addr, ttl=ttl)
+        driver = OverlayDriver(self.rt, store, check_advertise_addr(cfg.advertise_addr), node)
+        driver.check_underlay()  # before anything is registered in etcd
+        try:
+            store.connect()
+        except StoreUnavailable as exc:
+            raise BpfnetError(f"--cluster-store: {exc.message}") from None
+        return driver
 
     def _check_state_owner(self, store: Store) -> None:
         owner = self.cfg.netns or ""
@@ -196,7 +230,10 @@ class Daemon:
                                 delete_leaks=cfg.reconcile != "adopt")
         if self.outside is not None:
             self.outside.start()  # adopts a previous daemon's table: rebuilt in one transaction
+        if self.overlay is not None:
+            self.overlay.start()  # the tunnel device, then in step with the cluster, then watching
         self.dns.start()  # adopts a previous daemon's resolver; rewrites and checks the endpoints' files
+        self.routed.start()  # this node's blocks claimed, routes to the others', then every second
         return repairs
 
     def undo_failed_start(self) -> None:
@@ -216,10 +253,25 @@ class Daemon:
                                    self.servers.warnings)
         doc["outside"] = self.outside.info() if self.outside is not None else None
         doc["dns"] = self.dns.info()
+        doc["cluster"] = None if self.overlay is None else {
+            "store": self.overlay.cluster.url, "node": self.overlay.node, "advertise_addr": str(self.overlay.advertise),
+            "connected": self.overlay.cluster.connected, "ttl": self.overlay.cluster.ttl,
+            "store_requests": self.overlay.cluster.requests, "store_keepalives": self.overlay.cluster.keepalives,
+            "remote_endpoints": len(self.overlay.cluster.view.remote(self.overlay.node)),
+            "tunnel": self.rt.datapath.tunnel_counters(),
+        }
         return doc
 
     def snapshot(self) -> MetricsSnapshot:
-        return take_snapshot(self.rt, self.cfg.datapath)
+        cluster = None
+        if self.overlay is not None:
+            view, me = self.overlay.cluster.view, self.overlay.node
+            owners = {e.node for e in view.endpoints.values()}
+            cluster = ClusterStats(store_up=self.overlay.cluster.connected, nodes_alive=len(view.nodes),
+                                   nodes_down=len(owners - set(view.nodes)),
+                                   remote_endpoints=len(view.remote(me)),
+                                   store_requests=self.overlay.cluster.requests)
+        return take_snapshot(self.rt, self.cfg.datapath, cluster)
 
     # run --------------------------------------------------------------
     def serve(self) -> None:
@@ -240,6 +292,11 @@ class Daemon:
         log.info("stopping; programs, pins and endpoints stay in place")
 
     def close(self) -> None:
+        self.dns.flush()  # the resolver serves on after the daemon: with the latest names
+        if getattr(self, "overlay", None) is not None:
+            assert self.overlay is not None
+            self.routed.stop()
+            self.overlay.stop()
         self.servers.close()
         if self.docker_server is not None:
             self.docker_server.close()  # unlinks the plugin's socket: dockerd must not find a dead one
@@ -293,6 +350,7 @@ def run(cfg: DaemonConfig, cleanup: bool = False) -> int:
         log.info("network namespace %s does not exist: nothing else to clean up", cfg.netns)
         return 0
     daemon.lock()
+    daemon.cleanup_only = cleanup
     try:
         daemon.setup()
     except BaseException:

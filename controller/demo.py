@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from . import netns
@@ -57,12 +58,28 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_demo() -> int:
+    return as_root(_run_demo)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process we started (by its PID), SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def as_root(body: Callable[[], int]) -> int:
+    """BODY() as root, with bpffs mounted around it: the daemon mounts it if missing; the demo,
+    having made it necessary, unmounts it after."""
     if os.geteuid() != 0:
         print("bpfnet demo: must run as root", file=sys.stderr)
         return 1
-    # The daemon mounts bpffs if missing; the demo, having made it necessary, unmounts it after.
     with bpffs.mounted():
-        return _run_demo()
+        return body()
 
 
 def _run_demo() -> int:
@@ -98,6 +115,9 @@ def _run_demo() -> int:
             results.append(_ping(src["netns"], dst["ipv6"][0].split("/")[0]))
         results.append(_ping(eps[0]["netns"], net["ipam"]["ipv4"]["gateway"]))
         results.append(_ping(eps[0]["netns"], net["ipam"]["ipv6"]["gateway"]))
+        _say("\nping by name (each endpoint's /etc/netns/NAME/resolv.conf names bpfnet's resolver):")
+        results.append(_ping(eps[0]["netns"], eps[1]["name"]))
+        results.append(_ping(eps[1]["netns"], f"{eps[2]['name']}.{net['name']}"))
         _say("\ncounters from the BPF maps (bpfnet stats):")
         _say(stats_table(client.get("/v1/stats")))
         url = client.get("/v1/info").get("metrics_url")
@@ -127,13 +147,7 @@ def _cleanup(client: Client, proc: subprocess.Popen[bytes], names: list[str], ta
             client.delete(object_path("endpoints", name))
         except ClientError:
             pass
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
     # Remove programs and pins, then the namespaces the daemon may have left.
     subprocess.run([python, "-m", "bpfnet", "daemon", "--cleanup", "--netns", tag, "--state-dir",
                     str(tmp / "state"), "-H", f"unix://{tmp}/cleanup.sock", "--metrics-addr", "127.0.0.1:0"],

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_ifname, check_name
 from .datapath.abi import ENDPOINT_DEVICES
-from .drivers import EndpointAddresses
+from .drivers import AddressTaken, EndpointAddresses
 from .drivers.bridge import LINK_LOCAL_GATEWAY
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
 from .ipam import IPAddress, IPNetwork, Pool, parse_address
@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HOST_VETH_PREFIX = "bnv"
 HANDOFF_SUFFIX = "p"  # a handed-off peer waits as bnvNp until the runtime moves it
-BRIDGE_MAX_PORTS = 1023  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
+BRIDGE_MAX_PORTS = 1023
+# A driver's claim (overlay: an etcd transaction) may lose a race with another host: pick again.
+ADDRESS_ATTEMPTS = 8  # the kernel's BR_MAX_PORTS is 1024 and port 0 is reserved
 
 # Sysctls of a new (or adopted) endpoint namespace of an IPv6 network, written
 # before its eth0 arrives: the default.* values are copied to eth0 when it
@@ -203,6 +205,16 @@ class EndpointService:
         if unknown:
             raise InvalidArgument(f"endpoint: unknown field(s) {', '.join(sorted(unknown))}")
         name = check_name(data.get("name") or "", "endpoint name")
+        for attempt in range(1, ADDRESS_ATTEMPTS + 1):
+            try:
+                return self._add(name, data)
+            except AddressTaken as exc:
+                if data.get("ip") or data.get("ip6") or attempt == ADDRESS_ATTEMPTS:
+                    raise Conflict(f"{exc.message}; retry") from None
+                log.info("endpoint %s: %s; picking again (attempt %d)", name, exc.message, attempt + 1)
+        raise AssertionError("unreachable")
+
+    def _add(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         with self.rt.lock:
             net_name = data.get("network") or self._default_network()
             net_row, cfg = self.networks.config(net_name)
@@ -241,9 +253,10 @@ class EndpointService:
                 with Rollback(f"endpoint add {name}") as rb:
                     rb.push("state row and leases", lambda: self.rt.store.remove_endpoint(name))
                     index = self._build(row, cfg, v4, v6, rb)
-                    spec = self.spec(row, cfg, net_row.id, host_ifindex=index)
-                    self.rt.datapath.add_endpoint(spec)
-                    rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
+                    if self.networks.drivers.get(cfg.driver).host_side:
+                        spec = self.spec(row, cfg, net_row.id, host_ifindex=index)
+                        self.rt.datapath.add_endpoint(spec)
+                        rb.push("datapath entries", lambda: self.rt.datapath.remove_endpoint(spec))
                     if publish and self.outside is not None:
                         self.outside.publish(name, publish)
                         rb.push("published ports", partial(self.outside.unpublish, name))
@@ -489,7 +502,9 @@ class EndpointService:
         net = self.rt.store.network(row.network)
         mine = self.rt.store.endpoint_leases(row.name)
         v6 = [IPv6Address(lease.address) for lease in mine if lease.family == 6]
-        if net is not None and any(lease.family == 4 for lease in mine):
+        cfg = NetworkConfig.from_json(net.config) if net is not None else None
+        driver = self.networks.drivers.get(cfg.driver) if cfg is not None else None
+        if net is not None and any(lease.family == 4 for lease in mine) and (driver is None or driver.host_side):
             step("datapath entries", lambda: self.rt.datapath.remove_endpoint(
                 self.spec(row, NetworkConfig.from_json(net.config), net.id)))
         if self.outside is not None:
@@ -500,8 +515,6 @@ class EndpointService:
         if proxy is not None:
             for a in v6:
                 step(f"proxy neighbour {a}", partial(kernel.remove_proxy_neighbour, proxy, a))
-        cfg = NetworkConfig.from_json(net.config) if net is not None else None
-        driver = self.networks.drivers.get(cfg.driver) if cfg is not None else None
         if cfg is not None and driver is not None:
             step(f"veth {row.host_ifname}", partial(driver.leave, cfg, row))
             step("driver record", partial(driver.delete_endpoint, cfg, row))
@@ -547,9 +560,12 @@ class EndpointService:
                 problems.append(f"the endpoint is in state {row.state!r}")
             net_row, cfg = self.networks.config(row.network)
             kernel = self.rt.kernel
+            driver = self.networks.drivers.get(cfg.driver)
             host = next((link for link in kernel.dump_links() if link.name == row.host_ifname), None)
             bridge = kernel.link_index(cfg.bridge)
-            if host is None or host.kind not in ENDPOINT_DEVICES:
+            if not driver.host_side:
+                pass  # the endpoint's link hangs on the parent: no host veth, no datapath
+            elif host is None or host.kind not in ENDPOINT_DEVICES:
                 problems.append(f"host veth {row.host_ifname} is missing")
             else:
                 if host.master is None or host.master != bridge:
@@ -565,7 +581,7 @@ class EndpointService:
             else:
                 if host is not None and inside.peer != host.index:
                     problems.append(f"{row.ifname} in {row.netns} is not the peer of {row.host_ifname}")
-                if inside.mac != row.mac:
+                if driver.own_mac and inside.mac != row.mac:
                     problems.append(f"{row.ifname} has MAC {inside.mac}, not {row.mac}")
                 if not inside.up:
                     problems.append(f"{row.ifname} is down")
@@ -588,7 +604,8 @@ class EndpointService:
             if row.state != "ready":
                 continue
             net_row, cfg = self.networks.config(row.network)
-            link = links.get(row.host_ifname)
-            out.append(self.spec(row, cfg, net_row.id, host_ifindex=link.index if link else 0,
-                                 device=link.kind if link else None))
+            if self.networks.drivers.get(cfg.driver).host_side:
+                link = links.get(row.host_ifname)
+                out.append(self.spec(row, cfg, net_row.id, host_ifindex=link.index if link else 0,
+                                     device=link.kind if link else None))
         return out

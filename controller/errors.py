@@ -21,6 +21,8 @@ One meaning per status code:
                           (the datapath's MAX_ENDPOINTS), networks (its MAX_NETWORKS),
                           ports of a bridge (BR_MAX_PORTS), the disk holding the state
                           (StorageFull: nothing was changed)
+503  StoreUnavailable     the cluster store (etcd) cannot be reached: the request needs it
+                          and nothing was changed
 500  (any other)          a bug (logged with its traceback), a removal that could not
                           finish (Incomplete: the endpoint stays 'removing'), or a
                           state database that became unusable (StateError)
@@ -69,3 +71,9 @@ class Incomplete(BpfnetError):
     'removing' and the next start (or removal) retries."""
 
     status = 500
+
+
+class StoreUnavailable(BpfnetError):
+    """The cluster store (etcd) cannot be reached; nothing was changed."""
+
+    status = 503

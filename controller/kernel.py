@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Protocol
 
-from . import links, netns
+from . import links, netns, routes, sublinks
 from .model import InterfaceConfig, InterfaceState, LinkState
 
 
@@ -42,6 +42,9 @@ class Kernel(Protocol):
         """(ifindex, created) of bridge NAME, up; Conflict if NAME is another kind of link."""
     def delete_link(self, name: str) -> None:
         """Missing is success."""
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> tuple[int, bool]:
+        """(ifindex, created) of the collect-metadata VXLAN device NAME, up."""
+    def link_mtu(self, index: int) -> int | None: ...
     def set_up(self, index: int) -> None: ...
     def set_master(self, index: int, master: int) -> None: ...
     def ensure_address(self, index: int, address: str, prefixlen: int, nodad: bool = False) -> None: ...
@@ -63,6 +66,16 @@ class Kernel(Protocol):
 
     # endpoint namespaces
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None: ...
+    # links stacked on a physical interface (bpfnet.sublinks: the underlay drivers)
+    def ensure_vlan(self, name: str, parent: int, vlan: int) -> tuple[int, bool]: ...
+    def probe_link_kind(self, kind: str, parent: int, options: Mapping[str, Any]) -> None: ...
+    def create_sublink(self, kind: str, parent: int, ns: str, ifname: str, mtu: int, mac: str | None,
+                       options: Mapping[str, Any]) -> int: ...
+    def delete_link_in(self, ns: str, ifname: str) -> None: ...
+    # bpfnet's own routes (bpfnet.routes: the routed driver), marked with routes.PROTO
+    def own_routes(self) -> dict[str, str]: ...
+    def replace_own_route(self, dst: str, gateway: str, oif: int | None = None) -> None: ...
+    def delete_own_route(self, dst: str) -> None: ...
     def interface_state(self, ns: str, ifname: str) -> InterfaceState | None: ...
 
     # NDP proxy entries
@@ -141,6 +154,12 @@ class NetlinkKernel:
     def host_prefixes(self, skip_ifindexes: set[int]) -> list[IPv4Network | IPv6Network]:
         return list(links.host_prefixes(self.ipr, skip_ifindexes=skip_ifindexes))
 
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> tuple[int, bool]:
+        return links.ensure_vxlan(self.ipr, name, port, mtu)
+
+    def link_mtu(self, index: int) -> int | None:
+        return links.link_mtu(self.ipr, index)
+
     def create_veth(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
                     up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
         return links.create_veth(self.ipr, host, peer_ns, peer_mac, mtu, bridge_index, up=up,
@@ -156,6 +175,29 @@ class NetlinkKernel:
 
     def interface_state(self, ns: str, ifname: str) -> InterfaceState | None:
         return links.interface_state(ns, ifname)
+
+    def ensure_vlan(self, name: str, parent: int, vlan: int) -> tuple[int, bool]:
+        return sublinks.ensure_vlan(self.ipr, name, parent, vlan)
+
+    def probe_link_kind(self, kind: str, parent: int, options: Mapping[str, Any]) -> None:
+        # the probe link's name: unique per daemon (one namespace, one daemon) and never an endpoint's
+        sublinks.probe(self.ipr, kind, parent, "bnprobe0", **options)
+
+    def create_sublink(self, kind: str, parent: int, ns: str, ifname: str, mtu: int, mac: str | None,
+                       options: Mapping[str, Any]) -> int:
+        return sublinks.create_in(self.ipr, kind, parent, ns, ifname, mtu, mac, **options)
+
+    def delete_link_in(self, ns: str, ifname: str) -> None:
+        sublinks.delete_in(ns, ifname)
+
+    def own_routes(self) -> dict[str, str]:
+        return routes.dump(self.ipr)
+
+    def replace_own_route(self, dst: str, gateway: str, oif: int | None = None) -> None:
+        routes.replace(self.ipr, dst, gateway, oif)
+
+    def delete_own_route(self, dst: str) -> None:
+        routes.delete(self.ipr, dst)
 
     def proxy_neighbours(self, iface: int) -> list[str]:
         return links.proxy_neighbours(self.ipr, iface)

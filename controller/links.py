@@ -58,24 +58,43 @@ def link_index_here(name: str) -> int | None:
         return None
 
 
-def ensure_bridge(ipr: Any, name: str, mac: str, mtu: int) -> tuple[int, bool]:
-    """Create (or adopt) bridge NAME, up, with a fixed MAC; returns (ifindex, created)."""
+def _ensure_link(ipr: Any, name: str, kind: str, what: str, **attrs: Any) -> tuple[int, bool]:
+    """Create link NAME of KIND with ATTRS, or take the existing one if it is of that kind; set
+    it up. Returns (ifindex, created); Conflict naming WHAT if NAME is another kind of link."""
     created = False
     try:
-        ipr.link("add", ifname=name, kind="bridge", address=mac, mtu=mtu)
+        ipr.link("add", ifname=name, kind=kind, **attrs)
         created = True
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
     index = link_index(ipr, name)
     if index is None:
-        raise RuntimeError(f"bridge {name} vanished right after creation")
-    link = ipr.link("get", index=index)[0]
-    info = link.get("IFLA_LINKINFO")
-    if info is None or info.get("IFLA_INFO_KIND") != "bridge":
-        raise Conflict(f"bridge name {name} is taken by a link that is not a bridge")
+        raise RuntimeError(f"{what} {name} vanished right after creation")
+    if link_kind(ipr.link("get", index=index)[0]) != kind:
+        raise Conflict(f"{what} name {name} is taken by a link that is not a {kind}")
     ipr.link("set", index=index, state="up")
     return index, created
+
+
+def ensure_bridge(ipr: Any, name: str, mac: str, mtu: int) -> tuple[int, bool]:
+    """Create (or adopt) bridge NAME, up, with a fixed MAC; returns (ifindex, created)."""
+    return _ensure_link(ipr, name, "bridge", "bridge", address=mac, mtu=mtu)
+
+
+def ensure_vxlan(ipr: Any, name: str, port: int, mtu: int) -> tuple[int, bool]:
+    """A collect-metadata ("external") VXLAN device NAME on UDP PORT, up, learning off: the
+    programs set each packet's VNI and remote VTEP (bpf_skb_set_tunnel_key), as Cilium's
+    cilium_vxlan. Returns (ifindex, created); Conflict if NAME is another kind of link."""
+    index, created = _ensure_link(ipr, name, "vxlan", "the overlay's device", vxlan_collect_metadata=1,
+                                  vxlan_port=port, vxlan_learning=0, mtu=mtu)
+    ipr.link("set", index=index, mtu=mtu)
+    return index, created
+
+
+def link_mtu(ipr: Any, index: int) -> int | None:
+    links = ipr.link("get", index=index)
+    return int(links[0].get("IFLA_MTU")) if links else None
 
 
 def link_kind(link: Any) -> str | None:

@@ -23,6 +23,18 @@ class NetworkSpec:
     gateway6: tuple[IPv6Address, ...] = ()  # global gateway and fe80::1
     icc: bool = True  # inter-container communication allowed
     internal: bool = False  # nothing leaves or enters the network (network create --internal)
+    vni: int = 0  # overlay networks: the VXLAN network identifier; 0: not an overlay
+
+
+@dataclass(frozen=True)
+class RemoteEndpointSpec:
+    """An endpoint of an overlay network on another host, as the datapath forwards to it."""
+
+    network_id: int  # this host's id of the network
+    ipv4: IPv4Address
+    mac: str
+    vtep: IPv4Address  # its host's --advertise-addr
+    ipv6: tuple[IPv6Address, ...] = ()
 
 
 @dataclass(frozen=True)

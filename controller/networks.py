@@ -34,6 +34,7 @@ from .config import (
 from .datapath.abi import MAX_NETWORKS, MODE_BRIDGE
 from .drivers import Drivers
 from .drivers.bridge import LINK_LOCAL_GATEWAY, BridgeDriver
+from .drivers.underlay import IpvlanDriver, MacvlanDriver
 from .errors import Conflict, Exhausted, Forbidden, InvalidArgument, NotFound
 from .ipam import Pool
 from .model import LinkState, NetworkSpec
@@ -61,7 +62,7 @@ def pools(cfg: NetworkConfig) -> tuple[Pool, Pool | None]:
 class NetworkService:
     def __init__(self, rt: Runtime, drivers: Drivers | None = None) -> None:
         self.rt = rt
-        self.drivers = drivers or Drivers(BridgeDriver(rt))
+        self.drivers = drivers or Drivers(BridgeDriver(rt), MacvlanDriver(rt), IpvlanDriver(rt))
         self.outside: OutsideService | None = None  # masquerading follows the networks; set by the daemon
         self.dns: DnsService | None = None  # the resolver listens on every network's gateway; set by the daemon
 
@@ -88,6 +89,7 @@ class NetworkService:
             gateway6=gw6,
             icc=cfg.icc,
             internal=cfg.internal,
+            vni=cfg.vni or 0,
         )
 
     def describe(self, row: NetworkRow, host: list[IPv4Network | IPv6Network] | None = None) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class NetworkService:
             "id": row.id,
             "default": row.is_default,
             "driver": cfg.driver,
-            "scope": self.drivers.get(cfg.driver).scope,
+            "scope": self.drivers.get(cfg.driver).scope if cfg.driver in self.drivers.names() else None,
             "bridge": cfg.bridge,
             "bridge_ifindex": self.rt.kernel.link_index(cfg.bridge),
             "mtu": cfg.mtu,
@@ -134,6 +136,7 @@ class NetworkService:
             "subnet6_source": cfg.subnet6_source if cfg.subnet6 is not None else None,
             "overlaps": self.overlaps(cfg, host),
             "config": cfg.to_json(),
+            "driver_state": self.drivers.get(cfg.driver).describe(cfg) if cfg.driver in self.drivers.names() else {},
         }
 
     def list_all(self) -> list[dict[str, Any]]:
@@ -149,13 +152,15 @@ class NetworkService:
                 out.add(index)
         return out
 
-    def host_prefixes(self, bridge: str | None = None) -> list[IPv4Network | IPv6Network]:
+    def host_prefixes(self, bridge: str | None = None, *own: str) -> list[IPv4Network | IPv6Network]:
         """Routes/addresses of the managed namespace that are not ours, plus the outer namespace's.
         BRIDGE: the bridge a network is about to adopt (ensure_bridge takes an existing one
-        over): what is already on it is what the network will have, not a clash."""
+        over): what is already on it is what the network will have, not a clash. OWN: further
+        links whose prefixes are the network's own (an underlay network's parent)."""
         skip = self._our_bridges()
-        if bridge is not None and (index := self.rt.kernel.link_index(bridge)) is not None:
-            skip.add(index)
+        for name in (bridge, *own):
+            if name is not None and (index := self.rt.kernel.link_index(name)) is not None:
+                skip.add(index)
         return self.rt.kernel.host_prefixes(skip) + list(self.rt.outer_prefixes)
 
     def check_overlaps(self, cfg: NetworkConfig, exclude: str | None = None) -> None:
@@ -176,7 +181,7 @@ class NetworkService:
                     if a.version == b.version and a.overlaps(b):
                         raise Conflict(f"subnet {a} overlaps network {row.name}'s subnet {b}")
         for a in mine:
-            for b in self.host_prefixes(cfg.bridge):
+            for b in self.host_prefixes(*self.drivers.get(cfg.driver).host_links(cfg)):
                 if a.version == b.version and a.overlaps(b):
                     raise Conflict(f"subnet {a} overlaps the host's route or address {b}")
 
@@ -185,6 +190,9 @@ class NetworkService:
         what appeared after the network was made (create refuses overlaps). Reported, never changed.
         HOST: ``host_prefixes()`` when the caller checks several networks."""
         mine: list[IPv4Network | IPv6Network] = [cfg.subnet4] + ([cfg.subnet6] if cfg.subnet6 else [])
+        own = self.drivers.get(cfg.driver).host_links(cfg)
+        if own != [cfg.bridge]:
+            host = self.host_prefixes(*own)  # an underlay network: the parent's subnet is its own
         prefixes = self.host_prefixes() if host is None else host
         return sorted({str(b) for b in prefixes for a in mine if a.version == b.version and a.overlaps(b)})
 
@@ -293,6 +301,7 @@ class NetworkService:
         """DATA with every subnet decided: given, from a user's bridge, or picked from the pools."""
         data = {k: v for k, v in data.items() if v is not None}
         name = check_name(data.get("name"), "network name")  # type: ignore[arg-type]  # checked there
+        data = self.drivers.get(str(data.get("driver", "bridge"))).complete(data)
         data.setdefault("bridge", bridge_name_for(name))
         data = self._from_user_bridge(data, is_default)
         if "subnet4" in data:
@@ -321,6 +330,7 @@ class NetworkService:
             if self.rt.store.network(str(data.get("name"))) is not None:
                 raise Conflict(f"network {data.get('name')!r} already exists")
             cfg = NetworkConfig.from_json(self._complete(data, is_default))
+            driver = self.drivers.get(cfg.driver)
             if self.rt.store.network(cfg.name) is not None:
                 raise Conflict(f"network {cfg.name!r} already exists")
             count = len(self.rt.store.networks())
@@ -331,7 +341,6 @@ class NetworkService:
             if cfg.internal and self.rt.datapath.mode == MODE_BRIDGE:
                 raise InvalidArgument("an internal network needs an eBPF datapath, which enforces it; this daemon "
                                       "runs --datapath bridge (no programs)")
-            driver = self.drivers.get(cfg.driver)
             driver.check_network(cfg)
             with Rollback(f"network create {cfg.name}") as rb:
                 self.rt.store.add_network(cfg.name, cfg.to_json(), is_default)
@@ -344,8 +353,9 @@ class NetworkService:
                 row = self.rt.store.network(cfg.name)
                 assert row is not None
                 spec = self.spec(row, cfg)
-                self.rt.datapath.attach_network(spec)
-                rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
+                if driver.host_side:
+                    self.rt.datapath.attach_network(spec)
+                    rb.push("datapath", lambda: self.rt.datapath.detach_network(spec))
                 if self.outside is not None:
                     self.outside.sync()
                 if self.dns is not None:
@@ -353,6 +363,28 @@ class NetworkService:
             log.info("network %s created (driver %s): bridge %s (ifindex %s), %s%s", cfg.name, cfg.driver,
                      cfg.bridge, spec.bridge_ifindex, cfg.subnet4, f", {cfg.subnet6}" if cfg.subnet6 else "")
             return self.describe(row)
+
+    def datapath_specs(self) -> list[NetworkSpec]:
+        """The networks the datapath serves: those whose driver has host-side links."""
+        out = []
+        for row in self.rt.store.networks():
+            cfg = NetworkConfig.from_json(row.config)
+            if self.drivers.get(cfg.driver).host_side:
+                out.append(self.spec(row, cfg))
+        return out
+
+    # the cluster (overlay networks): bpfnet.drivers.overlay.ClusterNetworks
+    def adopt_cluster_network(self, config: dict[str, Any]) -> None:
+        """Make a network another host of the cluster created (its stored config) here too."""
+        with self.rt.lock:
+            if self.rt.store.network(str(config.get("name"))) is None:
+                self.create(dict(config))
+
+    def forget_cluster_network(self, name: str) -> None:
+        """Remove a network the cluster no longer has (refused while it has endpoints here)."""
+        with self.rt.lock:
+            if self.rt.store.network(name) is not None:
+                self._remove(name)
 
     def ensure_present(self, row: NetworkRow) -> None:
         """At start-up: make sure a stored network's bridge and addresses exist (adopt or recreate)."""
@@ -388,8 +420,11 @@ class NetworkService:
                     f"network {name!r} has {len(eps)} endpoint(s) attached "
                     f"({', '.join(e.name for e in eps[:5])}{'…' if len(eps) > 5 else ''}); remove them first"
                 )
-            self.rt.datapath.detach_network(self.spec(row, cfg))
-            self.drivers.get(cfg.driver).delete_network(cfg, row.id)
+            driver = self.drivers.get(cfg.driver)
+            driver.prepare_delete_network(cfg)
+            if driver.host_side:
+                self.rt.datapath.detach_network(self.spec(row, cfg))
+            driver.delete_network(cfg, row.id)
             self.rt.store.remove_network(name)
             if self.outside is not None:
                 self.outside.sync()

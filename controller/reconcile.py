@@ -42,7 +42,7 @@ def reconcile_all(rt: Runtime, networks: NetworkService, endpoints: EndpointServ
     Stored rows are already in this version's form (``migrate_stored_networks`` runs first)."""
     for row in rt.store.networks():
         networks.ensure_present(row)
-    nets = [networks.spec(r) for r in rt.store.networks()]
+    nets = networks.datapath_specs()
     live = [spec for spec in endpoints.specs() if spec.host_ifindex]
     try:
         rt.datapath.start(nets, live)
@@ -149,6 +149,10 @@ class Reconciler:
         """CHECK one ready endpoint and repair what differs; the kinds repaired, or None
         when it cannot be repaired (namespace, host veth or eth0 gone: reclaim it)."""
         kernel = self.rt.kernel
+        net_row, cfg = self.networks.config(row.network)
+        driver = self.networks.drivers.get(cfg.driver)
+        if not driver.host_side:
+            return self._check_underlay(row, cfg, own_mac=driver.own_mac)
         if link is None or link.kind not in ENDPOINT_DEVICES:
             return None
         state = None
@@ -158,7 +162,6 @@ class Reconciler:
             state = kernel.interface_state(row.netns, row.ifname)
             if state is None:
                 return None
-        net_row, cfg = self.networks.config(row.network)
         repairs: list[str] = []
         bridge = kernel.link_index(cfg.bridge)
         if bridge is not None and link.master != bridge:
@@ -180,13 +183,25 @@ class Reconciler:
             repairs += [f"datapath_{what}" for what in missing]
         return repairs
 
-    def _check_inside(self, row: EndpointRow, cfg: NetworkConfig, state: InterfaceState) -> list[str]:
+    def _check_underlay(self, row: EndpointRow, cfg: NetworkConfig, own_mac: bool) -> list[str] | None:
+        """An endpoint whose link hangs on a parent (macvlan, ipvlan): only its inside exists."""
+        if row.handoff:
+            return []  # the runtime's to configure and check
+        if not self.rt.kernel.netns_exists(row.netns):
+            return None
+        state = self.rt.kernel.interface_state(row.netns, row.ifname)
+        if state is None:
+            return None
+        return self._check_inside(row, cfg, state, own_mac)
+
+    def _check_inside(self, row: EndpointRow, cfg: NetworkConfig, state: InterfaceState,
+                      own_mac: bool = True) -> list[str]:
         """CHECK and repair the endpoint's interface inside its namespace; the kinds repaired."""
         kernel = self.rt.kernel
         v4, v6 = self.eps.addresses(row)
         want = self.eps.interface_config(cfg, v4, v6, ifname=row.ifname)
         inside: list[str] = []
-        if state.mac != row.mac:
+        if own_mac and state.mac != row.mac:
             self._repair(row, "mac", f"{row.ifname} has MAC {state.mac}, not {row.mac}")
             inside.append("mac")
         if not state.up:

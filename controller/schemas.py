@@ -57,6 +57,7 @@ from .config import (
     check_driver_name,
     check_ifname,
     check_name,
+    check_parent,
     json_type,
     parse_v4,
     parse_v4_network,
@@ -200,14 +201,25 @@ class NetworkCreate(_Body):
     ip_range6: V6Net | None = Field(None, description="inside subnet6")
     default_gateway4: V4 | None = Field(None, description="the endpoints' default route, if not the bridge")
     default_gateway6: V6Gateway | None = Field(None, description="the endpoints' IPv6 default route; needs IPv6")
-    mtu: int = Field(1500, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6")
+    mtu: int | None = Field(None, ge=MTU_MIN, le=MTU_MAX, description="at least 1280 with IPv6; default 1500, "
+                            "on an overlay network the uplink's MTU - 50 (VXLAN's overhead)")
     icc: bool = Field(True, description="inter-container communication on the bridge")
     internal: bool = Field(False, description="no traffic leaves or enters the network (enforced by the "
                                               "datapath); no masquerading, no published ports")
     masquerade: bool = Field(True, description="masquerade traffic from the network leaving the host "
                                                "(with the daemon's --ip-masq / --ip6-masq)")
     driver: DriverName = Field("bridge", description="the network driver: bridge (one host), overlay (every "
-                               "host of the cluster, VXLAN between them; needs --cluster-store)")
+                               "host of the cluster, VXLAN between them; needs --cluster-store), macvlan, ipvlan "
+                               "(endpoints on a physical interface: needs parent)")
+    vni: int | None = Field(None, ge=1, le=(1 << 24) - 1, description="overlay networks: the VXLAN network "
+                            "identifier (default: the lowest free one from 4096)")
+    parent: IfName | None = Field(None, description="macvlan, ipvlan: the physical interface, IFACE or IFACE.VLAN "
+                                  "(an 802.1q sub-interface, made and removed by bpfnet)")
+    ipvlan_mode: Literal["l2", "l3"] | None = Field(None, description="ipvlan: l2 (default) or l3")
+    host_prefix: int | None = Field(None, ge=1, le=30, description="routed: the prefix length of each node's "
+                                    "block of subnet4 (default 24)")
+    host_prefix6: int | None = Field(None, ge=1, le=120, description="routed: the prefix length of each node's "
+                                     "block of subnet6 (default 80)")
 
     _config: NetworkConfig | None = PrivateAttr(None)
 
@@ -236,7 +248,9 @@ class NetworkCreate(_Body):
     def to_json(self) -> dict[str, Any]:
         """The network as NetworkService.create takes it: validated and defaulted when complete,
         else the fields given (the service picks the subnet)."""
-        return self._config.to_json() if self._config is not None else self.model_dump(exclude_none=True)
+        if self._config is not None and self.driver == "bridge":
+            return self._config.to_json()
+        return self.model_dump(exclude_none=True)  # the driver completes it (overlay: VNI, MTU)
 
 
 _STAND_IN = "10.0.0.0/24"  # any valid subnet: only the other fields are being checked
@@ -302,6 +316,8 @@ _EXPECT = {
     "internal": "true or false",
     "masquerade": "true or false",
     "driver": "a driver name like bridge or overlay",
+    "parent": "an interface name like eth0, or eth0.10 for VLAN 10 on it",
+    "vni": "an integer from 1 to 16777215",
     "publish": "a list of strings like 8080:80 or 127.0.0.1:5353:53/udp",
     "dns": "a list of IP address strings",
     "dns_search": "a list of domain names",
@@ -332,6 +348,7 @@ _EXPLAIN: dict[str, Callable[[str, str], object]] = {
     "ip_range6": parse_v6_network, "gateway4": parse_v4, "default_gateway4": parse_v4, "ip": parse_v4,
     "gateway6": parse_v6, "default_gateway6": parse_v6, "ip6": parse_v6, "mac": lambda v, w: parse_mac(v),
     "publish": lambda v, w: parse_spec(v), "driver": lambda v, w: check_driver_name(v),
+    "parent": lambda v, w: check_parent(v),
     "dns": lambda v, w: dns_rules.check_dns_address(v, "dns"),
     "dns_search": lambda v, w: dns_rules.check_search_domain(v, "dns_search"),
     "dns_opt": lambda v, w: dns_rules.check_dns_option(v, "dns_opt"),
@@ -489,6 +506,15 @@ class EndpointDoc(_Doc):
                                        "the embedded resolver; upstreams, search, options) and its files")
 
 
+class NodeDoc(_Doc):
+    model_config = ConfigDict(extra="allow", title="Node")
+    name: str
+    address: str | None = Field(description="its --advertise-addr (the VTEP)")
+    state: str = Field(description="alive: its lease is held; down: expired, its endpoints kept in etcd")
+    self: bool = Field(description="this daemon's node")
+    endpoints: int
+
+
 class EndpointCheckDoc(_Doc):
     model_config = ConfigDict(title="EndpointCheck")
     name: str
@@ -506,11 +532,12 @@ _STATUS_TEXT = {
     404: "Not Found: no such network, endpoint or namespace",
     409: "Conflict: already exists, overlaps, in use, or has endpoints",
     413: "Payload Too Large: the body is over the limit",
+    503: "Service Unavailable: the cluster store (etcd) cannot be reached; nothing was changed",
     507: "Insufficient Storage: a limit is reached (addresses, endpoint slots, networks, bridge ports, "
          "the disk holding the state)",
 }
 _MODELS: tuple[type[BaseModel], ...] = (NetworkCreate, EndpointCreate, ErrorDoc, InfoDoc, StatsDoc,
-                                        NetworkDoc, EndpointDoc, EndpointCheckDoc)
+                                        NetworkDoc, EndpointDoc, EndpointCheckDoc, NodeDoc)
 Method = Literal["get", "post", "delete"]
 
 
@@ -560,6 +587,8 @@ def openapi() -> dict[str, Any]:
         "/v1/info": {"get": _operation("getInfo", "Daemon, kernel, listeners and datapath", 200, _ref(InfoDoc))},
         "/v1/stats": {"get": _operation("getStats", "Datapath counters per endpoint", 200, _ref(StatsDoc))},
         "/v1/openapi.json": {"get": _operation("getOpenapi", "This document", 200, {"type": "object"})},
+        "/v1/nodes": {"get": _operation("listNodes", "The cluster's nodes (--cluster-store)", 200, _list_of(NodeDoc),
+                                        (400, 503))},
         "/v1/networks": {
             "get": _operation("listNetworks", "Every network", 200, _list_of(NetworkDoc)),
             "post": _operation("createNetwork", "Create a network (a bridge)", 201, _ref(NetworkDoc),

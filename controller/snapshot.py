@@ -59,6 +59,21 @@ class MetricsSnapshot:
     datapath_info: Mapping[str, Any] = field(default_factory=dict)
     counters: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     requested_mode: str | None = None
+    # overlay networks: what arrived through the tunnel (Datapath.tunnel_counters; empty without
+    # an overlay) and the cluster as this node sees it (None: not in a cluster)
+    tunnel: Mapping[str, int] = field(default_factory=dict)
+    cluster: ClusterStats | None = None
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """This node's view of the cluster at scrape time."""
+
+    store_up: bool
+    nodes_alive: int
+    nodes_down: int
+    remote_endpoints: int
+    store_requests: int  # requests sent to etcd since the start
 
 
 SnapshotFn = Callable[[], MetricsSnapshot]
@@ -84,4 +99,7 @@ def stats_document(snap: MetricsSnapshot) -> dict[str, Any]:
     listed = {(e["network"], e["name"]) for e in out}
     out += [{"name": e.name, "network": e.network, "counters": None}
             for e in snap.endpoints if (e.network, e.name) not in listed]
-    return {"mode": snap.datapath_info.get("mode"), "endpoints": out}
+    doc: dict[str, Any] = {"mode": snap.datapath_info.get("mode"), "endpoints": out}
+    if snap.tunnel:
+        doc["tunnel"] = {k: int(v) for k, v in snap.tunnel.items()}
+    return doc

@@ -12,10 +12,10 @@ from collections import Counter
 from .config import NetworkConfig
 from .networks import pools
 from .runtime import Runtime
-from .snapshot import EndpointRef, MetricsSnapshot, NetworkStats
+from .snapshot import ClusterStats, EndpointRef, MetricsSnapshot, NetworkStats
 
 
-def take_snapshot(rt: Runtime, requested_mode: str) -> MetricsSnapshot:
+def take_snapshot(rt: Runtime, requested_mode: str, cluster: ClusterStats | None = None) -> MetricsSnapshot:
     """What one scrape (or GET /v1/stats) exports; ``requested_mode`` is the configured --datapath."""
     store = rt.store
     leases = store.leases()
@@ -42,4 +42,6 @@ def take_snapshot(rt: Runtime, requested_mode: str) -> MetricsSnapshot:
         datapath_info=rt.datapath.info(),
         counters=rt.datapath.counters(),
         requested_mode=requested_mode,
+        tunnel=rt.datapath.tunnel_counters() if cluster is not None else {},
+        cluster=cluster,
     )

@@ -29,7 +29,12 @@ def stats_table(stats: dict[str, Any]) -> str:
         rows.append([e["name"], e["network"],
                      total_packets(k, "rx"), total_bytes(k, "rx"),
                      total_packets(k, "tx"), total_bytes(k, "tx"),
-                     k.get(key("tx", "fast", "packets"), 0), k.get(key("tx", "kernel", "packets"), 0), ndrops])
+                     k.get(key("tx", "fast", "packets"), 0), k.get(key("tx", "tunnel", "packets"), 0),
+                     k.get(key("tx", "kernel", "packets"), 0), ndrops])
     head = f"datapath: {stats['mode']}\n"
+    tunnel = stats.get("tunnel") or {}
+    if tunnel:
+        head += (f"tunnel: {tunnel.get('rx_packets', 0)} packets received for local endpoints, "
+                 f"{tunnel.get('rx_unknown', 0)} for no endpoint, {tunnel.get('rx_not_ip', 0)} not unicast IP\n")
     return head + table(rows, ["ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES",
-                               "TX FAST", "TX KERNEL", "DROPS"])
+                               "TX FAST", "TX TUNNEL", "TX KERNEL", "DROPS"])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from bpfnet.datapath import bpffs
+from cluster import Cluster
 from helpers import DaemonFactory, is_root, make_netns, unique_tag
 
 
@@ -72,3 +73,21 @@ def netns_factory(daemons: DaemonFactory) -> Callable[[str], str]:
         return make_netns(daemons.track_netns(f"{tag}-{suffix}"))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One etcd and three hosts (daemons with --cluster-store), shared by the session's cluster
+    tests (tests/cluster.py); everything removed afterwards, etcd stopped by its PID."""
+    if not is_root() or shutil.which("etcd") is None:
+        pytest.skip("needs root and Debian's etcd-server")
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        c.etcd.start()
+        for _ in range(3):
+            c.add_host()
+        yield c
+    finally:
+        left = c.cleanup()
+        if left:
+            raise AssertionError(f"cluster cleanup left these behind: {left}")

@@ -136,6 +136,17 @@ class FakeKernel:
         self.links[name] = FakeLink(name, self._index(), "bridge", mac=mac, up=True, mtu=mtu)
         return self.links[name].index, True
 
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> tuple[int, bool]:
+        self._mutate("ensure_vxlan")
+        link = self.links.get(name)
+        if link is not None:
+            return link.index, False
+        self.links[name] = FakeLink(name, self._index(), "vxlan", up=True, mtu=mtu)
+        return self.links[name].index, True
+
+    def link_mtu(self, index: int) -> int | None:
+        return next((link.mtu for link in self.links.values() if link.index == index), None)
+
     def delete_link(self, name: str) -> None:
         self._mutate("delete_link")
         link = self.links.pop(name, None)

@@ -23,9 +23,13 @@ def test_struct_layouts_are_c_layouts() -> None:
     # against the compiler and BTF in tests/bpf)
     assert abi.ENDPOINT.size == 88 and abi.ENDPOINT.offsets["ipv4"] == 20
     assert abi.ENDPOINT.offsets["ipv6"] == 24
-    assert abi.NETWORK.size == 56 and abi.NETWORK.offsets["internal"] == 52 and abi.NETWORK.offsets["gateway4"] == 16
+    assert abi.NETWORK.size == 60 and abi.NETWORK.offsets["internal"] == 52 and abi.NETWORK.offsets["gateway4"] == 16
+    assert abi.NETWORK.offsets["vni"] == 56
     assert (abi.EP_IPV4_KEY.size, abi.EP_IPV6_KEY.size) == (8, 20)
-    assert abi.PATH_COUNTERS.size == 8 * (4 + len(DropReason))
+    assert abi.PATH_COUNTERS.size == 8 * (6 + len(DropReason))
+    # the overlay's tables (bpf/tunnel.h)
+    assert abi.REMOTE_ENDPOINT.size == 12 and abi.REMOTE_ENDPOINT.offsets["mac"] == 4
+    assert abi.TUNNEL_CONFIG.size == 8 and abi.TUNNEL_COUNTERS.size == 32
     assert abi.ENDPOINT_COUNTERS.size == 2 * abi.PATH_COUNTERS.size
     for s in abi.STRUCTS:
         assert s.codec.size == s.size, s.name
@@ -64,6 +68,10 @@ def test_map_specs_come_from_abi() -> None:
     assert specs["endpoint_id_by_ipv6"].max_entries == 128 * abi.MAX_EP_IPV6
     assert specs["network_by_id"].max_entries == abi.MAX_NETWORKS
     assert specs["endpoint_counters"].type == bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY
+    assert specs["remote_by_ipv4"].value_size == abi.REMOTE_ENDPOINT.size
+    assert specs["remote_by_ipv6"].key_size == abi.EP_IPV6_KEY.size
+    assert specs["remote_by_ipv6"].max_entries == 128 * abi.MAX_EP_IPV6
+    assert specs["tunnel_config"].max_entries == 1 and specs["network_by_vni"].max_entries == abi.MAX_NETWORKS
 
 
 def test_limits_and_mode_reach_c_only_as_cflags() -> None:
@@ -211,14 +219,16 @@ def test_map_without_btf_is_a_difference() -> None:
 # -- counter keys -----------------------------------------------------------------------------------
 def test_counter_keys_and_layout_follow_abi() -> None:
     assert counters.COUNTER_KEYS == (
-        "tx_fast_packets", "tx_fast_bytes", "tx_kernel_packets", "tx_kernel_bytes",
-        "rx_fast_packets", "rx_fast_bytes", "rx_kernel_packets", "rx_kernel_bytes")
+        "tx_fast_packets", "tx_fast_bytes", "tx_kernel_packets", "tx_kernel_bytes", "tx_tunnel_packets",
+        "tx_tunnel_bytes", "rx_fast_packets", "rx_fast_bytes", "rx_kernel_packets", "rx_kernel_bytes",
+        "rx_tunnel_packets", "rx_tunnel_bytes")
     assert set(counters.EndpointCounters.__annotations__) == {*counters.COUNTER_KEYS, "drops"}
     n = abi.ENDPOINT_COUNTERS.size // 8
     c = counters.decode(list(range(n)))
     per_dir = abi.PATH_COUNTERS.size // 8
     assert c["tx_fast_packets"] == 0 and c["rx_fast_packets"] == per_dir
     assert c["rx_kernel_bytes"] == per_dir + abi.PATH_COUNTERS.offsets["kernel_bytes"] // 8
+    assert c["rx_tunnel_bytes"] == per_dir + abi.PATH_COUNTERS.offsets["tunnel_bytes"] // 8
     first_drop = abi.PATH_COUNTERS.offsets["drops"] // 8
     assert c["drops"]["rx"]["spoofed_source"] == per_dir + first_drop
     assert counters.empty() == counters.decode([0] * n)

@@ -237,3 +237,13 @@ def test_network_json_roundtrip() -> None:
 def test_network_missing_field() -> None:
     with pytest.raises(InvalidArgument, match="missing field 'subnet4'"):
         NetworkConfig.from_json({"name": "n", "bridge": "br-n"})
+
+
+def test_published_fastpath_and_uplinks(tmp_path: Path) -> None:
+    cfg = load_daemon_config(None, {})
+    assert cfg.published_fastpath and cfg.uplinks == ()  # on, every interface with an address
+    cfg = load_daemon_config(write(tmp_path, 'published-fastpath = false\nuplinks = ["eth0", "bond0"]\n'), {})
+    assert not cfg.published_fastpath and cfg.uplinks == ("eth0", "bond0")
+    assert load_daemon_config(None, {"uplinks": ["eth1"]}).uplinks == ("eth1",)
+    with pytest.raises(InvalidArgument, match="--uplink"):
+        load_daemon_config(None, {"uplinks": ["not/an interface"]})

@@ -141,7 +141,8 @@ def test_cli_network_commands(d: DaemonProcess) -> None:
     assert rm.returncode == 0 and rm.stdout.strip() == "cli1"
     unknown = d.cli("network", "create", "cli2", "--driver", "nosuch")
     assert unknown.returncode != 0
-    assert unknown.stderr.strip() == "bpfnet: unknown network driver 'nosuch' (this daemon has: bridge)"
+    assert unknown.stderr.strip() == ("bpfnet: unknown network driver 'nosuch' (this daemon has: bridge, ipvlan, macvlan, "
+                                     "routed)")
     missing = d.cli("network", "rm", "cli1")
     assert missing.returncode != 0 and missing.stdout == ""
     assert missing.stderr.strip() == "bpfnet: network 'cli1' not found"

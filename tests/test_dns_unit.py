@@ -5,6 +5,7 @@ on a temporary root."""
 from __future__ import annotations
 
 import struct
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,11 @@ def test_files_are_replaced_atomically_and_only_ours_removed(tmp_path: Path) -> 
     assert not (tmp_path / "ep1").exists()
     assert sorted(p.name for p in (tmp_path / "ep2").iterdir()) == ["resolv.conf"]
     assert not list(tmp_path.glob("*/.*"))  # no temporary file left
+
+
+def test_reverse_names_back_to_addresses() -> None:
+    for a in ("172.17.0.2", "fd00:1::9"):
+        address = IPv4Address(a) if "." in a else IPv6Address(a)
+        assert records.reverse_address(wire.encode_name(rules.reverse_name(address))) == address
+    for name in ("0.17.172.in-addr.arpa", "x.0.17.172.in-addr.arpa", "example.com", "1.2.ip6.arpa"):
+        assert records.reverse_address(wire.encode_name(name)) is None

@@ -111,3 +111,11 @@ def test_a_failing_driver_leaves_nothing(tmp_path: Path) -> None:
         eps.add({"name": "e1", "network": "n1", "ip": str(IPv4Address("10.1.0.9"))})
     assert store.endpoints() == [] and store.leases() == [] and kernel.objects() == before
     assert ("join", "e1") not in rec.calls
+
+
+def test_overlay_without_a_cluster_store_says_what_is_missing(tmp_path: Path) -> None:
+    _, nets, _, _, store = make(tmp_path)
+    with pytest.raises(InvalidArgument, match="the overlay driver needs a cluster store: start the daemon with "
+                                              "--cluster-store etcd://HOST:PORT --advertise-addr IP"):
+        nets.create({"name": "ov", "subnet4": "10.1.0.0/24", "driver": "overlay"})
+    assert store.networks() == []

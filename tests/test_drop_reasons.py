@@ -29,4 +29,4 @@ def test_numbers_are_dense_from_zero() -> None:
 
 
 def test_labels() -> None:
-    assert DROP_REASON_LABELS == ("spoofed_source", "policy", "internal")
+    assert DROP_REASON_LABELS == ("spoofed_source", "policy", "internal", "tunnel_source")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 CONTROLLER = Path(__file__).resolve().parent.parent / "controller"
 
-FACE = {"cli", "top", "demo", "client", "tables", "tls"}
+FACE = {"cli", "top", "demo", "demo_cluster", "client", "tables", "tls"}
 WIRING = {"daemon", "api.routes", "api.server", "api"}
 SERVICES = {"networks", "endpoints", "reconcile", "recovery", "ndp", "rollback", "runtime", "stats", "observer",
             "outside.service", "dns.service"}
-ADAPTERS = {"kernel", "links", "netns", "outside.nft", "dns.files", "dns.supervisor", "dns.server"}
+ADAPTERS = {"kernel", "links", "netns", "outside.nft", "dns.files", "dns.supervisor", "dns.server", "sublinks", "routes"}
 STORE = {"state", "daemonlock"}
 PURE = {"config", "ipam", "addressing", "model", "errors", "snapshot", "schemas", "datapath.abi",
         "datapath.counters", "datapath.drop_reasons", "outside", "outside.ports", "outside.ruleset",

@@ -310,6 +310,9 @@ def test_fast_path_carries_established_flows(world: World, proto: str, host: str
     info = d.cli_json("info")
     assert info["outside"]["fastpath"]["uplinks"] == ["up0"] and "BPF fast path" in info["outside"]["mechanism"]
     assert any(p["name"] == "uplink_ingress" and p["attach"] == "up0/ingress" for p in info["datapath"]["programs"])
+    text = d.cli("info").stdout
+    assert "nftables table inet bpfnet + BPF fast path (uplink_ingress)" in text
+    assert "fast path:  uplink_ingress on up0;" in text
     before = fast_packets(d, port, proto)
     # the endpoint sees the real client address on every request, whichever path carried it
     assert repeat(world.out, proto, host, port, 20) == [client] * 20

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from .. import __version__, schemas
 from ..config import DaemonConfig, check_name
 from ..endpoints import EndpointService
-from ..errors import MethodNotAllowed, NotFound
+from ..errors import InvalidArgument, MethodNotAllowed, NotFound
 from ..networks import NetworkService
 from ..runtime import Runtime
 from ..snapshot import SnapshotFn, stats_document
@@ -87,7 +87,8 @@ class Router:
 
 
 def install(router: Router, *, networks: NetworkService, endpoints: EndpointService,
-            info: Callable[[], dict[str, Any]], snapshot: SnapshotFn) -> None:
+            info: Callable[[], dict[str, Any]], snapshot: SnapshotFn,
+            nodes: Callable[[], list[dict[str, Any]]] | None = None) -> None:
     """Add every /v1 route to ``router``."""
     ok, created = HTTPStatus.OK, HTTPStatus.CREATED
     document = schemas.openapi()
@@ -95,6 +96,7 @@ def install(router: Router, *, networks: NetworkService, endpoints: EndpointServ
     r.add("GET", "/v1/info", lambda p, b: (ok, info()))
     r.add("GET", "/v1/stats", lambda p, b: (ok, stats_document(snapshot())))
     r.add("GET", "/v1/openapi.json", lambda p, b: (ok, document))
+    r.add("GET", "/v1/nodes", lambda p, b: (ok, _nodes(nodes)))
     r.add("GET", "/v1/networks", lambda p, b: (ok, networks.list_all()))
     r.add("POST", "/v1/networks", lambda p, b: (
         created, networks.create(schemas.parse_body(schemas.NetworkCreate, b).to_json())))
@@ -133,6 +135,13 @@ def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None,
         "endpoints": len(rt.store.endpoints()),
         "warnings": list(warnings or []),
     }
+
+
+def _nodes(nodes: Callable[[], list[dict[str, Any]]] | None) -> list[dict[str, Any]]:
+    if nodes is None:
+        raise InvalidArgument("this daemon is not part of a cluster (start it with --cluster-store etcd://HOST:PORT "
+                              "--advertise-addr IP)")
+    return nodes()
 
 
 def _no_content(action: Callable[[str], None], name: str) -> tuple[int, None]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from ..model import EndpointSpec, NetworkSpec
+from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from .abi import (
     DEFAULT_MAX_ENDPOINTS,
     ENDPOINT_NETKIT,
@@ -57,6 +57,21 @@ class Datapath(Protocol):
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
 
+    def set_tunnel(self, ifindex: int) -> None:
+        """The overlay's VXLAN device (0: none): tunnel_ingress on its ingress, its ifindex
+        where the endpoint programs encapsulate to. Idempotent."""
+
+    def add_remote(self, r: RemoteEndpointSpec) -> None:
+        """Forward to an endpoint on another host. Idempotent."""
+
+    def remove_remote(self, r: RemoteEndpointSpec) -> None:
+        """Stop forwarding to it. Idempotent."""
+
+    def set_remotes(self, remotes: list[RemoteEndpointSpec]) -> None:
+        """Exactly these remote endpoints (a resync): add the missing, remove the rest."""
+
+    def tunnel_counters(self) -> dict[str, int]:
+        """What arrived through the tunnel: rx_packets, rx_bytes, rx_unknown, rx_not_ip."""
     # published ports' fast path (bpf/nat.h); the outside service drives it
     def set_uplinks(self, uplinks: dict[int, str]) -> None:
         """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
@@ -117,6 +132,21 @@ class BridgeDatapath:
         return []
 
     def counters(self) -> dict[int, dict[str, Any]]:
+        return {}
+
+    def set_tunnel(self, ifindex: int) -> None:
+        return None
+
+    def add_remote(self, r: RemoteEndpointSpec) -> None:
+        return None
+
+    def remove_remote(self, r: RemoteEndpointSpec) -> None:
+        return None
+
+    def set_remotes(self, remotes: list[RemoteEndpointSpec]) -> None:
+        return None
+
+    def tunnel_counters(self) -> dict[str, int]:
         return {}
 
     def set_uplinks(self, uplinks: dict[int, str]) -> None:

@@ -227,6 +227,7 @@ NETWORK = Struct("network", (
     Field("gateway4", BE32, as_bytes=True),
     Field("gateway6", U32, (MAX_GATEWAY6, 4), as_bytes=True),
     Field("internal", U8),
+    Field("vni", U32),  # overlay networks: the VXLAN network identifier; 0: not an overlay
 ))
 
 EP_IPV4_KEY = Struct("ep_ipv4_key", (
@@ -246,11 +247,35 @@ PATH_COUNTERS = Struct("path_counters", (
     Field("fast_bytes", U64),
     Field("kernel_packets", U64),
     Field("kernel_bytes", U64),
+    Field("tunnel_packets", U64),
+    Field("tunnel_bytes", U64),
     Field("drops", U64, (len(DropReason),)),
 ))
 
 ENDPOINT_COUNTERS = Struct("endpoint_counters", (
     Field("dir", PATH_COUNTERS, (len(DIRECTIONS),)),
+))
+
+# An endpoint of an overlay network on another host (bpf/tunnel.h), keyed like the local
+# endpoints by (network id, address): where to send its packets.
+REMOTE_ENDPOINT = Struct("remote_endpoint", (
+    Field("vtep", BE32, as_bytes=True),  # its host's --advertise-addr, network byte order
+    Field("mac", U8, (6,), as_bytes=True),  # its eth0's MAC
+    Field("pad", U8, (2,), pad=True),
+))
+
+# The overlay's VXLAN device (one per managed namespace) and what came in through it that
+# no local endpoint took.
+TUNNEL_CONFIG = Struct("tunnel_config", (
+    Field("ifindex", U32),  # bpfnet_vx; 0: no overlay on this host
+    Field("pad", U32, pad=True),
+))
+
+TUNNEL_COUNTERS = Struct("tunnel_counters", (
+    Field("rx_packets", U64),  # decapsulated and delivered to a local endpoint
+    Field("rx_bytes", U64),
+    Field("rx_unknown", U64),  # no network for the VNI, or no endpoint for the address
+    Field("rx_not_ip", U64),  # ARP, broadcast, multicast: not carried across hosts
 ))
 
 # Published ports' fast path: addresses as 16 bytes (IPv4 in the first 4, the rest zero),
@@ -318,7 +343,8 @@ DNS_COUNTERS = Struct("dns_counters", (
 ))
 
 STRUCTS = (ENDPOINT, NETWORK, EP_IPV4_KEY, EP_IPV6_KEY, PATH_COUNTERS, ENDPOINT_COUNTERS,
-           PUBLISHED_KEY, PUBLISHED_PORT, FLOW_KEY, FLOW, PORT_COUNTERS, DNS_NAME_KEY, DNS_ADDRS, DNS_COUNTERS)
+           PUBLISHED_KEY, PUBLISHED_PORT, FLOW_KEY, FLOW, PORT_COUNTERS, DNS_NAME_KEY, DNS_ADDRS, DNS_COUNTERS,
+           REMOTE_ENDPOINT, TUNNEL_CONFIG, TUNNEL_COUNTERS)
 
 # Enumerators C must number exactly like Python (checked by compile_checks()).
 ENUMS: Mapping[str, int] = {
@@ -353,6 +379,11 @@ MAPS = (
     MapDef("network_by_id", "array", U32, NETWORK, lambda n: MAX_NETWORKS),
     MapDef("network_by_bridge_ifindex", "hash", U32, U32, lambda n: MAX_NETWORKS),
     MapDef("endpoint_counters", "percpu_array", U32, ENDPOINT_COUNTERS, lambda n: n),
+    MapDef("remote_by_ipv4", "hash", EP_IPV4_KEY, REMOTE_ENDPOINT, lambda n: n),
+    MapDef("remote_by_ipv6", "hash", EP_IPV6_KEY, REMOTE_ENDPOINT, lambda n: n * MAX_EP_IPV6),
+    MapDef("network_by_vni", "hash", U32, U32, lambda n: MAX_NETWORKS),
+    MapDef("tunnel_config", "array", U32, TUNNEL_CONFIG, lambda n: 1),
+    MapDef("tunnel_counters", "percpu_array", U32, TUNNEL_COUNTERS, lambda n: 1),
     MapDef("published_ports", "hash", PUBLISHED_KEY, PUBLISHED_PORT, lambda n: MAX_PUBLISHED),
     MapDef("published_flows", "lru_hash", FLOW_KEY, FLOW, lambda n: MAX_FLOWS),
     MapDef("published_port_counters", "percpu_array", U32, PORT_COUNTERS, lambda n: MAX_PUBLISHED),

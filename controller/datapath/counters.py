@@ -8,7 +8,9 @@ the map is ``maps.PinnedMaps.counters``.
 
 Packets and bytes include the Ethernet header (skb->len at tc). A GSO
 super-packet counts as the segments it stands for, with its full length.
-"fast" = redirected by bpfnet, "kernel" = handed to the kernel bridge/stack;
+"fast" = redirected by bpfnet to a local endpoint, "tunnel" = encapsulated to
+(tx) or decapsulated from (rx) another host of an overlay network by bpfnet,
+"kernel" = handed to the kernel bridge/stack;
 tx = sent by the endpoint, rx = delivered to it. Drops count packets per
 reason name (``drop_reasons.DropReason``, lower case).
 """
@@ -22,7 +24,7 @@ from . import abi
 from .drop_reasons import DROP_REASON_LABELS
 
 DIRECTIONS = abi.DIRECTIONS  # ("tx", "rx"), the order of enum direction
-PATHS = ("fast", "kernel")
+PATHS = ("fast", "kernel", "tunnel")
 # u64 fields of struct path_counters other than drops[], in C order
 PATH_FIELDS = tuple(f.name for f in abi.PATH_COUNTERS.fields if f.name != "drops")
 # the flat keys of EndpointCounters besides "drops", e.g. "tx_fast_packets"
@@ -45,6 +47,10 @@ class EndpointCounters(TypedDict):
     rx_fast_bytes: int
     rx_kernel_packets: int
     rx_kernel_bytes: int
+    tx_tunnel_packets: int
+    tx_tunnel_bytes: int
+    rx_tunnel_packets: int
+    rx_tunnel_bytes: int
     drops: Drops
 
 

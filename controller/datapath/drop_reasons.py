@@ -19,6 +19,7 @@ class DropReason(IntEnum):
     SPOOFED_SOURCE = 0
     POLICY = 1
     INTERNAL = 2
+    TUNNEL_SOURCE = 3
 
     @property
     def label(self) -> str:

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import EndpointSpec, NetworkSpec
+from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from ..netlink import IPRoute
 from . import abi, tc, tcx
 from . import maps as m
@@ -112,6 +112,7 @@ class EbpfDatapath:
         # tcx only: the hooks of each device still carrying a cls_bpf filter of an earlier
         # daemon (set in start()), dropped once their link is in place.
         self._old_filters: dict[int, set[str]] = {}
+        self._tunnel = 0  # ifindex of the overlay's VXLAN device (set_tunnel), 0: none
         self._uplinks: dict[int, str] = {}  # ifindex -> name: devices carrying uplink_ingress
         # dns_names as last written: key -> value; None until read back from the pinned map
         self._dns: dict[bytes, bytes] | None = None
@@ -154,13 +155,18 @@ class EbpfDatapath:
         maps, ipr = self._need()
         ep_ifindexes = {e.host_ifindex for e in endpoints}
         br_ifindexes = {n.bridge_ifindex for n in networks}
+        # the tunnel device keeps its program until the overlay driver says otherwise (set_tunnel)
+        raw = maps.get("tunnel_config", m.u32(0))
+        if raw is not None and (tunnel := int(abi.TUNNEL_CONFIG.unpack(raw)["ifindex"])):
+            br_ifindexes.add(tunnel)
         want_v4 = {m.ipv4_key(e.network_id, e.ipv4) for e in endpoints}
         want_v6 = {m.ipv6_key(e.network_id, a) for e in endpoints for a in m.endpoint_ipv6(e)}
         want = {
             "endpoint_by_ifindex": {m.u32(i) for i in ep_ifindexes},
             "endpoint_id_by_ipv4": want_v4,
             "endpoint_id_by_ipv6": want_v6,
-            "network_by_bridge_ifindex": {m.u32(i) for i in br_ifindexes},
+            "network_by_bridge_ifindex": {m.u32(n.bridge_ifindex) for n in networks},
+            "network_by_vni": {m.u32(n.vni) for n in networks if n.vni},
             # arrays last: their slots are emptied once no hash entry points at them
             "endpoint_by_id": {m.u32(e.id) for e in endpoints},
             "network_by_id": {m.u32(n.id) for n in networks},
@@ -323,6 +329,8 @@ class EbpfDatapath:
                 maps.clear("network_by_id", m.u32(old.id))
             maps.put("network_by_id", m.u32(net.id), m.pack_network(net))
             maps.put("network_by_bridge_ifindex", m.u32(net.bridge_ifindex), m.u32(net.id))
+            if net.vni:
+                maps.put("network_by_vni", m.u32(net.vni), m.u32(net.id))
             self._attach(ipr, net.bridge_ifindex, [("egress", "bridge_egress")])
             self._networks[net.bridge_ifindex] = net
 
@@ -331,6 +339,8 @@ class EbpfDatapath:
             maps, ipr = self._need()
             self._detach(ipr, net.bridge_ifindex)
             maps.delete("network_by_bridge_ifindex", m.u32(net.bridge_ifindex))
+            if net.vni and maps.get("network_by_vni", m.u32(net.vni)) == m.u32(net.id):
+                maps.delete("network_by_vni", m.u32(net.vni))
             if 0 < net.id < abi.MAX_NETWORKS:
                 maps.clear("network_by_id", m.u32(net.id))
                 maps.zero_dns_counters(net.id)  # a network made later with this id starts at 0
@@ -414,6 +424,56 @@ class EbpfDatapath:
             if 0 <= ep.id < self.max_endpoints:
                 maps.zero_counters(ep.id)
             self._endpoints.pop(ep.host_ifindex, None)
+
+    # -- the overlay tunnel (bpf/tunnel.h) ----------------------------------
+    def set_tunnel(self, ifindex: int) -> None:
+        with self._lock:
+            maps, ipr = self._need()
+            old = self._tunnel or int(abi.TUNNEL_CONFIG.unpack(
+                maps.get("tunnel_config", m.u32(0)) or bytes(abi.TUNNEL_CONFIG.size))["ifindex"])
+            if old and old != ifindex:
+                self._detach(ipr, old)
+            if ifindex:
+                self._attach(ipr, ifindex, [("ingress", "tunnel_ingress")])
+            maps.put("tunnel_config", m.u32(0), abi.TUNNEL_CONFIG.pack(ifindex=ifindex))
+            self._tunnel = ifindex
+
+    def add_remote(self, r: RemoteEndpointSpec) -> None:
+        with self._lock:
+            maps, _ = self._need()
+            value = m.pack_remote(r)
+            for name, key in m.remote_keys(r):
+                maps.put(name, key, value)
+
+    def remove_remote(self, r: RemoteEndpointSpec) -> None:
+        with self._lock:
+            maps, _ = self._need()
+            value = m.pack_remote(r)
+            for name, key in m.remote_keys(r):
+                if maps.get(name, key) == value:  # the address may be someone else's by now
+                    maps.delete(name, key)
+
+    def set_remotes(self, remotes: list[RemoteEndpointSpec]) -> None:
+        with self._lock:
+            maps, _ = self._need()
+            want = {(name, key): m.pack_remote(r) for r in remotes for name, key in m.remote_keys(r)}
+            for name in ("remote_by_ipv4", "remote_by_ipv6"):
+                for key, _ in list(maps.items(name)):
+                    if (name, key) not in want:
+                        maps.delete(name, key)
+            for (name, key), value in want.items():
+                maps.put(name, key, value)
+
+    def remotes(self) -> int:
+        """How many remote endpoint addresses the datapath forwards to."""
+        with self._lock:
+            maps, _ = self._need()
+            return sum(1 for name in ("remote_by_ipv4", "remote_by_ipv6") for _ in maps.items(name))
+
+    def tunnel_counters(self) -> dict[str, int]:
+        with self._lock:
+            maps, _ = self._need()
+            return maps.tunnel_counters()
 
     # -- check (the controller's reconcile) --------------------------------
     def check_endpoint(self, ep: EndpointSpec) -> list[str]:
@@ -534,6 +594,10 @@ class EbpfDatapath:
                     p = pi["bridge_egress"]
                     programs.append({"name": "bridge_egress", "id": p.id, "tag": p.tag,
                                      "attach": f"{net.bridge}/egress", "via": self._via("egress", "bridge_egress")})
+                if self._tunnel:
+                    p = pi["tunnel_ingress"]
+                    programs.append({"name": "tunnel_ingress", "id": p.id, "tag": p.tag,
+                                     "attach": f"ifindex {self._tunnel}/ingress"})
                 for ep in self._endpoints.values():
                     for d, name in endpoint_hooks(ep):
                         p = pi[name]

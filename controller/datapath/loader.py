@@ -39,6 +39,7 @@ PROGRAMS = {
     "ep_ingress": "ep_ingress.c",
     "ep_egress": "ep_egress.c",
     "bridge_egress": "bridge_egress.c",
+    "tunnel_ingress": "tunnel_ingress.c",
     "uplink_ingress": "uplink_ingress.c",
 }
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')

@@ -15,10 +15,11 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 
 from ..addressing import link_local_from_mac
-from ..model import EndpointSpec, NetworkSpec
+from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
 from . import abi, bpfsys, layout
 from . import counters as counters_mod
 from .counters import EndpointCounters
@@ -115,7 +116,17 @@ def pack_network(net: NetworkSpec) -> bytes:
                             icc=1 if net.icc else 0, n_gateway6=len(gw6),
                             bridge_mac=mac_bytes(net.bridge_mac), gateway4=net.gateway4.packed,
                             gateway6=b"".join(a.packed for a in gw6),
-                            internal=1 if net.internal else 0)
+                            internal=1 if net.internal else 0, vni=net.vni)
+
+
+def pack_remote(r: RemoteEndpointSpec) -> bytes:
+    return abi.REMOTE_ENDPOINT.pack(vtep=r.vtep.packed, mac=mac_bytes(r.mac))
+
+
+def remote_keys(r: RemoteEndpointSpec) -> list[tuple[str, bytes]]:
+    """(map, key) of every entry of a remote endpoint: its IPv4 and IPv6 addresses."""
+    return [("remote_by_ipv4", ipv4_key(r.network_id, r.ipv4)),
+            *(("remote_by_ipv6", ipv6_key(r.network_id, a)) for a in r.ipv6[:abi.MAX_EP_IPV6])]
 
 
 def ipv4_key(network_id: int, addr: IPv4Address) -> bytes:
@@ -126,11 +137,13 @@ def ipv6_key(network_id: int, addr: IPv6Address) -> bytes:
     return abi.EP_IPV6_KEY.pack(network_id=network_id, addr=addr.packed)
 
 
+@lru_cache(maxsize=1 << 16)  # the DNS service hands over every name on every change
 def dns_name_key(network_id: int, wire: bytes) -> bytes:
     """Key of dns_names: the network id and the name in wire form, zero-padded."""
     return abi.DNS_NAME_KEY.pack(network_id=network_id, name=wire)
 
 
+@lru_cache(maxsize=1 << 16)
 def pack_dns_addrs(v4: tuple[bytes, ...], v6: tuple[bytes, ...]) -> bytes:
     return abi.DNS_ADDRS.pack(n_ipv4=len(v4), n_ipv6=len(v6), ipv4=b"".join(v4), ipv6=b"".join(v6))
 
@@ -195,6 +208,17 @@ class PinnedMaps:
         """The endpoint record behind a host ifindex, as the map says."""
         raw = self.get("endpoint_by_ifindex", u32(ifindex))
         return None if raw is None else unpack_endpoint(raw)
+
+    def tunnel_counters(self) -> dict[str, int]:
+        """tunnel_counters summed over CPUs, by field name."""
+        s = abi.TUNNEL_COUNTERS
+        raw = bpfsys.map_lookup(self.fds["tunnel_counters"], u32(0), s.size * self._ncpu)
+        out = dict.fromkeys((f.name for f in s.fields), 0)
+        if raw is not None:
+            for c in range(self._ncpu):
+                for k, v in s.unpack(raw[c * s.size:(c + 1) * s.size]).items():
+                    out[k] += int(v)
+        return out
 
     def zero_counters(self, slot: int) -> None:
         # Per-CPU array elements cannot be deleted; writing zeros for every CPU resets them.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -134,11 +135,42 @@ def replace(maps: PinnedMaps, want: list[PublishedPort]) -> None:
         port = f.to_port if f.direction == "in" else f.sport
         if (f.endpoint_id, f.slot, addr16(target), port) not in live:
             maps.delete("published_flows", f.key)
+    prune_idle(maps)
     used = {p.slot for p in want}
     for key, value in have.items():
         slot = abi.PUBLISHED_PORT.unpack(value)["slot"]
         if new.get(key) != value and slot not in used:
             zero_counters(maps, slot)
+
+
+def twin_key(f: Flow) -> bytes:
+    """The key of the other direction of flow f (as bpf/nat.h's flow_twin_key())."""
+    k = abi.FLOW_KEY.unpack(f.key)
+    port = struct.pack("!H", f.to_port)
+    if f.direction == "in":  # client -> host; out: endpoint -> client
+        twin = {"saddr": addr16(f.to_addr), "sport": port, "daddr": k["saddr"], "dport": k["sport"]}
+    else:  # endpoint -> client; in: client -> host
+        twin = {"saddr": k["daddr"], "sport": k["dport"], "daddr": addr16(f.to_addr), "dport": port}
+    return abi.FLOW_KEY.pack(**twin, proto=k["proto"], family=k["family"])
+
+
+def prune_idle(maps: PinnedMaps, now_ns: int | None = None) -> int:
+    """Remove flows whose two directions have both been idle longer than the protocol's
+    timeout (the programs drop an entry only when its next packet comes, which may be never;
+    a one-way flow keeps its unused reply direction). bpf_ktime_get_ns() and
+    time.monotonic_ns() are both CLOCK_MONOTONIC. Returns how many entries went."""
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    by_key = {f.key: f for f in flows(maps)}
+
+    def idle(f: Flow | None) -> bool:
+        limit = abi.FLOW_TCP_IDLE if f is None or f.proto == "tcp" else abi.FLOW_UDP_IDLE
+        return f is None or now - f.last_ns > limit * 1_000_000_000
+
+    gone = 0
+    for key, f in by_key.items():
+        if idle(f) and idle(by_key.get(twin_key(f))):
+            gone += int(maps.delete("published_flows", key))
+    return gone
 
 
 def zero_counters(maps: PinnedMaps, slot: int) -> None:

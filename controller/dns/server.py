@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,29 @@ STATS = "stats.json"
 PIDFILE = "resolver.pid"
 LOCK = "resolver.lock"
 MODULE = "bpfnet.dns.server"
+# Reverse names: those of a network's own subnets are the resolver's to answer, never the upstream's.
+REVERSE_SUFFIXES = (wire.encode_name("in-addr.arpa"), wire.encode_name("ip6.arpa"))
 
 
 @dataclass
 class Net:
     name: str
     answers: records.Answers
-    members: frozenset[str]  # the endpoints' addresses: who may ask
+    subnets: tuple[IPv4Network | IPv6Network, ...]  # who may ask
+    seen: dict[str, bool] = field(default_factory=dict)  # client address -> member? (bounded cache)
+
+    def member(self, client: str) -> bool:
+        known = self.seen.get(client)
+        if known is None:
+            try:
+                address = ip_address(client.split("%", 1)[0])
+            except ValueError:
+                return False
+            known = any(address in s for s in self.subnets)
+            if len(self.seen) >= 65536:
+                self.seen.clear()
+            self.seen[client] = known
+        return known
 
 
 @dataclass
@@ -198,7 +215,8 @@ class Resolver:
         nets = {}
         wanted: dict[tuple[str, int], str] = {}
         for net in doc.get("networks", []):
-            nets[net["name"]] = Net(net["name"], records.compile_network(net), frozenset(net.get("members", ())))
+            nets[net["name"]] = Net(net["name"], records.compile_network(net),
+                                    tuple(ip_network(x) for x in net.get("subnets", ())))
             for address in net.get("listen", []):
                 for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                     wanted[(address, kind)] = net["name"]
@@ -253,7 +271,7 @@ class Resolver:
     # --- answering -----------------------------------------------------------------------
     def answer_local(self, net: Net, query: bytes, q: wire.Question, client: str) -> tuple[bytes | None, str]:
         """(answer, result) when the query is ours to answer; (None, "") to forward it."""
-        if client not in net.members:
+        if not net.member(client):
             return wire.response(query, q, wire.RCODE_REFUSED, authoritative=False), "refused"
         entry = net.answers.get(q.key)
         if entry is not None:
@@ -261,6 +279,10 @@ class Resolver:
             return wire.response(query, q, wire.RCODE_NOERROR, rrs, count), "local"
         if wire.label_count(q.key) == 1 or any(q.key.endswith(s) for s in self.suffixes):
             return wire.response(query, q, wire.RCODE_NXDOMAIN), "nxdomain"
+        if q.key.endswith(REVERSE_SUFFIXES):
+            address = records.reverse_address(q.key)
+            if address is not None and any(address in s for s in net.subnets):
+                return wire.response(query, q, wire.RCODE_NXDOMAIN), "nxdomain"  # ours, and unused
         return None, ""
 
     def upstreams_for(self, client: str) -> list[str]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from ..config import NetworkConfig
+from ..datapath.abi import MODE_BRIDGE
 from ..errors import Conflict, InvalidArgument
 from ..rollback import Rollback
 from ..runtime import Runtime
@@ -82,6 +82,10 @@ class DnsService:
         self.resolver = ResolverProcess(directory, log_level)
         self.lock = threading.Lock()  # one state push at a time
         self.restarts = 0
+        self._pending: dict[str, Any] | None = None  # state for the resolver, not handed over yet
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._watching = False
 
     # --- checks before anything is made ----------------------------------------------------
     def check(self, name: str, network: str, data: dict[str, Any]) -> EndpointDns:
@@ -125,11 +129,30 @@ class DnsService:
             self.rt.datapath.set_dns_names(records.datapath_names(state))
         except (OSError, RuntimeError) as exc:
             log.warning("could not give the datapath its DNS names (the resolver answers them): %s", exc)
+        # With the eBPF datapath the new names answer (A/AAAA) as soon as dns_names has them, so
+        # an endpoint add does not also wait for the resolver: the watch thread hands it the
+        # latest state, several changes at once when they come fast (1000 adds in a row). Without
+        # programs the resolver is the only answer: the add waits until it has loaded the state.
+        if self.rt.datapath.mode != MODE_BRIDGE and self._watching:
+            with self._pending_lock:
+                self._pending = state
+            self._wake.set()
+            return
+        self._push(state, wait=self.rt.datapath.mode == MODE_BRIDGE)
+
+    def _push(self, state: dict[str, Any], wait: bool) -> None:
         try:
             with self.lock:
-                self.resolver.push(state)
+                self.resolver.push(state, wait=wait)
         except OSError as exc:
             log.warning("could not hand the DNS resolver its state: %s", exc)
+
+    def flush(self) -> None:
+        """Hand the resolver the state a change left pending (at daemon stop: it serves on with it)."""
+        with self._pending_lock:
+            state, self._pending = self._pending, None
+        if state is not None:
+            self._push(state, wait=False)
 
     # --- files -----------------------------------------------------------------------------
     def endpoint_dns(self, name: str) -> EndpointDns:
@@ -156,11 +179,12 @@ class DnsService:
         networks = []
         for net in self.rt.store.networks():
             cfg = NetworkConfig.from_json(net.config)
-            networks.append(records.NetworkView(net.id, net.name, listen_addresses(cfg)))
+            subnets = (str(cfg.subnet4),) + ((str(cfg.subnet6),) if cfg.subnet6 is not None else ())
+            networks.append(records.NetworkView(net.id, net.name, listen_addresses(cfg), subnets))
         configs = self.rt.store.endpoint_dns()
         addresses: dict[str, list[str]] = {}
         for lease in self.rt.store.leases():
-            if not ip_address(lease.address).is_link_local:
+            if not lease.address.lower().startswith("fe80:"):  # link-local: not for DNS
                 addresses.setdefault(lease.endpoint, []).append(lease.address)
         endpoints = []
         for row in self.rt.store.endpoints():
@@ -178,9 +202,13 @@ class DnsService:
         """At daemon start, after the reconcile: adopt or start the resolver, rewrite every
         endpoint's files (the flags may have changed), remove the files of endpoints that are
         gone (a crash between removal and cleanup), hand the resolver its state."""
-        with self.lock:
-            pid, started = self.resolver.ensure()
-        log.info("DNS resolver: %s pid %d", "started" if started else "adopted", pid)
+        try:
+            with self.lock:
+                pid, started = self.resolver.ensure()
+            log.info("DNS resolver: %s pid %d", "started" if started else "adopted", pid)
+        except (OSError, RuntimeError) as exc:
+            # Not fatal: the datapath still answers endpoint names, and watch() keeps trying.
+            log.error("DNS resolver: %s", exc)
         upstreams = rules.effective(self.options.host, self.options.settings, rules.DnsSettings()).nameservers
         if not upstreams:
             log.warning("DNS: no upstream nameserver an endpoint could use (from %s and --dns): the resolver "
@@ -201,10 +229,14 @@ class DnsService:
         self.changed()
 
     def watch(self, stop: threading.Event) -> threading.Thread:
-        """A thread that starts the resolver again (with its state) when it dies."""
+        """A thread that hands the resolver pending state, and starts it again (with its state)
+        within WATCH_INTERVAL when it dies."""
         def body() -> None:
-            while not stop.wait(WATCH_INTERVAL):
+            while not stop.is_set():
+                self._wake.wait(WATCH_INTERVAL)
+                self._wake.clear()
                 try:
+                    self.flush()
                     with self.lock:
                         if self.resolver.pid() is not None:
                             continue
@@ -215,6 +247,7 @@ class DnsService:
                 except Exception:
                     log.exception("could not start the DNS resolver again")
 
+        self._watching = True
         t = threading.Thread(target=body, name="dns-watch", daemon=True)
         t.start()
         return t

@@ -8,9 +8,9 @@ cluster store, never the services, the API or the face.
 from __future__ import annotations
 
 from ..errors import InvalidArgument
-from .interface import EndpointAddresses, NetworkDriver
+from .interface import AddressTaken, EndpointAddresses, NetworkDriver
 
-__all__ = ["Drivers", "EndpointAddresses", "NetworkDriver"]
+__all__ = ["AddressTaken", "Drivers", "EndpointAddresses", "NetworkDriver"]
 
 
 class Drivers:
@@ -26,6 +26,9 @@ class Drivers:
 
     def get(self, name: str) -> NetworkDriver:
         driver = self._by_name.get(name)
+        if driver is None and name == "overlay":
+            raise InvalidArgument("the overlay driver needs a cluster store: start the daemon with "
+                                  "--cluster-store etcd://HOST:PORT --advertise-addr IP")
         if driver is None:
             raise InvalidArgument(f"unknown network driver {name!r} (this daemon has: {', '.join(self.names())})")
         return driver

@@ -8,11 +8,14 @@ store). Every method that makes something registers its undo on the caller's ``R
 The calls, in libnetwork's words and order:
 
 ===================  ========================================================================
+``complete``         fill in the driver's defaults of a new network (overlay: VNI, MTU)
 ``check_network``    before anything is made: refuse a config this driver cannot serve
 ``create_network``   the network's kernel objects (a bridge, a VXLAN device, ...);
                      returns what it added (``NetworkConfig.owned``)
 ``restore_network``  at start-up: make sure they exist again (adopt or recreate); returns
                      what it added, as ``create_network``
+``prepare_delete_    before anything is removed: refuse, or drop what lives outside this
+network``            host (overlay: the network's record in the cluster store)
 ``delete_network``   remove what ``create_network`` added, and nothing else
 ``reserved``         addresses the network's pool must not hand out (held elsewhere, e.g.
                      by other hosts of a cluster); the services pick from the rest
@@ -39,9 +42,15 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, ClassVar
 
 from ..config import NetworkConfig
+from ..errors import Conflict
 from ..model import InterfaceConfig
 from ..rollback import Rollback
 from ..state import EndpointRow
+
+
+class AddressTaken(Conflict):
+    """``create_endpoint`` lost a race: another host leased one of the addresses between the
+    services' read (``reserved``) and the driver's claim. The services pick again."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +68,28 @@ class NetworkDriver(ABC):
     name: ClassVar[str]
     # True: the network exists on every host of a cluster (its record lives in the cluster store).
     scope: ClassVar[str] = "local"
+    # True: each endpoint has a host-side veth, where the datapath's programs attach (and the
+    # network a bridge, where its bridge program attaches). False (macvlan, ipvlan): the endpoint's
+    # link hangs on a physical interface and has no host-side peer; the datapath is not involved.
+    host_side: ClassVar[bool] = True
+    # True: the endpoint's interface carries the endpoint's own MAC (ipvlan's share the parent's).
+    own_mac: ClassVar[bool] = True
+
+    def host_links(self, cfg: NetworkConfig) -> list[str]:
+        """Links of the managed namespace whose routes and addresses belong to CFG (its bridge; an
+        underlay network's parent): not counted as the host's when checking for overlaps."""
+        return [cfg.bridge]
+
+    def complete(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A new network's settings with this driver's defaults filled in (before validation)."""
+        return data
 
     def check_network(self, cfg: NetworkConfig) -> None:
         """Raise ``InvalidArgument``/``Conflict`` for a config this driver cannot serve."""
+
+    def prepare_delete_network(self, cfg: NetworkConfig) -> None:
+        """Before anything of the network is removed: refuse (raise), or drop what lives outside
+        this host (the overlay driver: the network's record in the cluster store)."""
 
     @abstractmethod
     def create_network(self, cfg: NetworkConfig, network_id: int, rb: Rollback) -> dict[str, Any]:

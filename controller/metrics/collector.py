@@ -87,16 +87,17 @@ class _Family:
 
 def _family_specs() -> dict[str, _Family]:
     f: dict[str, _Family] = {}
-    path_help = "by datapath path (fast = eBPF redirect, kernel = handed to the Linux bridge/stack)."
+    path_help = ("by datapath path (fast = eBPF redirect to a local endpoint, tunnel = eBPF encapsulation to / "
+                 "decapsulation from another host of an overlay network, kernel = handed to the Linux bridge/stack).")
     for _, word in DIRECTIONS:
         past = _PAST[word]
         f[f"{word}_bytes"] = _Family(
             f"bpfnet_endpoint_{word}_bytes", "counter",
-            f"Bytes the endpoint {past} (fast and kernel path).", _EP_LABELS,
+            f"Bytes the endpoint {past} (every path).", _EP_LABELS,
         )
         f[f"{word}_packets"] = _Family(
             f"bpfnet_endpoint_{word}_packets", "counter",
-            f"Packets the endpoint {past} (fast and kernel path).", _EP_LABELS,
+            f"Packets the endpoint {past} (every path).", _EP_LABELS,
         )
         f[f"{word}_path_bytes"] = _Family(
             f"bpfnet_endpoint_{word}_path_bytes", "counter",
@@ -128,6 +129,31 @@ def _family_specs() -> dict[str, _Family]:
     f["network_info"] = _Family(
         "bpfnet_network", "info", "One series per network: its driver (bridge, overlay, ...).",
         ("network", "driver"),
+    )
+    f["tunnel_rx"] = _Family(
+        "bpfnet_tunnel_received_packets", "counter",
+        "Packets that arrived through the overlay tunnel (VXLAN), by outcome: delivered to a local "
+        "endpoint, unknown (no network for the VNI or no endpoint for the address), not_ip (ARP, "
+        "broadcast, multicast: not carried across hosts).", ("outcome",),
+    )
+    f["tunnel_rx_bytes"] = _Family(
+        "bpfnet_tunnel_received_bytes", "counter",
+        "Bytes that arrived through the overlay tunnel and were delivered to a local endpoint.", (),
+    )
+    f["cluster_nodes"] = _Family(
+        "bpfnet_cluster_nodes", "gauge",
+        "Nodes of the cluster: alive (lease held) or down (lease expired, endpoints kept in the store).",
+        ("state",),
+    )
+    f["cluster_remote"] = _Family(
+        "bpfnet_cluster_remote_endpoints", "gauge",
+        "Endpoints on other live nodes this node's datapath forwards to.", (),
+    )
+    f["cluster_store_up"] = _Family(
+        "bpfnet_cluster_store_up", "gauge", "1 while the cluster store (etcd) answers, else 0.", (),
+    )
+    f["cluster_requests"] = _Family(
+        "bpfnet_cluster_store_requests", "counter", "Requests this daemon sent to the cluster store.", (),
     )
     f["datapath"] = _Family(
         "bpfnet_datapath", "info",
@@ -303,21 +329,24 @@ class BpfnetCollector(Collector):
             for short, word in DIRECTIONS
         ]
         esc = exposition.escape
-        fast, kernel = (f',path="{path}"' for path in PATHS)
+        fast, kernel, tunnel = (f',path="{path}"' for path in PATHS)
         for ep, c in _endpoint_rows(snap):
             key = (ep.network, ep.name)
             lbl = old.get(key) or f'network="{esc(ep.network)}",endpoint="{esc(ep.name)}"'
             labels[key] = lbl
             get = c.get
-            for (kfb, kfp, kkb, kkp), nbytes, npkts, pbytes, ppkts in per_dir:
+            for (kfb, kfp, kkb, kkp, ktb, ktp), nbytes, npkts, pbytes, ppkts in per_dir:
                 fb, fp = int(get(kfb, 0)), int(get(kfp, 0))
                 kb, kp = int(get(kkb, 0)), int(get(kkp, 0))
-                nbytes.append(f"{{{lbl}}} {fb + kb}\n")
-                npkts.append(f"{{{lbl}}} {fp + kp}\n")
+                tb, tp = int(get(ktb, 0)), int(get(ktp, 0))
+                nbytes.append(f"{{{lbl}}} {fb + kb + tb}\n")
+                npkts.append(f"{{{lbl}}} {fp + kp + tp}\n")
                 pbytes.append(f"{{{lbl}{fast}}} {fb}\n")
                 pbytes.append(f"{{{lbl}{kernel}}} {kb}\n")
                 ppkts.append(f"{{{lbl}{fast}}} {fp}\n")
                 ppkts.append(f"{{{lbl}{kernel}}} {kp}\n")
+                pbytes.append(f"{{{lbl}{tunnel}}} {tb}\n")
+                ppkts.append(f"{{{lbl}{tunnel}}} {tp}\n")
             drops = get("drops") or {}
             for short, word in DIRECTIONS:
                 for reason, n in sorted((drops.get(short) or {}).items()):
@@ -349,7 +378,9 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
     programs, scrape and build), labels in each family's order. Call it last:
     ``bpfnet_scrape_duration_seconds`` is measured from start to now."""
     out: _StateSamples = {
-        key: [] for key in ("ipam", "ipam_in_use", "endpoints", "network_info", "datapath", "program")
+        key: [] for key in ("ipam", "ipam_in_use", "endpoints", "network_info", "datapath", "program",
+                            "tunnel_rx", "tunnel_rx_bytes", "cluster_nodes", "cluster_remote", "cluster_store_up",
+                            "cluster_requests")
     }
     if snap is not None:
         for net in snap.networks:
@@ -360,6 +391,17 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
                 out["ipam_in_use"].append(((net.name, "ipv6"), net.ipv6_in_use or 0))
             out["endpoints"].append(((net.name,), net.endpoints))
             out["network_info"].append(((net.name, net.driver), 1))
+        if snap.tunnel:
+            t = snap.tunnel
+            for outcome, k in (("delivered", "rx_packets"), ("unknown", "rx_unknown"), ("not_ip", "rx_not_ip")):
+                out["tunnel_rx"].append(((outcome,), float(t.get(k, 0))))
+            out["tunnel_rx_bytes"].append(((), float(t.get("rx_bytes", 0))))
+        if snap.cluster is not None:
+            cl = snap.cluster
+            out["cluster_nodes"] += [(("alive",), cl.nodes_alive), (("down",), cl.nodes_down)]
+            out["cluster_remote"].append(((), cl.remote_endpoints))
+            out["cluster_store_up"].append(((), 1.0 if cl.store_up else 0.0))
+            out["cluster_requests"].append(((), cl.store_requests))
         info = snap.datapath_info
         mode = str(info.get("mode", ""))
         if mode:

@@ -48,6 +48,10 @@ class NetworkPlan:
     subnet6: IPv6Network | None
     masquerade: bool  # the network's own setting (network create --no-masquerade)
     internal: bool
+    # destinations reached with the endpoints' own addresses (a routed network's cluster subnets:
+    # the other nodes route to them, so traffic to them must keep its source)
+    within4: IPv4Network | None = None
+    within6: IPv6Network | None = None
 
 
 @dataclass(frozen=True)
@@ -210,10 +214,11 @@ def rules(plan: Plan) -> dict[str, list[str]]:
             chains.setdefault(chain, []).append(rule)
     for net in plan.networks:
         v4, v6 = masquerading(plan, net)
-        subnets = ([("ip", str(net.subnet4))] if v4 else []) + (
-            [("ip6", str(net.subnet6))] if v6 and net.subnet6 is not None else [])
-        for fam, subnet in subnets:
-            chains["postrouting"].append(f"{fam} saddr {subnet} oifname != @bridges masquerade")
+        subnets = ([("ip", str(net.subnet4), net.within4)] if v4 else []) + (
+            [("ip6", str(net.subnet6), net.within6)] if v6 and net.subnet6 is not None else [])
+        for fam, subnet, within in subnets:
+            keep = f"{fam} daddr != {within} " if within is not None else ""
+            chains["postrouting"].append(f"{fam} saddr {subnet} {keep}oifname != @bridges masquerade")
     published_bridges = sorted({p.bridge for p in plan.published})
     if published_bridges:
         # The host's own traffic to a published port (127.0.0.1 needs route_localnet on the

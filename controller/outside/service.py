@@ -94,7 +94,8 @@ class OutsideService:
         for row in self.rt.store.networks():
             cfg = NetworkConfig.from_json(row.config)
             nets[row.name] = (ruleset.NetworkPlan(row.name, row.id, cfg.bridge, cfg.subnet4, cfg.subnet6,
-                                                  cfg.masquerade, cfg.internal), cfg)
+                                                  cfg.masquerade, cfg.internal, cfg.cluster_subnet4,
+                                                  cfg.cluster_subnet6), cfg)
         published: list[ruleset.PublishPlan] = []
         for endpoint, mapping in map(_mapping, self.rt.store.published_ports()):
             ep = self.rt.store.endpoint(endpoint)

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpf_packets import sk_buff_ctx
-from bpfnet.datapath import bpfsys
+from bpfnet.datapath import bpfsys, counters
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 
-FIELDS = ("tx_fast_packets", "tx_fast_bytes", "tx_kernel_packets", "tx_kernel_bytes",
-          "rx_fast_packets", "rx_fast_bytes", "rx_kernel_packets", "rx_kernel_bytes")
+FIELDS = counters.COUNTER_KEYS
 
 
 def flat(c: dict[str, Any]) -> dict[str, int]:

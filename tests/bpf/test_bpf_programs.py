@@ -398,9 +398,10 @@ def test_counters_shape(env):
     one = c[a1.id]
     assert set(one) == {"tx_fast_packets", "tx_fast_bytes", "tx_kernel_packets",
                         "tx_kernel_bytes", "rx_fast_packets", "rx_fast_bytes",
-                        "rx_kernel_packets", "rx_kernel_bytes", "drops"}
+                        "rx_kernel_packets", "rx_kernel_bytes", "tx_tunnel_packets", "tx_tunnel_bytes",
+                        "rx_tunnel_packets", "rx_tunnel_bytes", "drops"}
     assert set(one["drops"]) == {"tx", "rx"}
-    assert set(one["drops"]["tx"]) == {"spoofed_source", "policy", "internal"}
+    assert set(one["drops"]["tx"]) == {"spoofed_source", "policy", "internal", "tunnel_source"}
 
 
 def test_info_lists_attached_programs(env):

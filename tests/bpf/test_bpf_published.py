@@ -221,3 +221,69 @@ def test_larger_than_the_endpoints_mtu_goes_to_the_kernel(fp) -> None:
     assert r.verdict == TC_ACT_OK and r.data == frame(4, UP_MAC, CLIENT_MAC, big)
     small = ip_l4(client, host, 17, 47000, 9000, payload=b"z" * 1400)
     assert run(fp.dp, "uplink_ingress", frame(4, UP_MAC, CLIENT_MAC, small), fp.up).verdict == TC_ACT_REDIRECT
+
+
+def _age(fp, client: str, cport: int, field: str, direction: str = "in") -> None:
+    """Set FIELD (last_ns or kernel_ns) of one direction of the flow to boot time: long ago."""
+    from bpfnet.datapath import abi
+    from bpfnet.datapath.maps import PinnedMaps
+
+    [f] = [f for f in fp.dp.flows() if f.direction == direction
+           and client in (str(f.saddr), str(f.daddr)) and cport in (f.sport, f.dport)]
+    maps = PinnedMaps(fp.pins, 4096)
+    try:
+        raw = bytearray(maps.get("published_flows", f.key) or b"")
+        raw[abi.FLOW.offsets[field]:abi.FLOW.offsets[field] + 8] = bytes(8)
+        maps.put("published_flows", f.key, bytes(raw))
+    finally:
+        maps.close()
+
+
+def test_an_idle_flow_leaves_the_fast_path_and_is_learnt_anew(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 48000)
+    _age(fp, client, 48000, "last_ns")  # idle longer than FLOW_UDP_IDLE
+    pkt = frame(4, UP_MAC, CLIENT_MAC, ip_l4(client, host, 17, 48000, 9000))
+    assert run(fp.dp, "uplink_ingress", pkt, fp.up).verdict == TC_ACT_OK
+    assert _flows(fp, client, 48000) == {"in": "new", "out": "new"}
+
+
+def test_udp_lets_one_packet_refresh_the_kernels_entry(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 49000)
+    _age(fp, client, 49000, "kernel_ns")  # the kernel last saw the flow more than FLOW_REFRESH ago
+    pkt = frame(4, UP_MAC, CLIENT_MAC, ip_l4(client, host, 17, 49000, 9000))
+    r = run(fp.dp, "uplink_ingress", pkt, fp.up)
+    assert r.verdict == TC_ACT_OK and r.data == pkt  # this one goes the kernel's way, unchanged
+    assert _flows(fp, client, 49000) == {"in": "established", "out": "established"}
+    assert run(fp.dp, "uplink_ingress", pkt, fp.up).verdict == TC_ACT_REDIRECT  # the next ones do not
+
+
+def test_the_controller_prunes_idle_flows(fp) -> None:
+    from bpf_env import inside
+    from bpfnet.datapath.published import twin_key
+
+    client, _, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 50000)
+    establish(fp, 4, 17, 9000, 90, 50001)
+    for f in fp.dp.flows():  # the Python twin of a flow is the one the programs write
+        assert twin_key(f) in {g.key for g in fp.dp.flows()}
+    _age(fp, client, 50000, "last_ns")  # one direction idle (a one-way flow): kept
+    with inside(fp.ns):
+        fp.dp.set_published(fp.dp.published())  # every sync prunes
+    assert _flows(fp, client, 50000) == {"in": "established", "out": "established"}
+    _age(fp, client, 50001, "last_ns")
+    _age(fp, client, 50001, "last_ns", "out")
+    with inside(fp.ns):
+        fp.dp.set_published(fp.dp.published())
+    assert _flows(fp, client, 50001) == {}
+
+
+
+def test_frames_for_another_host_are_left_alone(fp) -> None:
+    client, host, _ = _addrs(fp, 4)
+    establish(fp, 4, 17, 9000, 90, 51000)
+    pkt = ip_l4(client, host, 17, 51000, 9000)
+    other = frame(4, "02:00:00:00:99:99", CLIENT_MAC, pkt)  # seen in promiscuous mode only
+    assert run(fp.dp, "uplink_ingress", other, fp.up).verdict == TC_ACT_OK
+    assert run(fp.dp, "uplink_ingress", frame(4, UP_MAC, CLIENT_MAC, pkt), fp.up).verdict == TC_ACT_REDIRECT
