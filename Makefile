@@ -3,7 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-cluster test lint bench bench-quick vm-test clean
+.PHONY: setup demo demo-cluster test lint bench bench-quick vm-test vm-bench clean
 
 setup:
 	@bash scripts/setup
@@ -14,10 +14,13 @@ demo: setup
 demo-cluster: setup
 	$(VENV)/bin/bpfnet demo --cluster
 
+# The daemon datapath tests run twice: as the kernel allows (tcx here) and with the
+# programs forced onto clsact + cls_bpf (the fallback of kernels before 6.6).
 test: setup
 	$(VENV)/bin/ruff check controller tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q tests
+	BPFNET_TEST_ATTACH=tc $(VENV)/bin/pytest -q tests/test_daemon_datapath.py
 
 lint: setup
 	$(VENV)/bin/ruff check controller tests bench
@@ -38,6 +41,12 @@ PYTEST_ARGS ?= -q tests
 
 vm-test: setup
 	ACCEL=$(ACCEL) bash vagrant/run-kernel $(KERNEL) -- $(PYTEST_ARGS)
+
+# netkit vs veth endpoints vs a direct veth pair (bench/netkit.py) on a netkit
+# kernel in the VM; the JSON lands in bench/netkit_vm.json.
+#   make vm-bench KERNEL=6.12 ACCEL=tcg
+vm-bench: setup
+	ACCEL=$(ACCEL) BENCH_OUT=bench/netkit_vm.json bash vagrant/run-kernel $(KERNEL) -- --bench 3 4 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

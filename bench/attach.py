@@ -1,6 +1,7 @@
 """tcx links vs clsact + cls_bpf filters: endpoint-add time and packet rate.
 
-Boundary: ``python -m bench.attach [N [ROUNDS]]``, two measurements, JSON on stdout:
+Boundary: ``python -m bench.attach [--write] [N [ROUNDS]]``, two measurements, JSON on
+stdout (and with ``--write`` in bench/attach.json, which bench/RESULTS.md includes):
 
 - ``datapath``: a throwaway namespace with a bridge and N veth pairs; bpfnet's
   ``EbpfDatapath`` is started once per attach mechanism (pins under
@@ -115,9 +116,40 @@ def packet_rates(rounds: int = 3, seconds: float = 2.0) -> dict[str, Any]:
     return out
 
 
+OUT_JSON = "attach.json"
+
+
+def markdown(doc: dict[str, Any]) -> list[str]:
+    """The RESULTS.md section for a document written by ``--write``."""
+    dp, pps = doc["datapath"], doc["pps"]
+    rows = []
+    for what in ("add", "remove"):
+        tcx, tc = dp["tcx"][what], dp["tc"][what]
+        rows.append(f"| endpoint {what} (datapath part), median ms | {tcx['median_ms']} | {tc['median_ms']} | "
+                    f"{tcx['median_ms'] / tc['median_ms']:.2f}x |")
+        rows.append(f"| endpoint {what}, p95 ms | {tcx['p95_ms']} | {tc['p95_ms']} | "
+                    f"{tcx['p95_ms'] / tc['p95_ms']:.2f}x |")
+    rows.append(f"| packets/s between two endpoints (64 B UDP/IPv4, best of {len(pps['tcx']['runs'])}) | "
+                f"{pps['tcx']['best_pps'] / 1e3:.1f}k | {pps['tc']['best_pps'] / 1e3:.1f}k | "
+                f"{pps['tcx_over_tc_best']:.3f}x |")
+    return ["## tcx vs cls_bpf (`python -m bench.attach --write`)", "",
+            (f"On this machine (kernel {doc.get('kernel', '?')}), one run, {dp['endpoints']} endpoints added and "
+            "removed through bpfnet's `EbpfDatapath` (map entries plus attaching or detaching its programs), "
+            "and two daemons (`--datapath-attach tcx` / `tc`, redirect-peer) measured in alternating rounds. "
+            "In tcx mode `ep_ingress` and `bridge_egress` are tcx links and `ep_egress` a cls_bpf filter "
+            "(one RCU grace period per endpoint add instead of two; README \"Attach mechanism\"). "
+             f"Load average at start {doc.get('load_at_start', '?')} on 2 cores (a shared machine: "
+             "single figures vary by 2x; the grace period is wall-clock time)."), "",
+            "| metric | tcx | cls_bpf | tcx / cls_bpf |", "| --- | --- | --- | --- |", *rows, ""]
+
+
 def main(argv: list[str]) -> int:
+    import os
+
     from . import env
 
+    write = "--write" in argv
+    argv = [a for a in argv if a != "--write"]
     logging.basicConfig(level=logging.WARNING)
     n = int(argv[0]) if argv else 100
     rounds = int(argv[1]) if len(argv) > 1 else 3
@@ -126,7 +158,14 @@ def main(argv: list[str]) -> int:
     try:
         # unmounted again afterwards if this run mounted it (its kernel-made entries otherwise stay)
         with bpffs.mounted():
-            print(json.dumps({"datapath": measure(n), "pps": packet_rates(rounds)}, indent=2))
+            load = [round(x, 2) for x in os.getloadavg()]
+            doc = {"kernel": os.uname().release, "load_at_start": load, "datapath": measure(n),
+                   "pps": packet_rates(rounds)}
+            print(json.dumps(doc, indent=2))
+            if write:
+                with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), OUT_JSON), "w",
+                          encoding="utf-8") as f:
+                    json.dump(doc, f, indent=2)
     finally:
         env.cleanup()
     return 0

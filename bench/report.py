@@ -425,7 +425,7 @@ def markdown(doc: dict[str, Any], png_name: str = "results.png") -> str:
         lines += ["## Findings", "", ("Derived from this run's figures and profiles (details in the "
                   "sections below)."), ""] + [f"- {f}" for f in found] + [""]
     lines += _kprofile_md(doc) + _scale_md(doc) + _progrun_md(doc) + _profile_md(doc) + _outside_md() + _overlay_md()
-    lines += _underlay_md() + _dns_md() + _method_md(doc)
+    lines += _underlay_md() + _dns_md() + _kernels_md() + _method_md(doc)
     if doc.get("errors"):
         lines += ["## Errors during the run", ""] + [f"- {e}" for e in doc["errors"]] + [""]
     lines += ["## Chart", "", f"![bpfnet benchmark chart]({png_name})", ""]
@@ -464,6 +464,20 @@ def _section(name: str, render: Any) -> list[str]:
         return []
     with open(path, encoding="utf-8") as f:
         return list(render(json.load(f)))
+
+
+def _kernels_md() -> list[str]:
+    """tcx vs cls_bpf (bench/attach.json) and netkit vs veth (bench/netkit_vm.json, from the VM)."""
+    from . import attach, netkit
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out: list[str] = []
+    for mod, name in ((attach, attach.OUT_JSON), (netkit, netkit.OUT_JSON)):
+        path = os.path.join(here, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                out += mod.markdown(json.load(f))
+    return out
 
 
 def _underlay_md() -> list[str]:

@@ -113,12 +113,16 @@ def packet_rate(pair: Pair, family: int, seconds: float, warmup: float = 0.5) ->
     rns = pair.receiver.ns
     udp_delivered(rns, family)  # start the holder before the generator
     env.wait_quiet(CPU)  # not while the kernel still tears down namespaces or others run
-    gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q",
-                     "-C"], ns=pair.sender.ns, cpu=CPU)
+    out_path = cfg + ".out"
+    with open(out_path, "wb") as out:  # trafgen's messages, for the error below
+        gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q",
+                         "-C"], ns=pair.sender.ns, cpu=CPU, stdout=out)
     try:
         time.sleep(warmup)
         if gen.poll() is not None:
-            raise RuntimeError(f"trafgen exited {gen.returncode} in {pair.sender.ns}")
+            with open(out_path, "rb") as f:
+                said = f.read()[-600:].decode(errors="replace").strip()
+            raise RuntimeError(f"trafgen exited {gen.returncode} in {pair.sender.ns}: {said}")
         c0, t0 = udp_delivered(rns, family), time.monotonic()
         time.sleep(seconds)
         c1, t1 = udp_delivered(rns, family), time.monotonic()

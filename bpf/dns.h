@@ -27,7 +27,7 @@
 #ifndef BPFNET_DNS_H
 #define BPFNET_DNS_H
 
-#include <linux/udp.h>
+#include <uapi/linux/udp.h>
 #include "forward.h"
 #include "parsing.h"
 #include "maps.h"

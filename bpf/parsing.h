@@ -14,10 +14,10 @@
 #ifndef BPFNET_PARSING_H
 #define BPFNET_PARSING_H
 
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/in.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/in.h>
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define bpfnet_htons(x) ((__be16)__builtin_bswap16(x))

@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__
 from .client import Client, ClientError, client_from_env_and_args, object_path
 from .config import DEFAULT_SOCKET, RECONCILE_MODES
-from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_MODES
+from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_ENDPOINT_DEVICES, REQUESTABLE_MODES
 from .errors import BpfnetError
 from .tables import stats_table, table
 
@@ -38,6 +38,7 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
         f"Listeners:    {', '.join(info['listeners'])}",
         f"Metrics:      {info.get('metrics_url') or '-'}",
         f"Datapath:     {dp['mode']}" + (f" (attached with {dp['attach']})" if dp.get("attach") else ""),
+        f"Endpoint device: {dp.get('endpoint_device') or 'veth'}",
         f"Default bridge: {info.get('default_bridge') or 'none'}",
         f"Address pools: {', '.join(info.get('address_pools', []))}",
         f"Networks:     {info['networks']}",
@@ -49,7 +50,8 @@ def cmd_info(args: argparse.Namespace, c: Client) -> None:
     for warning in info.get("warnings", []):
         lines.append(f"WARNING:      {warning}")
     for prog in dp.get("programs", []):
-        lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}")
+        lines.append(f"  program {prog['name']} id={prog['id']} tag={prog['tag']} on {prog['attach']}"
+                     + (f" ({prog['via']})" if prog.get("via") else ""))
     out = info.get("outside")
     if out:
         lines.append(f"Outside:      {out['mechanism']}; ip-masq {'on' if out['ip_masq'] else 'off'}, "
@@ -192,7 +194,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "ipv6": args.ipv6, "fixed_cidr_v6": args.fixed_cidr_v6, "default_gateway": args.default_gateway,
         "default_gateway_v6": args.default_gateway_v6, "mtu": args.mtu, "icc": args.icc,
         "ndp_proxy_iface": args.ndp_proxy_iface, "datapath": args.datapath,
-        "datapath_attach": args.datapath_attach, "metrics_addr": args.metrics_addr,
+        "datapath_attach": args.datapath_attach, "endpoint_device": args.endpoint_device, "metrics_addr": args.metrics_addr,
         "allow_public_metrics": args.allow_public_metrics or None, "log_level": args.log_level,
         "group": args.group, "tls": args.tls or None, "tlsverify": args.tlsverify or None,
         "tlscacert": args.tlscacert, "tlscert": args.tlscert, "tlskey": args.tlskey,
@@ -300,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--datapath", choices=REQUESTABLE_MODES,
                    help="force a datapath mode (default auto: the best the kernel offers)")
     d.add_argument("--datapath-attach", choices=REQUESTABLE_ATTACHES,
-                   help="how the eBPF programs attach: tc (clsact + cls_bpf filters, the default), "
-                        "tcx links, or auto (tcx where the kernel has it)")
+                   help="how the eBPF programs attach: tcx links, tc (clsact + cls_bpf filters), "
+                        "or auto (tcx where the kernel has it, the default)")
+    d.add_argument("--endpoint-device", choices=REQUESTABLE_ENDPOINT_DEVICES,
+                   help="endpoints' device pairs: veth, netkit (Linux 6.7+, datapath mode redirect), "
+                        "or auto (netkit where the kernel has it, the default)")
     d.add_argument("--metrics-addr", help="Prometheus /metrics address (default 127.0.0.1:9523)")
     d.add_argument("--allow-public-metrics", action="store_true", help="allow a non-loopback metrics address")
     d.add_argument("--log-level", help="debug, info (default), warning, error")

@@ -25,7 +25,7 @@ from ipaddress import (
 from pathlib import Path
 from typing import Any
 
-from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_MODES
+from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_ENDPOINT_DEVICES, REQUESTABLE_MODES
 from .dns.rules import settings as dns_settings
 from .errors import InvalidArgument
 
@@ -670,10 +670,12 @@ class DaemonConfig:
     default_address_pool: tuple[AddressPool, ...] = ()
     ndp_proxy_iface: str | None = None
     datapath: str = "auto"
-    # tc, tcx, or auto (tcx where the kernel has it). tc by default: a tcx link's create and
-    # detach each wait for an RCU grace period, 24 ms per endpoint against 0.9 ms (bench.attach),
-    # for the same packet rate; see the README's "Attach mechanism".
-    datapath_attach: str = "tc"
+    # tc, tcx, or auto (tcx where the kernel has it, the default). A tcx link's detach waits for
+    # an RCU grace period; the datapath takes it off the endpoint-add critical section (see the
+    # README's "Attach mechanism" and bench/RESULTS.md).
+    datapath_attach: str = "auto"
+    # veth, netkit, or auto (netkit where the kernel has it, the default); see the README's "Endpoint device".
+    endpoint_device: str = "auto"
     metrics_addr: str = "127.0.0.1:9523"
     allow_public_metrics: bool = False
     log_level: str = "info"
@@ -814,6 +816,9 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
     if cfg.datapath_attach not in REQUESTABLE_ATTACHES:
         raise InvalidArgument(f"--datapath-attach {cfg.datapath_attach!r}: expected "
                               f"{', '.join(REQUESTABLE_ATTACHES)}")
+    if cfg.endpoint_device not in REQUESTABLE_ENDPOINT_DEVICES:
+        raise InvalidArgument(f"--endpoint-device {cfg.endpoint_device!r}: expected "
+                              f"{', '.join(REQUESTABLE_ENDPOINT_DEVICES)}")
     # The default network's flags, checked now rather than after the daemon has entered its namespace.
     data = cfg.default_network()
     if data is None:

@@ -29,7 +29,7 @@ from .cluster.model import DEFAULT_TTL, check_advertise_addr, parse_store_url
 from .cluster.store import EtcdStore
 from .config import DaemonConfig, Listener
 from .daemonlock import DaemonLock, NetnsLock, netns_lock, state_dir_lock
-from .datapath import Datapath, abi, make_datapath, tcx
+from .datapath import Datapath, abi, make_datapath, resolve_endpoint_device, tcx
 from .dns import rules as dns_rules
 from .dns.service import DnsOptions, DnsService
 from .drivers import Drivers
@@ -158,16 +158,19 @@ class Daemon:
             raise
         self.pins_existed = os.path.isdir(pin_dir(cfg.netns))
         try:
+            device = resolve_endpoint_device(cfg.endpoint_device, cfg.datapath)
             datapath: Datapath = make_datapath(cfg.datapath, pin_dir(cfg.netns), Runtime.max_endpoints,
-                                               cfg.datapath_attach)
+                                               cfg.datapath_attach, device)
         except ImportError as exc:
             raise BpfnetError(
                 f"--datapath {cfg.datapath} needs Debian's python3-bpfcc ({exc}); "
                 "run scripts/setup or pass --datapath bridge"
             ) from None
+        except ValueError as exc:  # netkit asked for where it cannot work: name why
+            raise InvalidArgument(str(exc)) from None
         self.rt = Runtime(store=store, datapath=datapath, ipr=IPRoute(), hostns=cfg.netns,
                           ndp_proxy_iface=cfg.ndp_proxy_iface, address_pools=cfg.address_pools,
-                          ip_forward=cfg.ip_forward)
+                          ip_forward=cfg.ip_forward, endpoint_device=device)
         self.overlay: OverlayDriver | None = None
         drivers = Drivers(BridgeDriver(self.rt), MacvlanDriver(self.rt), IpvlanDriver(self.rt))
         self.routed = RoutedDriver(self.rt, None, None)  # refuses networks without a cluster store

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .addressing import ipv6_from_mac, link_local_from_mac, mac_from_ipv4, parse_mac
 from .config import NetworkConfig, check_ifname, check_name
+from .datapath.abi import ENDPOINT_DEVICES
 from .drivers import AddressTaken, EndpointAddresses
 from .drivers.bridge import LINK_LOCAL_GATEWAY
 from .errors import Conflict, Exhausted, Incomplete, InvalidArgument, NotFound
@@ -132,8 +133,9 @@ class EndpointService:
         return v4, v6
 
     def spec(self, row: EndpointRow, cfg: NetworkConfig, net_id: int,
-             host_ifindex: int | None = None) -> EndpointSpec:
-        """The datapath's view of an endpoint; HOST_IFINDEX when the caller already knows it."""
+             host_ifindex: int | None = None, device: str | None = None) -> EndpointSpec:
+        """The datapath's view of an endpoint; HOST_IFINDEX and DEVICE (the host link's kind)
+        when the caller already knows them (DEVICE default: what this daemon makes)."""
         v4, v6 = self.addresses(row)
         if host_ifindex is None:
             host_ifindex = self.rt.kernel.link_index(row.host_ifname) or 0
@@ -150,6 +152,7 @@ class EndpointService:
             mac=row.mac,
             ipv4=v4,
             ipv6=all6,
+            device=device if device in ENDPOINT_DEVICES else self.rt.endpoint_device,
         )
 
     def describe(self, row: EndpointRow, host_ifindex: int | None = None) -> dict[str, Any]:
@@ -562,7 +565,7 @@ class EndpointService:
             bridge = kernel.link_index(cfg.bridge)
             if not driver.host_side:
                 pass  # the endpoint's link hangs on the parent: no host veth, no datapath
-            elif host is None or host.kind != "veth":
+            elif host is None or host.kind not in ENDPOINT_DEVICES:
                 problems.append(f"host veth {row.host_ifname} is missing")
             else:
                 if host.master is None or host.master != bridge:
@@ -589,16 +592,20 @@ class EndpointService:
                 problems += [f"default route via {r.gateway} is missing" for r in want.routes
                              if str(r.gateway) not in inside.gateways]
             if host is not None and row.state == "ready":
-                missing = self.rt.datapath.check_endpoint(self.spec(row, cfg, net_row.id, host_ifindex=host.index))
+                missing = self.rt.datapath.check_endpoint(self.spec(row, cfg, net_row.id, host_ifindex=host.index,
+                                                                     device=host.kind))
                 problems += [f"datapath {what} are not in place" for what in missing]
             return {"name": row.name, "ok": not problems, "problems": problems}
 
     def specs(self) -> list[EndpointSpec]:
         out = []
+        links = {link.name: link for link in self.rt.kernel.dump_links()}  # one dump: index and kind
         for row in self.rt.store.endpoints():
             if row.state != "ready":
                 continue
             net_row, cfg = self.networks.config(row.network)
             if self.networks.drivers.get(cfg.driver).host_side:
-                out.append(self.spec(row, cfg, net_row.id))
+                link = links.get(row.host_ifname)
+                out.append(self.spec(row, cfg, net_row.id, host_ifindex=link.index if link else 0,
+                                     device=link.kind if link else None))
         return out

@@ -60,6 +60,9 @@ class Kernel(Protocol):
                     up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
         """Veth HOST (port of BRIDGE_INDEX) <-> PEER_IFNAME in PEER_NS ("": the managed namespace);
         (host ifindex, the peer's ifindex there)."""
+    def create_netkit(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
+                      up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
+        """As create_veth, with an L2 netkit pair (HOST the primary; Linux 6.7+)."""
 
     # endpoint namespaces
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None: ...
@@ -161,6 +164,11 @@ class NetlinkKernel:
                     up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
         return links.create_veth(self.ipr, host, peer_ns, peer_mac, mtu, bridge_index, up=up,
                                  peer_ifname=peer_ifname)
+
+    def create_netkit(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
+                      up: bool, peer_ifname: str = links.ENDPOINT_IFNAME) -> tuple[int, int]:
+        return links.create_netkit(self.ipr, host, peer_ns, peer_mac, mtu, bridge_index, up=up,
+                                   peer_ifname=peer_ifname)
 
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None:
         links.configure_interface(ns, index, cfg)

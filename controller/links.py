@@ -211,6 +211,23 @@ def create_veth(
     return found
 
 
+def create_netkit(
+    ipr: Any, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int, up: bool,
+    peer_ifname: str = ENDPOINT_IFNAME,
+) -> tuple[int, int]:
+    """As create_veth, with an L2 netkit pair (``bpfnet.datapath.netkit``): HOST is the
+    primary, a bridge port like a host veth. The message goes out from the calling
+    thread, which lives in IPR's namespace (the daemon's threads all do). One
+    RTM_GETLINK of HOST gives both ifindexes (netkit reports its peer as IFLA_LINK)."""
+    from .datapath import netkit
+
+    netkit.create_pair(host, peer_ns, peer_ifname, peer_mac, mtu, master=bridge_index, up=up)
+    found = _veth_indexes(ipr.link("get", ifname=host), host)
+    if found is None:
+        raise RuntimeError(f"created netkit {host}, but the kernel reports no such link with a peer")
+    return found
+
+
 def _veth_indexes(msgs: Iterable[Any], host: str) -> tuple[int, int] | None:
     """(index, IFLA_LINK) of the RTM_NEWLINK message describing veth HOST, if any."""
     for msg in msgs:

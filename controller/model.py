@@ -41,7 +41,7 @@ class RemoteEndpointSpec:
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """An endpoint as the datapath sees it: the host end of its veth pair."""
+    """An endpoint as the datapath sees it: the host end of its device pair (veth or netkit)."""
 
     name: str
     id: int  # slot in the per-endpoint counter array, 0 <= id < MAX_ENDPOINTS
@@ -52,6 +52,7 @@ class EndpointSpec:
     mac: str  # MAC of eth0 inside the endpoint namespace
     ipv4: IPv4Address
     ipv6: tuple[IPv6Address, ...] = field(default=())  # global and link-local
+    device: str = "veth"  # what the pair is: "veth" or "netkit" (datapath.abi.ENDPOINT_DEVICES)
 
 
 # What the services hand the kernel adapters (``bpfnet.kernel``): decisions as data.

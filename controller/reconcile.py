@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from .config import NetworkConfig, migrate_stored_network
+from .datapath.abi import ENDPOINT_DEVICES
 from .endpoints import EndpointService, is_host_veth_name
 from .errors import BpfnetError, InvalidArgument
 from .model import InterfaceState, LinkState
@@ -128,7 +129,7 @@ class Reconciler:
                     rt.observer.reconcile_error()
             known = {r.host_ifname for r in rt.store.endpoints()}
             for link in rt.kernel.dump_links():
-                if is_host_veth_name(link.name) and link.name not in known and link.kind == "veth":
+                if is_host_veth_name(link.name) and link.name not in known and link.kind in ENDPOINT_DEVICES:
                     if not delete_leaks:
                         log.warning("veth %s is not in the state; left in place (--reconcile=adopt)",
                                     link.name)
@@ -152,7 +153,7 @@ class Reconciler:
         driver = self.networks.drivers.get(cfg.driver)
         if not driver.host_side:
             return self._check_underlay(row, cfg, own_mac=driver.own_mac)
-        if link is None or link.kind != "veth":
+        if link is None or link.kind not in ENDPOINT_DEVICES:
             return None
         state = None
         if not row.handoff:  # a handed-off peer is the runtime's: only the host side is bpfnet's
@@ -173,7 +174,7 @@ class Reconciler:
             repairs.append("link_up")
         if state is not None:
             repairs += self._check_inside(row, cfg, state)
-        spec = self.eps.spec(row, cfg, net_row.id, host_ifindex=link.index)
+        spec = self.eps.spec(row, cfg, net_row.id, host_ifindex=link.index, device=link.kind)
         missing = self.rt.datapath.check_endpoint(spec)
         if missing:
             for what in missing:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 
 from .config import DEFAULT_NETWORK, NAME_RE, NetworkConfig
+from .datapath.abi import ENDPOINT_DEVICES
 from .endpoints import HOST_VETH_PREFIX, is_host_veth_name
 from .errors import InvalidArgument
 from .links import ENDPOINT_IFNAME
@@ -71,7 +72,7 @@ def survey(rt: Runtime, pin_dir: str) -> Survey:
     """The unknown bnvN veths of the managed namespace, and the pins under PIN_DIR."""
     known = {row.host_ifname for row in rt.store.endpoints()}
     veths = tuple(link for link in rt.kernel.dump_links()
-                  if link.kind == "veth" and is_host_veth_name(link.name) and link.name not in known)
+                  if link.kind in ENDPOINT_DEVICES and is_host_veth_name(link.name) and link.name not in known)
     pins: tuple[str, ...] = ()
     if os.path.isdir(pin_dir):
         pins = tuple(sorted(os.path.join(pin_dir, f) for f in os.listdir(pin_dir)))

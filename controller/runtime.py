@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import DEFAULT_ADDRESS_POOLS, AddressPool
 from .datapath import Datapath
-from .datapath.abi import DEFAULT_MAX_ENDPOINTS
+from .datapath.abi import DEFAULT_MAX_ENDPOINTS, ENDPOINT_VETH
 from .kernel import Kernel, NetlinkKernel
 from .observer import NullObserver, Observer
 from .state import Store
@@ -33,6 +33,7 @@ class Runtime:
     address_pools: tuple[AddressPool, ...] = DEFAULT_ADDRESS_POOLS
     max_endpoints: int = DEFAULT_MAX_ENDPOINTS  # endpoint slots; the datapath gets the same value
     ip_forward: bool = True  # --ip-forward: networks turn on the namespace's forwarding
+    endpoint_device: str = ENDPOINT_VETH  # what new endpoints' device pairs are: veth or netkit (resolved)
     # One lock for every mutation: kernel state and SQLite move together.
     lock: threading.RLock = field(default_factory=threading.RLock)
     kernel: Kernel = None  # type: ignore[assignment]  # filled in from ipr below

@@ -208,6 +208,12 @@ class FakeKernel:
         self.links[host] = link
         return link.index, eth0.index
 
+    def create_netkit(self, host: str, peer_ns: str, peer_mac: str, mtu: int, bridge_index: int,
+                      up: bool, peer_ifname: str = "eth0") -> tuple[int, int]:
+        index, eth0 = self.create_veth(host, peer_ns, peer_mac, mtu, bridge_index, up, peer_ifname)
+        self.links[host].kind = "netkit"
+        return index, eth0
+
     # endpoint namespaces
     def configure_interface(self, ns: str, index: int, cfg: InterfaceConfig) -> None:
         self._mutate("configure_interface")

@@ -164,6 +164,12 @@ class DaemonProcess:
             cmd += ["-H", self.tcp_host]
         if self.datapath:
             cmd += ["--datapath", self.datapath]
+        # The suite's forced modes (make test runs the datapath tests once more with
+        # BPFNET_TEST_ATTACH=tc: the cls_bpf fallback); a test's own flag wins.
+        for env, flag in (("BPFNET_TEST_ATTACH", "--datapath-attach"),
+                          ("BPFNET_TEST_ENDPOINT_DEVICE", "--endpoint-device")):
+            if os.environ.get(env) and flag not in self.args:
+                cmd += [flag, os.environ[env]]
         return cmd + self.args
 
     # lifecycle

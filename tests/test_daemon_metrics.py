@@ -94,8 +94,9 @@ def test_prometheus_scrapes_real_daemon(daemons: DaemonFactory, prometheus_for: 
     assert prom.value(f'bpfnet_endpoint_receive_path_packets_total{{{sel_b},path="fast"}}') >= N
     assert prom.value('bpfnet_network_endpoints{network="bridge"}') == 2
     assert prom.value('bpfnet_network_info{network="bridge",driver="bridge"}') == 1
-    # programs attach with clsact + cls_bpf unless --datapath-attach asks for tcx
-    assert prom.value('bpfnet_datapath_info{mode="redirect-peer",requested_mode="auto",attach="tc"}') == 1
+    # programs attach with tcx links where the kernel has them (this machine's does), veth endpoints
+    assert prom.value('bpfnet_datapath_info{mode="redirect-peer",requested_mode="auto",attach="tcx",'
+                      'endpoint_device="veth"}') == 1
     assert prom.value('count(bpfnet_program_info{name="ep_ingress"})') == 2
 
     # continuous traffic across a daemon restart: counters carry on, rate stays > 0

@@ -67,6 +67,7 @@ def snapshot(with_db: bool = True) -> MetricsSnapshot:
         datapath_info={
             "mode": "redirect-peer",
             "attach": "tcx",
+            "endpoint_device": "netkit",
             "pin_dir": "/sys/fs/bpf/bpfnet",
             "programs": [
                 {
@@ -124,7 +125,7 @@ def test_network_datapath_and_build_series() -> None:
     assert value(reg, "bpfnet_network_info", network="front", driver="bridge") == 1
     assert (
         value(reg, "bpfnet_datapath_info", mode="redirect-peer", requested_mode="redirect-peer",
-              attach="tcx")
+              attach="tcx", endpoint_device="netkit")
         == 1
     )
     assert (
@@ -170,7 +171,7 @@ def test_bridge_mode_fallback_and_no_counters() -> None:
     )
     reg = registry_for(snap)
     assert value(reg, "bpfnet_datapath_info", mode="bridge", requested_mode="redirect-peer",
-                 attach="none") == 1
+                 attach="none", endpoint_device="veth") == 1
     assert value(reg, "bpfnet_endpoint_receive_bytes_total", network="n", endpoint="a") is None
     assert value(reg, "bpfnet_network_endpoints", network="n") == 1
 
@@ -179,7 +180,7 @@ def test_requested_mode_defaults_to_running_mode() -> None:
     snap = MetricsSnapshot(datapath_info={"mode": "bridge"})
     reg = registry_for(snap)
     assert value(reg, "bpfnet_datapath_info", mode="bridge", requested_mode="bridge",
-                 attach="none") == 1
+                 attach="none", endpoint_device="veth") == 1
 
 
 def test_snapshot_failure_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -> None:

@@ -383,7 +383,8 @@ def test_restart_keeps_a_connection_and_the_ports(world: World) -> None:
 
 
 def test_cleanup_leaves_no_table_or_program(daemons: DaemonFactory) -> None:
-    d = daemons.start("--bip", "10.206.0.1/24", datapath=None)
+    # cls_bpf filters (the default is tcx where the kernel has it): `tc filter show` sees them
+    d = daemons.start("--bip", "10.206.0.1/24", "--datapath-attach", "tc", datapath=None)
     run("ip", "-n", d.netns, "link", "add", "upc", "type", "veth", "peer", "name", "upc-p")
     run("ip", "-n", d.netns, "addr", "add", "192.0.2.1/24", "dev", "upc")
     run("ip", "-n", d.netns, "link", "set", "upc", "up")

@@ -13,7 +13,18 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
-from .abi import DEFAULT_MAX_ENDPOINTS, MODE_AUTO, MODE_BRIDGE, MODES, REQUESTABLE_MODES
+from .abi import (
+    DEFAULT_MAX_ENDPOINTS,
+    ENDPOINT_NETKIT,
+    ENDPOINT_VETH,
+    MODE_AUTO,
+    MODE_BRIDGE,
+    MODE_REDIRECT,
+    MODE_REDIRECT_PEER,
+    MODES,
+    REQUESTABLE_ENDPOINT_DEVICES,
+    REQUESTABLE_MODES,
+)
 from .published import Flow, PublishedPort
 
 __all__ = ["MODES", "REQUESTABLE_MODES", "BridgeDatapath", "Datapath", "DnsAddresses", "make_datapath"]
@@ -84,7 +95,8 @@ class Datapath(Protocol):
         """Per network id: DNS queries the datapath answered (answered_a, answered_aaaa) and passed."""
 
     def info(self) -> dict[str, Any]:
-        """Mode, attach mechanism ("tcx", "tc"; None without programs), loaded programs (id, tag, attach point), pin directory."""
+        """Mode, attach mechanism ("tcx", "tc"; None without programs), endpoint device ("veth",
+        "netkit"), loaded programs (id, tag, attach point), pin directory."""
 
     def close(self) -> None:
         """Release file descriptors; programs and pins stay (no blackhole)."""
@@ -97,6 +109,9 @@ class BridgeDatapath:
     """Bridge mode: no programs, the Linux bridge forwards everything."""
 
     mode = MODE_BRIDGE
+
+    def __init__(self, endpoint_device: str = ENDPOINT_VETH) -> None:
+        self.endpoint_device = endpoint_device
 
     def start(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> None:
         return None
@@ -159,7 +174,8 @@ class BridgeDatapath:
         return {}
 
     def info(self) -> dict[str, Any]:
-        return {"mode": self.mode, "attach": None, "programs": [], "pin_dir": None}
+        return {"mode": self.mode, "attach": None, "endpoint_device": self.endpoint_device, "programs": [],
+                "pin_dir": None}
 
     def close(self) -> None:
         return None
@@ -168,14 +184,36 @@ class BridgeDatapath:
         return None
 
 
+def resolve_endpoint_device(requested: str, mode: str = MODE_AUTO) -> str:
+    """"auto": netkit where the kernel has it (``probe.probe_endpoint_device``) and the
+    requested datapath MODE can use it (not an explicit "redirect-peer"), else veth;
+    "netkit" on a kernel without it: ValueError naming the problem."""
+    if requested not in REQUESTABLE_ENDPOINT_DEVICES:
+        raise ValueError(f"unknown endpoint device {requested!r}; choose one of {REQUESTABLE_ENDPOINT_DEVICES}")
+    if requested == ENDPOINT_VETH or (requested == MODE_AUTO and mode == MODE_REDIRECT_PEER):
+        return ENDPOINT_VETH
+    from .netkit import netkit_available
+
+    if netkit_available():
+        return ENDPOINT_NETKIT
+    if requested == ENDPOINT_NETKIT:
+        import os
+
+        raise ValueError(f"--endpoint-device netkit: this kernel ({os.uname().release}) has no netkit devices "
+                         f"(Linux 6.7+ built with CONFIG_NETKIT); use --endpoint-device veth or auto")
+    return ENDPOINT_VETH
+
+
 def make_datapath(requested: str = MODE_AUTO, pin_dir: str = "/sys/fs/bpf/bpfnet/default",
                   max_endpoints: int = DEFAULT_MAX_ENDPOINTS,
-                  attach: str = MODE_AUTO) -> Datapath:
+                  attach: str = MODE_AUTO, endpoint_device: str = ENDPOINT_VETH) -> Datapath:
     """The datapath for a requested mode: "auto" (best the kernel offers, see
     ``probe.probe_mode``) or one of ``abi.MODES``, with max_endpoints endpoint
     slots (the daemon passes its Runtime's value), its programs attached with
     ``attach`` ("auto": tcx links where the kernel has them, see
-    ``probe.probe_attach``; "tcx"; "tc"). Logs the choice. eBPF modules
+    ``probe.probe_attach``; "tcx"; "tc"), for endpoints of ``endpoint_device``
+    (already resolved: "veth" or "netkit"; netkit turns auto's redirect-peer
+    into redirect, the one mode netkit supports). Logs the choice. eBPF modules
     are imported only when needed, so bridge mode works without bcc."""
     import logging
 
@@ -187,12 +225,15 @@ def make_datapath(requested: str = MODE_AUTO, pin_dir: str = "/sys/fs/bpf/bpfnet
         from .probe import probe_mode
 
         mode = probe_mode()
+        if endpoint_device == ENDPOINT_NETKIT and mode == MODE_REDIRECT_PEER:
+            mode = MODE_REDIRECT
     if mode == MODE_BRIDGE:
-        log.info("datapath mode bridge (requested %s): no eBPF programs", requested)
-        return BridgeDatapath()
+        log.info("datapath mode bridge (requested %s): no eBPF programs, %s endpoints", requested, endpoint_device)
+        return BridgeDatapath(endpoint_device)
     from .ebpf import EbpfDatapath
 
-    dp = EbpfDatapath(mode=mode, pin_dir=pin_dir, max_endpoints=max_endpoints, attach=attach)
-    log.info("datapath mode %s (requested %s), attached with %s (requested %s), maps pinned in %s",
-             mode, requested, dp.attach, attach, pin_dir)
+    dp = EbpfDatapath(mode=mode, pin_dir=pin_dir, max_endpoints=max_endpoints, attach=attach,
+                      endpoint_device=endpoint_device)
+    log.info("datapath mode %s (requested %s), attached with %s (requested %s), %s endpoints, maps pinned in %s",
+             mode, requested, dp.attach, attach, endpoint_device, pin_dir)
     return dp

@@ -48,6 +48,12 @@ ATTACH_TC = "tc"  # clsact qdisc + direct-action cls_bpf filters (the fallback)
 ATTACHES = (ATTACH_TCX, ATTACH_TC)
 REQUESTABLE_ATTACHES = (MODE_AUTO, *ATTACHES)
 
+# -- endpoint devices (what an endpoint's device pair is) ------------------------
+ENDPOINT_VETH = "veth"  # a veth pair; programs on the host end's tc hooks
+ENDPOINT_NETKIT = "netkit"  # a netkit pair, L2 mode (Linux 6.7+); ep_ingress inside the peer's transmit
+ENDPOINT_DEVICES = (ENDPOINT_VETH, ENDPOINT_NETKIT)
+REQUESTABLE_ENDPOINT_DEVICES = (MODE_AUTO, *ENDPOINT_DEVICES)
+
 # -- limits --------------------------------------------------------------------
 DEFAULT_MAX_ENDPOINTS = 4096  # endpoint slots (array sizes); configurable per daemon
 MAX_ENDPOINTS_LIMIT = 65536  # the most max_endpoints may be

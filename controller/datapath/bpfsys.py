@@ -62,6 +62,10 @@ BPF_LINK_DETACH = 34
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
 BPF_LINK_TYPE_TCX = 11
+# netkit (Linux 6.7+): the programs of a netkit pair, both attached through the primary's ifindex.
+BPF_NETKIT_PRIMARY = 54
+BPF_NETKIT_PEER = 55
+BPF_LINK_TYPE_NETKIT = 13
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_MAP_TYPE_HASH = 1
@@ -167,7 +171,7 @@ class _MapInfo(ctypes.Structure):
 
 
 class _LinkCreateAttr(ctypes.Structure):
-    # link_create with the tcx member of its trailing union (relative_fd, expected_revision):
+    # link_create with the tcx (or the identical netkit) member of its trailing union (relative_fd, expected_revision):
     # both zero = append after the programs already on the hook, any revision.
     _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
                 ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),

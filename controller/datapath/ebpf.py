@@ -43,13 +43,51 @@ from .loader import LoadedPrograms, load
 log = logging.getLogger(__name__)
 
 
+# Programs that stay on cls_bpf filters in tcx mode. Each tcx (or netkit) link
+# create and detach waits for an RCU grace period under the RTNL lock (~12 ms
+# here, kernel/bpf/tcx.c: tcx_entry_sync), so an endpoint with two links cost
+# 24 ms to add against 0.9 ms with filters. The endpoint's egress program is
+# off the endpoint-to-endpoint fast path in redirect-peer mode (the packet goes
+# from the sender's host-side ingress straight into the receiver's eth0) and
+# the cheapest program on it in redirect mode (it sees the redirect mark and
+# returns): on a filter it costs the add a tc request instead of a second grace
+# period. ep_ingress (every packet an endpoint sends) and bridge_egress (once
+# per network) are links. Measured in bench/RESULTS.md ("tcx vs cls_bpf").
+TC_IN_TCX_MODE = frozenset({"ep_egress"})
+
+
+def tc_direction(hook: str) -> str:
+    """The tc direction of a hook: an uplink's hook is its ingress."""
+    return "ingress" if hook == pub.UPLINK else hook
+
+
+def check_netkit_mode(mode: str, device: str) -> None:
+    """netkit endpoints need "redirect": bpf_redirect_peer() works only from a tc
+    ingress hook, and a netkit program runs inside the peer's transmit."""
+    if device == abi.ENDPOINT_NETKIT and mode != abi.MODE_REDIRECT:
+        raise ValueError(f"netkit endpoints need datapath mode {abi.MODE_REDIRECT!r}, not {mode!r}: "
+                         f"bpf_redirect_peer works only from tc ingress, and netkit runs bpfnet's program "
+                         f"inside the endpoint's transmit (use --datapath redirect or auto, or "
+                         f"--endpoint-device veth)")
+
+
+def endpoint_hooks(ep: EndpointSpec) -> list[tuple[str, str]]:
+    """(hook, program) of an endpoint. veth: both on the host end's tc hooks. netkit:
+    ep_ingress inside the peer's transmit (it sees what the endpoint sends, with
+    skb->ifindex = the primary's), ep_egress on the primary's egress hook, where
+    skb->dev is still the primary (netkit's own primary hook runs after skb->dev
+    became the peer, whose ifindex is only unique inside the endpoint's namespace)."""
+    first = tcx.NETKIT_PEER if ep.device == abi.ENDPOINT_NETKIT else "ingress"
+    return [(first, "ep_ingress"), ("egress", "ep_egress")]
+
+
 class EbpfDatapath:
     """Datapath with the eBPF fast path (see module docstring)."""
 
     def __init__(self, mode: str = abi.MODE_REDIRECT_PEER,
                  pin_dir: str = "/sys/fs/bpf/bpfnet/default",
                  max_endpoints: int = abi.DEFAULT_MAX_ENDPOINTS,
-                 attach: str = abi.MODE_AUTO) -> None:
+                 attach: str = abi.MODE_AUTO, endpoint_device: str = abi.ENDPOINT_VETH) -> None:
         if mode not in abi.EBPF_MODES:
             raise ValueError(f"EbpfDatapath mode must be one of {abi.EBPF_MODES}, not {mode!r}")
         if attach not in abi.REQUESTABLE_ATTACHES:
@@ -58,8 +96,12 @@ class EbpfDatapath:
             from .probe import probe_attach
 
             attach = probe_attach()
+        if endpoint_device not in abi.ENDPOINT_DEVICES:
+            raise ValueError(f"endpoint_device must be one of {abi.ENDPOINT_DEVICES}, not {endpoint_device!r}")
+        check_netkit_mode(mode, endpoint_device)
         self.mode = mode
         self.attach = attach
+        self.endpoint_device = endpoint_device  # what the daemon makes new endpoints with (info())
         self.pin_dir = pin_dir
         self.max_endpoints = abi.check_max_endpoints(max_endpoints)
         self._progs: LoadedPrograms | None = None
@@ -68,8 +110,9 @@ class EbpfDatapath:
         self._lock = threading.RLock()
         self._networks: dict[int, NetworkSpec] = {}  # by bridge ifindex
         self._endpoints: dict[int, EndpointSpec] = {}  # by host ifindex
-        # tcx only: devices still carrying a cls_bpf filter of an earlier daemon (set in start()).
-        self._old_filters: set[int] = set()
+        # tcx only: the hooks of each device still carrying a cls_bpf filter of an earlier
+        # daemon (set in start()), dropped once their link is in place.
+        self._old_filters: dict[int, set[str]] = {}
         self._tunnel = 0  # ifindex of the overlay's VXLAN device (set_tunnel), 0: none
         self._uplinks: dict[int, str] = {}  # ifindex -> name: devices carrying uplink_ingress
         # dns_names as last written: key -> value; None until read back from the pinned map
@@ -84,7 +127,7 @@ class EbpfDatapath:
                 self._ipr = IPRoute()
             if self.attach == abi.ATTACH_TCX:
                 _, ipr = self._need()
-                self._old_filters = set(tc.devices_with_our_filters(ipr))
+                self._old_filters = tc.filter_hooks_by_device(ipr)
             for net in networks:
                 self.attach_network(net)
             for ep in endpoints:
@@ -214,40 +257,58 @@ class EbpfDatapath:
                     log.warning("left %s in place: %s", self.pin_dir, e)
 
     # -- attachments ------------------------------------------------------
+    def _on_tc(self, hook: str, name: str) -> bool:
+        """Whether (hook, program) sits on a cls_bpf filter: every tc hook in tc mode; in
+        tcx mode only the programs in TC_IN_TCX_MODE. netkit's peer hook takes links only."""
+        if hook not in tcx.TCX_HOOKS:
+            return False
+        return self.attach == abi.ATTACH_TC or name in TC_IN_TCX_MODE
+
+    def _via(self, hook: str, name: str) -> str:
+        """How (hook, program) is attached: "tc", "tcx" or "netkit" (info())."""
+        if hook not in tcx.TCX_HOOKS:
+            return "netkit"
+        return abi.ATTACH_TC if self._on_tc(hook, name) else abi.ATTACH_TCX
+
     def _attach(self, ipr: IPRoute, ifindex: int, progs: list[tuple[str, str]]) -> None:
-        """Attach or atomically replace (direction, program name) on one device."""
+        """Attach or atomically replace (hook, program name) on one device."""
         assert self._progs is not None
         fds = self._progs.fds
-        if self.attach == abi.ATTACH_TCX:
-            for direction, name in progs:
-                tcx.attach(self.pin_dir, ifindex, direction, fds[name])
-                if direction == pub.UPLINK:
-                    tc.detach(ipr, ifindex, "ingress")  # a forced tcx after a tc run
-            if ifindex in self._old_filters:
-                # Upgrade from a tc daemon: the links run already, now the filters can go.
-                tc.detach(ipr, ifindex)
-                self._old_filters.discard(ifindex)
-                log.info("ifindex %d: cls_bpf filters replaced by tcx links", ifindex)
-        else:
-            tc.attach_all(ipr, ifindex, [("ingress" if d == pub.UPLINK else d, fds[name], name)
-                                         for d, name in progs])
-            # A forced tc after a tcx run: drop the links, or both programs would run.
-            tcx.detach(self.pin_dir, ifindex)
+        links = [(h, fds[name]) for h, name in progs if not self._on_tc(h, name)]
+        on_tc = [(h, name) for h, name in progs if self._on_tc(h, name)]
+        for hook, fd in links:
+            tcx.attach(self.pin_dir, ifindex, hook, fd)
+            if hook == pub.UPLINK:
+                tc.detach(ipr, ifindex, "ingress")  # a forced tcx after a tc run
+        if on_tc:
+            tc.attach_all(ipr, ifindex, [(tc_direction(h), fds[name], name) for h, name in on_tc])
+            # Links an earlier daemon made on these hooks go, or both programs would run.
+            tcx.detach(self.pin_dir, ifindex, tuple(h for h, _ in on_tc))
+        old = self._old_filters.pop(ifindex, set())
+        for hook, _ in links:
+            if hook in old:
+                # Upgrade from a tc daemon: the link runs already, now the filter can go.
+                tc.detach(ipr, ifindex, hook)
+                log.info("ifindex %d/%s: cls_bpf filter replaced by a tcx link", ifindex, hook)
 
     def _detach(self, ipr: IPRoute, ifindex: int) -> None:
         tcx.detach(self.pin_dir, ifindex)
         tc.detach(ipr, ifindex)
 
-    def _attached_names(self, ipr: IPRoute, ifindex: int) -> set[str]:
-        """Names of our programs attached on ifindex, by the mechanism in use."""
-        if self.attach == abi.ATTACH_TC:
-            return {name.removeprefix(tc.FILTER_PREFIX)
-                    for _, _, _, name in tc.our_filters(ipr, ifindex)}
+    def _attached_names(self, ipr: IPRoute, ifindex: int, hooks: list[tuple[str, str]]) -> set[str]:
+        """Which of the (hook, program) pairs are attached on ifindex, as this datapath attaches them."""
         assert self._progs is not None
-        ids = {d: tcx.attached(self.pin_dir, ifindex, d) for d in tcx.ATTACH_TYPES}
-        return {name for name, d in (("ep_ingress", "ingress"), ("ep_egress", "egress"),
-                                     ("bridge_egress", "egress"))
-                if ids[d] is not None and ids[d] == self._progs.info[name].id}
+        filters: set[tuple[str, str]] | None = None  # (direction, program name), read once
+        out = set()
+        for hook, name in hooks:
+            if self._on_tc(hook, name):
+                if filters is None:
+                    filters = {(d, n.removeprefix(tc.FILTER_PREFIX)) for d, _, _, n in tc.our_filters(ipr, ifindex)}
+                if (tc_direction(hook), name) in filters:
+                    out.add(name)
+            elif tcx.attached(self.pin_dir, ifindex, hook) == self._progs.info[name].id:
+                out.add(name)
+        return out
 
     def _need(self) -> tuple[m.PinnedMaps, IPRoute]:
         if self._maps is None or self._ipr is None or self._progs is None:
@@ -317,6 +378,7 @@ class EbpfDatapath:
     def add_endpoint(self, ep: EndpointSpec) -> None:
         if not 0 <= ep.id < self.max_endpoints:
             raise ValueError(f"endpoint {ep.name}: id {ep.id} not in [0, {self.max_endpoints})")
+        check_netkit_mode(self.mode, ep.device)
         with self._lock:
             maps, ipr = self._need()
             assert self._progs is not None
@@ -333,7 +395,7 @@ class EbpfDatapath:
             maps.put("endpoint_id_by_ipv4", m.ipv4_key(ep.network_id, ep.ipv4), eid)
             for a in m.endpoint_ipv6(ep):
                 maps.put("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a), eid)
-            self._attach(ipr, ep.host_ifindex, [("ingress", "ep_ingress"), ("egress", "ep_egress")])
+            self._attach(ipr, ep.host_ifindex, endpoint_hooks(ep))
             self._endpoints[ep.host_ifindex] = ep
 
     def _remove_entries(self, ifindex: int, keep: EndpointSpec | None = None) -> None:
@@ -456,7 +518,7 @@ class EbpfDatapath:
                     or any(maps.get("endpoint_id_by_ipv6", m.ipv6_key(ep.network_id, a)) != eid
                            for a in m.endpoint_ipv6(ep))):
                 out.append("entries")
-            if self._attached_names(ipr, ep.host_ifindex) != {"ep_ingress", "ep_egress"}:
+            if self._attached_names(ipr, ep.host_ifindex, endpoint_hooks(ep)) != {"ep_ingress", "ep_egress"}:
                 out.append("filters")
             return out
 
@@ -559,19 +621,20 @@ class EbpfDatapath:
                 for net in self._networks.values():
                     p = pi["bridge_egress"]
                     programs.append({"name": "bridge_egress", "id": p.id, "tag": p.tag,
-                                     "attach": f"{net.bridge}/egress"})
+                                     "attach": f"{net.bridge}/egress", "via": self._via("egress", "bridge_egress")})
                 if self._tunnel:
                     p = pi["tunnel_ingress"]
                     programs.append({"name": "tunnel_ingress", "id": p.id, "tag": p.tag,
                                      "attach": f"ifindex {self._tunnel}/ingress"})
                 for ep in self._endpoints.values():
-                    for name, d in (("ep_ingress", "ingress"), ("ep_egress", "egress")):
+                    for d, name in endpoint_hooks(ep):
                         p = pi[name]
                         programs.append({"name": name, "id": p.id, "tag": p.tag,
-                                         "attach": f"{ep.host_ifname}/{d}"})
+                                         "attach": f"{ep.host_ifname}/{d}", "via": self._via(d, name)})
                 for ifname in self._uplinks.values():
                     p = pi["uplink_ingress"]
                     programs.append({"name": "uplink_ingress", "id": p.id, "tag": p.tag,
-                                     "attach": f"{ifname}/ingress"})
-            return {"mode": self.mode, "attach": self.attach, "pin_dir": self.pin_dir,
+                                     "attach": f"{ifname}/ingress", "via": self._via(pub.UPLINK, "uplink_ingress")})
+            return {"mode": self.mode, "attach": self.attach, "endpoint_device": self.endpoint_device,
+                    "pin_dir": self.pin_dir,
                     "max_endpoints": self.max_endpoints, "programs": programs}

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from . import bpfsys
-from .abi import ATTACH_TC, ATTACH_TCX, MODE_BRIDGE, MODE_REDIRECT, MODE_REDIRECT_PEER
+from .abi import (
+    ATTACH_TC,
+    ATTACH_TCX,
+    ENDPOINT_NETKIT,
+    ENDPOINT_VETH,
+    MODE_BRIDGE,
+    MODE_REDIRECT,
+    MODE_REDIRECT_PEER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,7 @@ def _tcx_link_on_lo() -> None:
         os.close(prog)
 
 
-def _in_throwaway_netns(fn: Callable[[], None]) -> None:
+def in_throwaway_netns(fn: Callable[[], None]) -> None:
     """Run fn on a fresh thread that first moves into a new, unnamed network
     namespace (setns/unshare change only the calling thread; the namespace
     dies with the thread). Re-raises fn's exception."""
@@ -85,7 +93,7 @@ def tcx_available() -> bool:
     """Whether this kernel attaches tcx links (6.6+). Tried on lo of a
     throwaway namespace, never on a device of a namespace in use."""
     try:
-        _in_throwaway_netns(_tcx_link_on_lo)
+        in_throwaway_netns(_tcx_link_on_lo)
     except OSError as e:
         log.info("tcx links not available (%s): programs go on clsact + cls_bpf", e)
         return False
@@ -95,6 +103,13 @@ def tcx_available() -> bool:
 def probe_attach() -> str:
     """How programs attach: "tcx" where the kernel has it, else "tc"."""
     return ATTACH_TCX if tcx_available() else ATTACH_TC
+
+
+def probe_endpoint_device() -> str:
+    """What endpoints' device pairs are: "netkit" where the kernel has it, else "veth"."""
+    from .netkit import netkit_available
+
+    return ENDPOINT_NETKIT if netkit_available() else ENDPOINT_VETH
 
 
 def bcc_available() -> bool:

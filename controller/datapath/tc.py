@@ -108,6 +108,17 @@ def _drop_empty_clsact(ipr: IPRoute, ifindex: int) -> None:
             raise
 
 
+def filter_hooks_by_device(ipr: IPRoute) -> dict[int, set[str]]:
+    """{ifindex: directions with a bpfnet filter} for every device of this namespace."""
+    found: dict[int, set[str]] = {}
+    for q in ipr.get_qdiscs():
+        if q.get_attr("TCA_KIND") == "clsact":
+            hooks = {d for d, _, _, _ in our_filters(ipr, q["index"])}
+            if hooks:
+                found[q["index"]] = hooks
+    return found
+
+
 def devices_with_our_filters(ipr: IPRoute) -> list[int]:
     """ifindexes in this namespace that carry a bpfnet filter (one qdisc dump,
     then a filter dump per device with a clsact qdisc)."""

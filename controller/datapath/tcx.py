@@ -1,4 +1,5 @@
-"""tcx plumbing for bpfnet's programs: BPF links on a device's ingress/egress hook.
+"""tcx plumbing for bpfnet's programs: BPF links on a device's ingress/egress hook
+(and on a netkit pair's peer hook, which is attached the same way).
 
 Boundary: creating, updating, pinning and removing bpfnet's tcx links
 (Linux 6.6+) in the current netns; nothing about maps or cls_bpf filters
@@ -26,10 +27,17 @@ from . import bpfsys
 log = logging.getLogger(__name__)
 
 LINK_DIR = "links"
+# "netkit-peer": the program inside the transmit of a netkit pair's peer (see
+# ``netkit.py``), attached through the primary's ifindex; the link reports the
+# peer's ifindex (in the endpoint's namespace), 0 once the pair is gone.
+NETKIT_PEER = "netkit-peer"
 # "uplink": the ingress hook of an uplink (uplink_ingress, published ports' fast path),
 # pinned under its own name so a restarted daemon finds which devices are uplinks.
+TCX_HOOKS = ("ingress", "egress", "uplink")
 ATTACH_TYPES = {"ingress": bpfsys.BPF_TCX_INGRESS, "egress": bpfsys.BPF_TCX_EGRESS,
-                "uplink": bpfsys.BPF_TCX_INGRESS}
+                "uplink": bpfsys.BPF_TCX_INGRESS, NETKIT_PEER: bpfsys.BPF_NETKIT_PEER}
+LINK_TYPES = {"ingress": bpfsys.BPF_LINK_TYPE_TCX, "egress": bpfsys.BPF_LINK_TYPE_TCX,
+              "uplink": bpfsys.BPF_LINK_TYPE_TCX, NETKIT_PEER: bpfsys.BPF_LINK_TYPE_NETKIT}
 
 
 def link_dir(pin_dir: str) -> str:
@@ -61,8 +69,8 @@ def _open_live(path: str, ifindex: int, direction: str) -> int | None:
     except OSError:
         os.close(fd)
         raise
-    if (info.type == bpfsys.BPF_LINK_TYPE_TCX and info.ifindex == ifindex
-            and info.attach_type == ATTACH_TYPES[direction]):
+    on_device = info.ifindex != 0 if direction == NETKIT_PEER else info.ifindex == ifindex
+    if info.type == LINK_TYPES[direction] and on_device and info.attach_type == ATTACH_TYPES[direction]:
         return fd
     os.close(fd)
     log.info("unpinning stale tcx link %s (its device is gone)", path)
@@ -103,9 +111,11 @@ def attached(pin_dir: str, ifindex: int, direction: str) -> int | None:
         os.close(fd)
 
 
-def detach(pin_dir: str, ifindex: int, direction: str | None = None) -> None:
-    """Remove our links (one direction or both) on ifindex; none there is success."""
-    for d in ATTACH_TYPES if direction is None else (direction,):
+def detach(pin_dir: str, ifindex: int, directions: tuple[str, ...] | str | None = None) -> None:
+    """Remove our links (the given hooks, default all) on ifindex; none there is success."""
+    if isinstance(directions, str):
+        directions = (directions,)
+    for d in ATTACH_TYPES if directions is None else directions:
         _remove(link_path(pin_dir, ifindex, d))
 
 
@@ -132,7 +142,7 @@ def pinned(pin_dir: str) -> list[tuple[int, str]]:
     except FileNotFoundError:
         return []
     for name in names:
-        idx, _, d = name.partition("-")
+        idx, _, d = name.partition("-")  # "12-egress", "12-netkit-peer"
         if idx.isdigit() and d in ATTACH_TYPES:
             out.append((int(idx), d))
         else:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..addressing import mac_from_ipv4
 from ..config import NetworkConfig
+from ..datapath.abi import ENDPOINT_NETKIT
 from ..kernel import Kernel
 from ..model import InterfaceConfig
 from ..rollback import Rollback
@@ -122,8 +123,10 @@ class BridgeDriver(NetworkDriver):
         if bridge is None:
             raise RuntimeError(f"bridge {cfg.bridge} of network {row.network} is missing")
         # Without IPv6 the host end must not come up before disable_ipv6 is set on it.
-        index, eth0 = kernel.create_veth(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
-                                         peer_ifname=row.ifname)
+        # A veth or netkit pair (--endpoint-device), the host end a port of the bridge either way.
+        create = kernel.create_netkit if self.rt.endpoint_device == ENDPOINT_NETKIT else kernel.create_veth
+        index, eth0 = create(row.host_ifname, row.netns, row.mac, cfg.mtu, bridge, up=cfg.ipv6,
+                             peer_ifname=row.ifname)
         # Deleting the host end deletes eth0 too (also in an adopted namespace).
         rb.push(f"veth {row.host_ifname}", lambda: kernel.delete_link(row.host_ifname))
         debug_pause("endpoint-add-after-veth")

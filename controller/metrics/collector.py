@@ -159,8 +159,9 @@ def _family_specs() -> dict[str, _Family]:
     f["datapath"] = _Family(
         "bpfnet_datapath", "info",
         "Datapath in use: mode is the running mode, requested_mode the configured one, "
-        "attach how its programs are attached (tcx, tc; none without programs).",
-        ("mode", "requested_mode", "attach"),
+        "attach how its programs are attached (tcx, tc; none without programs), endpoint_device "
+        "what endpoints' device pairs are (veth, netkit).",
+        ("mode", "requested_mode", "attach", "endpoint_device"),
     )
     f["program"] = _Family(
         "bpfnet_program", "info",
@@ -409,7 +410,8 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
         mode = str(info.get("mode", ""))
         if mode:
             attach = str(info.get("attach") or "none")
-            out["datapath"].append(((mode, snap.requested_mode or mode, attach), 1))
+            device = str(info.get("endpoint_device") or "veth")
+            out["datapath"].append(((mode, snap.requested_mode or mode, attach, device), 1))
         for prog in info.get("programs") or ():
             get = prog.get
             labels = (str(get("name", "")), str(get("id", "")), str(get("tag", "")))

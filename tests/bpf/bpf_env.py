@@ -84,11 +84,13 @@ class Env:
     endpoints: dict[str, object] = field(default_factory=dict)
 
 
-def make_links(networks: list[tuple[str, str, bool]], endpoints: list[tuple[str, str, int]]):
-    """In the current namespace: bridges and veth pairs, and their specs.
+def make_links(networks: list[tuple[str, str, bool]], endpoints: list[tuple[str, str, int]],
+               device: str = "veth"):
+    """In the current namespace: bridges and veth (or netkit) pairs, and their specs.
 
     networks: (bridge name, "10.N", icc); endpoints: (name, bridge name, host number).
     """
+    from bpfnet.datapath import netkit
     from bpfnet.model import EndpointSpec, NetworkSpec
     from pyroute2 import IPRoute
 
@@ -105,12 +107,15 @@ def make_links(networks: list[tuple[str, str, bool]], endpoints: list[tuple[str,
                 gateway6=(IPv6Address(f"fd00:{nid}::1"), IPv6Address("fe80::1")), icc=icc)
         for name, br, host in endpoints:
             net = nets[br]
-            ipr.link("add", ifname=f"h-{name}", kind="veth", peer=f"p-{name}")
-            idx = ipr.link_lookup(ifname=f"h-{name}")[0]
             mac = f"02:42:00:{net.id:02x}:00:{host:02x}"
+            if device == "netkit":
+                netkit.create_pair(f"h-{name}", "", f"p-{name}", mac, 1500, master=net.bridge_ifindex)
+            else:
+                ipr.link("add", ifname=f"h-{name}", kind="veth", peer=f"p-{name}")
+            idx = ipr.link_lookup(ifname=f"h-{name}")[0]
             eps[name] = EndpointSpec(
                 name=name, id=10 * net.id + host, network=br, network_id=net.id,
                 host_ifname=f"h-{name}", host_ifindex=idx, mac=mac,
                 ipv4=IPv4Address(f"{nets[br].gateway4}".rsplit(".", 1)[0] + f".{host}"),
-                ipv6=(IPv6Address(f"fd00:{net.id}::{host}"),))
+                ipv6=(IPv6Address(f"fd00:{net.id}::{host}"),), device=device)
     return nets, eps
