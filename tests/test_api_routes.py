@@ -141,8 +141,8 @@ def test_stats_table() -> None:
     head, header, web, db = text.splitlines()
     assert head == "datapath: redirect"
     assert header.split()[:3] == ["ENDPOINT", "NETWORK", "RX"]
-    assert web.split() == ["web", "front", "7", "0", "6", "600", "5", "0", "1", "3"]  # TX TUNNEL 0
-    assert db.split() == ["db", "back", "0", "0", "0", "0", "0", "0", "0", "0"]
+    assert web.split() == ["web", "front", "7", "0", "6", "600", "5", "0", "0", "1", "3"]  # TX TUNNEL, ROUTED 0
+    assert db.split() == ["db", "back", "0", "0", "0", "0", "0", "0", "0", "0", "0"]
     assert table([["a", None]], ["X", "YY"]) == "X  YY\na"
 
 

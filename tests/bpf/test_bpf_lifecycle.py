@@ -76,7 +76,7 @@ def test_restart_keeps_counters_and_replaces_programs(ns_links, attach) -> None:
              "endpoint_by_id", "endpoint_counters", "network_by_bridge_ifindex", "network_by_id",
              "remote_by_ipv4", "remote_by_ipv6", "network_by_vni", "tunnel_config", "tunnel_counters",
              "published_ports", "published_flows", "published_port_counters",
-             "dns_names", "dns_counters", *(["links"] if attach == "tcx" else [])])
+             "dns_names", "dns_counters", "routed_networks", *(["links"] if attach == "tcx" else [])])
 
         dp2.start(list(nets.values()), list(eps.values()))  # daemon restarts
         assert dp2.counters() == before  # no reset
