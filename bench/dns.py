@@ -280,28 +280,11 @@ def main(argv: list[str]) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    from bpfnet.datapath import bpffs
 
     write = "--write" in argv
     args = [a for a in argv if a != "--write"]
     seconds = float(args[0]) if args else 3.0
-    env.install_handlers()
-    env.sweep_dead_runs()
-    try:
-        with bpffs.mounted():
-            doc = measure(seconds)
-    finally:
-        env.cleanup()
-    print(json.dumps(doc, indent=1))
-    if write:
-        from . import report
-
-        here = os.path.dirname(os.path.abspath(__file__))
-        with open(os.path.join(here, OUT_JSON), "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        with open(os.path.join(here, "results.json"), encoding="utf-8") as f:
-            report.write(json.load(f), here)
+    env.measure_and_keep(lambda: measure(seconds), OUT_JSON, write)
     return 0
 
 

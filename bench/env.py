@@ -13,6 +13,7 @@ dead run by its pid file in ``RUNS_DIR``.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import platform
@@ -338,3 +339,29 @@ def _version(tool: str) -> str | None:
         return None
     text = (out.stdout + out.stderr).strip().splitlines()
     return text[0].strip()[:80] if text else None
+
+
+def measure_and_keep(measure: Callable[[], dict[str, Any]], out_json: str, write: bool) -> dict[str, Any]:
+    """The run of one side bench (``python -m bench.X ... [--write]``): MEASURE inside bpffs with this
+    run's namespaces swept and removed whatever happens, the document on stdout; with WRITE, kept
+    in bench/OUT_JSON and RESULTS.md rendered again from bench/results.json with it."""
+    from bpfnet.datapath import bpffs
+
+    install_handlers()
+    sweep_dead_runs()
+    try:
+        with bpffs.mounted():
+            doc = measure()
+    finally:
+        cleanup()
+    print(json.dumps(doc, indent=2))
+    if write:
+        from . import report
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, out_json), "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        with open(os.path.join(here, "results.json"), encoding="utf-8") as f:
+            report.write(json.load(f), here)
+    return doc

@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
-
-from bpfnet.datapath import bpffs
 
 from . import env, kprofile, traffic
 from .topology import BpfnetDaemon, Host, Pair
@@ -370,23 +367,7 @@ def main(argv: list[str]) -> int:
     args = [a for a in argv if a != "--write"]
     seconds = float(args[0]) if args else 3.0
     rounds = int(args[1]) if len(args) > 1 else 3
-    env.install_handlers()
-    env.sweep_dead_runs()
-    try:
-        with bpffs.mounted():
-            doc = measure(seconds, rounds)
-    finally:
-        env.cleanup()
-    print(json.dumps(doc, indent=2))
-    if write:
-        from . import report
-
-        here = os.path.dirname(os.path.abspath(__file__))
-        with open(os.path.join(here, OUT_JSON), "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        with open(os.path.join(here, "results.json"), encoding="utf-8") as f:
-            report.write(json.load(f), here)
+    env.measure_and_keep(lambda: measure(seconds, rounds), OUT_JSON, write)
     return 0
 
 
