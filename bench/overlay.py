@@ -12,7 +12,11 @@ endpoint namespace on each, built in namespaces of this run only (``bench.env``)
   endpoint a static FDB entry (its MAC -> the remote VTEP) and a static neighbour entry (its IP
   -> MAC) on the VXLAN device, as libnetwork's peerAdd does. Endpoint MTU 1450.
 - ``bpfnet``: etcd (in host A, on its underlay address), a ``bpfnet daemon --cluster-store``
-  on each host, an overlay network, an endpoint on each: bpfnet's tunnel path.
+  on each host, an overlay network, an endpoint on each: bpfnet's tunnel path, the programs
+  writing and stripping the VXLAN headers themselves (``--overlay-encap native``, the default).
+- ``bpfnet_device``: the same cluster again (its own etcd and hosts) with ``--overlay-encap
+  device``: the programs hand frames to the collect-metadata VXLAN device, which encapsulates,
+  and take them from it after the kernel decapsulated. What the native path saves, in one run.
 
 Measured as bench.traffic does (pinned to CPU 0): 64-byte UDP packets/s from A's endpoint to B's
 (trafgen), TCP throughput (iperf3), UDP request/response p50/p99 (sockperf). Rounds alternate
@@ -114,15 +118,19 @@ def docker() -> Variant:
 
 
 class BpfnetCluster:
-    """etcd in host A, two daemons, overlay network 'ov', one endpoint per host."""
+    """etcd in host A, two daemons, overlay network 'ov', one endpoint per host; ENCAP is their
+    --overlay-encap."""
 
-    def __init__(self) -> None:
+    def __init__(self, encap: str = "native") -> None:
+        self.encap = encap
+        self.name = "bpfnet" if encap == "native" else f"bpfnet_{encap}"
         self.daemons: list[BpfnetDaemon] = []
         self.etcd: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Variant:
-        a = BpfnetDaemon("ov-a", "redirect-peer", "fd00:b0:d1::/64")
-        b = BpfnetDaemon("ov-b", "redirect-peer", "fd00:b0:d2::/64")
+        tag = "ov" if self.encap == "native" else "od"
+        a = BpfnetDaemon(f"{tag}-a", "redirect-peer", "fd00:b0:d1::/64")
+        b = BpfnetDaemon(f"{tag}-b", "redirect-peer", "fd00:b0:d2::/64")
         for d in (a, b):
             env.add_netns(d.netns)
         _underlay(a.netns, b.netns)
@@ -136,7 +144,8 @@ class BpfnetCluster:
         env.wait_until(lambda: env.run(["etcdctl", f"--endpoints={url}", "endpoint", "health"], ns=a.netns,
                                        check=False).returncode == 0, 30, "etcd healthy")
         for d, ip, node in ((a, UL_A, "a"), (b, UL_B, "b")):
-            d.extra = ("--cluster-store", f"etcd://{UL_A}:{ETCD_PORT}", "--advertise-addr", ip, "--node-name", node)
+            d.extra = ("--cluster-store", f"etcd://{UL_A}:{ETCD_PORT}", "--advertise-addr", ip, "--node-name", node,
+                       "--overlay-encap", self.encap)
             d.start()
             if d.mode != "redirect-peer":
                 raise RuntimeError(f"bpfnet daemon runs {d.mode}, not redirect-peer")
@@ -147,7 +156,7 @@ class BpfnetCluster:
         eb = self.add(b, "eb")
         env.wait_until(lambda: b.client.get("/v1/info")["cluster"]["remote_endpoints"] == 1, 10, "a on b")
         env.run(["ping", "-c", "1", "-W", "2", eb["ipv4"].split("/")[0]], ns=ea["netns"])
-        return Variant("bpfnet", Pair("bpfnet", _host(ea), _host(eb)))
+        return Variant(self.name, Pair(self.name, _host(ea), _host(eb)))
 
     def add(self, d: BpfnetDaemon, suffix: str, ip: str | None = None) -> dict[str, Any]:
         name = env.ns_name(f"{d.tag}-{suffix}")
@@ -208,9 +217,10 @@ def _host(ep: dict[str, Any]) -> Host:
 
 def measure(seconds: float = 3.0, rounds: int = 3, adds: int = 100) -> dict[str, Any]:
     env.quiet_timeout = 5.0  # a busy shared machine: measure anyway, every variant alike
-    cluster = BpfnetCluster()
+    cluster, device = BpfnetCluster(), BpfnetCluster("device")
     env.on_cleanup(cluster.close)
-    variants = [routed(), docker(), cluster.start()]
+    env.on_cleanup(device.close)
+    variants = [routed(), docker(), cluster.start(), device.start()]
     samples: dict[str, dict[str, list[float]]] = {v.name: {} for v in variants}
     for rnd in range(rounds):
         for v in variants if rnd % 2 == 0 else list(reversed(variants)):
@@ -224,16 +234,23 @@ def measure(seconds: float = 3.0, rounds: int = 3, adds: int = 100) -> dict[str,
     a = cluster.daemons[0]
     stats = {e["name"]: e["counters"] for e in a.client.get("/v1/stats")["endpoints"]}
     sender = stats[variants[2].pair.sender.ns]
+    tunnel_a = a.client.get("/v1/stats")["tunnel"]
+    tunnel_b = cluster.daemons[1].client.get("/v1/stats")["tunnel"]
     out: dict[str, Any] = {"seconds": seconds, "rounds": rounds, "machine": env.machine(),
                            "bpfnet_sender_paths": {k: sender[k] for k in ("tx_tunnel_packets", "tx_fast_packets",
-                                                                          "tx_kernel_packets")}}
+                                                                          "tx_kernel_packets")},
+                           "bpfnet_native": {"encapsulated_on_a": tunnel_a["tx_native"],
+                                             "decapsulated_on_b": tunnel_b["rx_native"],
+                                             "delivered_on_b": tunnel_b["rx_packets"]}}
     for name, by in samples.items():
         out[name] = {k: {"median": round(statistics.median(x), 1), "runs": [round(y, 1) for y in x]}
                      for k, x in by.items()}
     med = {v: {k: out[v][k]["median"] for k in out[v]} for v in samples}
     out["ratios_bpfnet_over_docker"] = {k: round(med["bpfnet"][k] / med["docker"][k], 3) for k in med["docker"]}
     out["ratios_over_routed"] = {v: {k: round(med[v][k] / med["routed"][k], 3) for k in med[v]}
-                                 for v in ("docker", "bpfnet")}
+                                 for v in ("docker", "bpfnet", "bpfnet_device")}
+    out["ratios_native_over_device"] = {k: round(med["bpfnet"][k] / med["bpfnet_device"][k], 3)
+                                        for k in med["bpfnet"]}
     out["convergence"] = cluster.convergence(variants[2].pair.receiver.ns, adds)
     return out
 
@@ -245,28 +262,40 @@ LABELS = {"udp_pps": ("UDP/IPv4 64 B, packets/s", 1e3, "k"), "tcp_bps": ("TCP/IP
 def markdown(doc: dict[str, Any]) -> list[str]:
     """The "Across hosts" section of RESULTS.md (report.py appends it when overlay.json exists)."""
     ratio, over = doc["ratios_bpfnet_over_docker"], doc["ratios_over_routed"]
+    device = "bpfnet_device" in doc  # runs before the native encapsulation had one variant less
     rows = []
     for key, (label, scale, unit) in LABELS.items():
         r, d, b = (doc[v][key]["median"] / scale for v in ("routed", "docker", "bpfnet"))
-        rows.append(f"| {label} | {r:.1f}{unit} | {d:.1f}{unit} ({over['docker'][key]:.2f}x) | "
+        dev = (f" {doc['bpfnet_device'][key]['median'] / scale:.1f}{unit} "
+               f"({over['bpfnet_device'][key]:.2f}x) |") if device else ""
+        rows.append(f"| {label} | {r:.1f}{unit} | {d:.1f}{unit} ({over['docker'][key]:.2f}x) |{dev} "
                     f"{b:.1f}{unit} ({over['bpfnet'][key]:.2f}x) | {ratio[key]:.2f}x |")
     c, m = doc["convergence"], doc["machine"]
+    head = ("| metric | routed | Docker's overlay (/ routed) |"
+            + (" bpfnet, device encap (/ routed) |" if device else "")
+            + " bpfnet overlay (/ routed) | bpfnet / Docker |")
     lines = ["## Across hosts (`python -m bench.overlay`)", "",
-             (f"Two hosts (namespaces) on a veth underlay, one endpoint on each: plain routing (the limit), "
-              f"Docker's overlay (kernel VXLAN on a bridge, static FDB and neighbour entries as libnetwork "
-              f"programs them) and bpfnet's overlay (etcd, two daemons, eBPF tunnel path). Medians of "
-              f"{doc['rounds']} interleaved rounds of {doc['seconds']:.0f} s; load average at start "
-              f"{m.get('loadavg_at_start')}."), "",
-             "| metric | routed | Docker's overlay (/ routed) | bpfnet overlay (/ routed) | bpfnet / Docker |",
-             "| --- | --- | --- | --- | --- |", *rows, "",
-             f"The bpfnet sender's counters over the run: {doc['bpfnet_sender_paths']} (the tunnel path carried it).",
-             "",
-             (f"Convergence (endpoint add on host A until a ping from host B is answered, {c['adds']} adds): "
-              f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms, of which the add itself "
-              f"(API call on A, p50) {c.get('api_p50_ms')} ms and the rest the watch event reaching B, B's "
-              f"datapath update and the first echo (a ping every 2 ms started when the add returned); etcd load "
-              f"{c['etcd_requests_per_add']} requests per add from the adding daemon (read the cluster's "
-              "leases, one transaction for the leases and the record), plus one watch event to every node."), ""]
+             ("Two hosts (namespaces) on a veth underlay, one endpoint on each: plain routing (the limit), "
+              "Docker's overlay (kernel VXLAN on a bridge, static FDB and neighbour entries as libnetwork "
+              "programs them) and bpfnet's overlay (etcd, two daemons, eBPF tunnel path"
+              + (", the programs writing and stripping the VXLAN headers themselves; and once more with "
+                 "`--overlay-encap device`, the kernel's VXLAN device doing it" if device else "")
+              + f"). Medians of {doc['rounds']} interleaved rounds of {doc['seconds']:.0f} s; load average at "
+              f"start {m.get('loadavg_at_start')}."), "",
+             head, "| --- " * (head.count("|") - 1) + "|", *rows, "",
+             f"The bpfnet sender's counters over the run: {doc['bpfnet_sender_paths']} (the tunnel path carried it)."
+             + (f" Native encapsulation: {doc['bpfnet_native']}." if "bpfnet_native" in doc else ""),
+             ""]
+    if device:
+        nd = doc["ratios_native_over_device"]
+        lines += [("Native over device encapsulation (same daemons, same programs otherwise): "
+                   + ", ".join(f"{LABELS[k][0]} {v:.2f}x" for k, v in nd.items()) + "."), ""]
+    lines += [(f"Convergence (endpoint add on host A until a ping from host B is answered, {c['adds']} adds): "
+               f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms, of which the add itself "
+               f"(API call on A, p50) {c.get('api_p50_ms')} ms and the rest the watch event reaching B, B's "
+               f"datapath update and the first echo (a ping every 2 ms started when the add returned); etcd load "
+               f"{c['etcd_requests_per_add']} requests per add from the adding daemon (read the cluster's "
+               "leases, one transaction for the leases and the record), plus one watch event to every node."), ""]
     goal_rate = ratio["udp_pps"] >= 1.3
     lines += [(f"Goals: packet rate ≥ 1.3x Docker's overlay: **{'met' if goal_rate else 'missed'}** "
                f"({ratio['udp_pps']:.2f}x); convergence p99 under 1 s: "

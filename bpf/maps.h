@@ -113,9 +113,12 @@ struct remote_endpoint {
 	__u8 pad[2];
 };
 
-/* The overlay's collect-metadata VXLAN device in this namespace. */
+/* The overlay's collect-metadata VXLAN device in this namespace, and this
+ * host's VTEP for the programs' own encapsulation (bpf/tunnel.h). */
 struct tunnel_config {
-	__u32 ifindex; /* 0: no overlay on this host */
+	__u32 ifindex;        /* 0: no overlay on this host */
+	__be32 vtep;          /* --advertise-addr (network byte order); 0: through the device only */
+	__u32 uplink_ifindex; /* the link holding it: where the outer route is looked up */
 	__u32 pad;
 };
 
@@ -124,6 +127,8 @@ struct tunnel_counters {
 	__u64 rx_bytes;
 	__u64 rx_unknown; /* no network for the VNI, or no endpoint for the address */
 	__u64 rx_not_ip;  /* ARP, broadcast, multicast: not carried across hosts */
+	__u64 tx_native;  /* encapsulated by the endpoint program itself (not the device) */
+	__u64 rx_native;  /* decapsulated by uplink_ingress itself (of rx_packets) */
 };
 
 /*

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .client import Client, ClientError, client_from_env_and_args, object_path
-from .config import DEFAULT_SOCKET, RECONCILE_MODES
+from .config import DEFAULT_SOCKET, OVERLAY_ENCAPS, RECONCILE_MODES
 from .datapath.abi import REQUESTABLE_ATTACHES, REQUESTABLE_ENDPOINT_DEVICES, REQUESTABLE_MODES
 from .errors import BpfnetError
 from .tables import stats_table, table
@@ -203,6 +203,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "published_fastpath": args.published_fastpath, "uplinks": args.uplink,
         "docker_plugin": args.docker_plugin, "docker_plugin_dir": args.docker_plugin_dir,
         "cluster_store": args.cluster_store, "advertise_addr": args.advertise_addr, "node_name": args.node_name,
+        "overlay_encap": args.overlay_encap,
         "dns": args.dns, "dns_search": args.dns_search, "dns_opt": args.dns_opt, "resolv_conf": args.resolv_conf,
     }
     cfg = load_daemon_config(args.config, overrides)
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --cluster-store: this host's IPv4 address the other hosts send VXLAN to (the VTEP)")
     d.add_argument("--node-name", metavar="NAME", help="with --cluster-store: this host's name in the cluster "
                                                        "(default: the host name)")
+    d.add_argument("--overlay-encap", choices=OVERLAY_ENCAPS,
+                   help="who writes and strips overlay packets' VXLAN headers: the eBPF programs (native, the "
+                        "default) or the kernel's VXLAN device (device); both put the same packets on the wire")
     _dns_flags(d, "the endpoints' (replacing the host resolv.conf's)")
     d.add_argument("--resolv-conf", metavar="PATH",
                    help="the resolv.conf endpoints' files start from (default /etc/resolv.conf of the namespace "

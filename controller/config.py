@@ -700,6 +700,9 @@ class DaemonConfig:
     cluster_store: str | None = None
     advertise_addr: str | None = None
     node_name: str | None = None
+    # how overlay packets get their VXLAN headers: "native" (the eBPF programs write and strip
+    # them, bpf/tunnel.h) or "device" (the collect-metadata VXLAN device does); OVERLAY_ENCAPS
+    overlay_encap: str = "native"
     # bpfnet.dns: upstreams, search domains and options replacing those of the resolv.conf the
     # daemon starts from (--resolv-conf, default /etc/resolv.conf); None: not given
     dns: tuple[str, ...] | None = None
@@ -792,6 +795,8 @@ def load_daemon_config(path: str | None, overrides: dict[str, Any]) -> DaemonCon
 #: kernel objects exist (a lost state file must not destroy live endpoints);
 #: "adopt" rebuilds the missing state from them; "wipe" deletes them.
 RECONCILE_MODES = ("check", "adopt", "wipe")
+#: --overlay-encap: who writes and strips overlay packets' VXLAN headers (bpf/tunnel.h).
+OVERLAY_ENCAPS = ("native", "device")
 
 
 def _check_pools_apart(pools: tuple[AddressPool, ...]) -> None:
@@ -805,6 +810,8 @@ def _validate_daemon(cfg: DaemonConfig) -> None:
     cfg.listeners()
     if cfg.reconcile not in RECONCILE_MODES:
         raise InvalidArgument(f"--reconcile {cfg.reconcile!r}: expected check, adopt or wipe")
+    if cfg.overlay_encap not in OVERLAY_ENCAPS:
+        raise InvalidArgument(f"--overlay-encap {cfg.overlay_encap!r}: expected native or device")
     if cfg.netns is not None:
         check_name(cfg.netns, "--netns")
     check_ifname(cfg.bridge, "--bridge")

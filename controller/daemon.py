@@ -203,7 +203,8 @@ class Daemon:
         node = cfg.node_name or socket.gethostname()
         ttl = int(os.environ.get("BPFNET_CLUSTER_TTL", DEFAULT_TTL))  # tests shorten the node lease
         store = EtcdStore(parse_store_url(cfg.cluster_store), node, cfg.advertise_addr, ttl=ttl)
-        driver = OverlayDriver(self.rt, store, check_advertise_addr(cfg.advertise_addr), node)
+        driver = OverlayDriver(self.rt, store, check_advertise_addr(cfg.advertise_addr), node,
+                               native=cfg.overlay_encap == "native")
         driver.check_underlay()  # before anything is registered in etcd
         try:
             store.connect()

@@ -35,6 +35,8 @@ def stats_table(stats: dict[str, Any]) -> str:
     tunnel = stats.get("tunnel") or {}
     if tunnel:
         head += (f"tunnel: {tunnel.get('rx_packets', 0)} packets received for local endpoints, "
-                 f"{tunnel.get('rx_unknown', 0)} for no endpoint, {tunnel.get('rx_not_ip', 0)} not unicast IP\n")
+                 f"{tunnel.get('rx_unknown', 0)} for no endpoint, {tunnel.get('rx_not_ip', 0)} not unicast IP; "
+                 f"encapsulated natively {tunnel.get('tx_native', 0)}, decapsulated natively "
+                 f"{tunnel.get('rx_native', 0)}\n")
     return head + table(rows, ["ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES",
                                "TX FAST", "TX TUNNEL", "TX ROUTED", "TX KERNEL", "DROPS"])

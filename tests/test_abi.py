@@ -30,7 +30,8 @@ def test_struct_layouts_are_c_layouts() -> None:
     assert abi.PATH_COUNTERS.size == 8 * (8 + len(DropReason))
     # the overlay's tables (bpf/tunnel.h)
     assert abi.REMOTE_ENDPOINT.size == 12 and abi.REMOTE_ENDPOINT.offsets["mac"] == 4
-    assert abi.TUNNEL_CONFIG.size == 8 and abi.TUNNEL_COUNTERS.size == 32
+    assert abi.TUNNEL_CONFIG.size == 16 and abi.TUNNEL_CONFIG.offsets["uplink_ifindex"] == 8
+    assert abi.TUNNEL_COUNTERS.size == 48 and abi.TUNNEL_COUNTERS.offsets["rx_native"] == 40
     assert abi.ENDPOINT_COUNTERS.size == 2 * abi.PATH_COUNTERS.size
     for s in abi.STRUCTS:
         assert s.codec.size == s.size, s.name

@@ -10,6 +10,7 @@ everything) and the eBPF datapath in ``bpfnet.datapath.ebpf``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from ipaddress import IPv4Address
 from typing import Any, Protocol
 
 from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
@@ -57,9 +58,11 @@ class Datapath(Protocol):
     def counters(self) -> dict[int, dict[str, Any]]:
         """Per endpoint id: summed per-CPU counters (see bpfnet.datapath.counters)."""
 
-    def set_tunnel(self, ifindex: int) -> None:
+    def set_tunnel(self, ifindex: int, vtep: IPv4Address | None = None, uplink_ifindex: int = 0) -> None:
         """The overlay's VXLAN device (0: none): tunnel_ingress on its ingress, its ifindex
-        where the endpoint programs encapsulate to. Idempotent."""
+        where the endpoint programs encapsulate to. With VTEP (this host's --advertise-addr)
+        and UPLINK_IFINDEX (the link holding it) the programs encapsulate and decapsulate
+        themselves (bpf/tunnel.h), the device taking only what they decline. Idempotent."""
 
     def add_remote(self, r: RemoteEndpointSpec) -> None:
         """Forward to an endpoint on another host. Idempotent."""
@@ -71,7 +74,8 @@ class Datapath(Protocol):
         """Exactly these remote endpoints (a resync): add the missing, remove the rest."""
 
     def tunnel_counters(self) -> dict[str, int]:
-        """What arrived through the tunnel: rx_packets, rx_bytes, rx_unknown, rx_not_ip."""
+        """The tunnel's counters: rx_packets, rx_bytes, rx_unknown, rx_not_ip (what arrived),
+        tx_native, rx_native (what the programs encapsulated / decapsulated themselves)."""
     # published ports' fast path (bpf/nat.h); the outside service drives it
     def set_uplinks(self, uplinks: dict[int, str]) -> None:
         """Attach uplink_ingress to exactly these devices (ifindex -> name)."""
@@ -134,7 +138,7 @@ class BridgeDatapath:
     def counters(self) -> dict[int, dict[str, Any]]:
         return {}
 
-    def set_tunnel(self, ifindex: int) -> None:
+    def set_tunnel(self, ifindex: int, vtep: IPv4Address | None = None, uplink_ifindex: int = 0) -> None:
         return None
 
     def add_remote(self, r: RemoteEndpointSpec) -> None:

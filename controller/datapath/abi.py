@@ -272,10 +272,12 @@ REMOTE_ENDPOINT = Struct("remote_endpoint", (
     Field("pad", U8, (2,), pad=True),
 ))
 
-# The overlay's VXLAN device (one per managed namespace) and what came in through it that
-# no local endpoint took.
+# The overlay's VXLAN device (one per managed namespace), this host's VTEP for the programs'
+# own encapsulation, and what came in through the tunnel that no local endpoint took.
 TUNNEL_CONFIG = Struct("tunnel_config", (
     Field("ifindex", U32),  # bpfnet_vx; 0: no overlay on this host
+    Field("vtep", BE32, as_bytes=True),  # --advertise-addr; 0.0.0.0: encapsulate through bpfnet_vx only
+    Field("uplink_ifindex", U32),  # the link holding it: where the outer route is looked up
     Field("pad", U32, pad=True),
 ))
 
@@ -284,6 +286,8 @@ TUNNEL_COUNTERS = Struct("tunnel_counters", (
     Field("rx_bytes", U64),
     Field("rx_unknown", U64),  # no network for the VNI, or no endpoint for the address
     Field("rx_not_ip", U64),  # ARP, broadcast, multicast: not carried across hosts
+    Field("tx_native", U64),  # encapsulated by the endpoint program itself (not bpfnet_vx)
+    Field("rx_native", U64),  # decapsulated by uplink_ingress itself (of rx_packets)
 ))
 
 # Published ports' fast path: addresses as 16 bytes (IPv4 in the first 4, the rest zero),

@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from ipaddress import IPv4Address
 from typing import Any
 
 from ..model import EndpointSpec, NetworkSpec, RemoteEndpointSpec
@@ -454,7 +455,7 @@ class EbpfDatapath:
             self._endpoints.pop(ep.host_ifindex, None)
 
     # -- the overlay tunnel (bpf/tunnel.h) ----------------------------------
-    def set_tunnel(self, ifindex: int) -> None:
+    def set_tunnel(self, ifindex: int, vtep: IPv4Address | None = None, uplink_ifindex: int = 0) -> None:
         with self._lock:
             maps, ipr = self._need()
             old = self._tunnel or int(abi.TUNNEL_CONFIG.unpack(
@@ -463,7 +464,10 @@ class EbpfDatapath:
                 self._detach(ipr, old)
             if ifindex:
                 self._attach(ipr, ifindex, [("ingress", "tunnel_ingress")])
-            maps.put("tunnel_config", m.u32(0), abi.TUNNEL_CONFIG.pack(ifindex=ifindex))
+            native = ifindex and vtep is not None and uplink_ifindex
+            maps.put("tunnel_config", m.u32(0), abi.TUNNEL_CONFIG.pack(
+                ifindex=ifindex, vtep=(vtep.packed if native and vtep else bytes(4)),
+                uplink_ifindex=uplink_ifindex if native else 0))
             self._tunnel = ifindex
 
     def add_remote(self, r: RemoteEndpointSpec) -> None:

@@ -72,11 +72,13 @@ class OverlayDriver(BridgeDriver):
     name = "overlay"
     scope = "global"
 
-    def __init__(self, rt: Runtime, cluster: EtcdStore, advertise: IPv4Address, node: str) -> None:
+    def __init__(self, rt: Runtime, cluster: EtcdStore, advertise: IPv4Address, node: str,
+                 native: bool = True) -> None:
         super().__init__(rt)
         self.cluster = cluster
         self.advertise = advertise
         self.node = node
+        self.native = native  # --overlay-encap native: the programs encapsulate (bpf/tunnel.h)
         self.networks: ClusterNetworks | None = None  # set by the daemon (the network service)
         self.vx_ifindex = 0
         self._remotes: dict[tuple[str, str], _Remote] = {}  # (network, address) -> programmed
@@ -90,19 +92,22 @@ class OverlayDriver(BridgeDriver):
         self.syncs = 0
 
     # -- the underlay ------------------------------------------------------------------------
+    def underlay_ifindex(self) -> int:
+        """The link holding --advertise-addr (0 when not found)."""
+        for link in self.rt.kernel.dump_links():
+            if any(a == str(self.advertise) for a, _ in self.rt.kernel.link_addresses(link.index)):
+                return link.index
+        return 0
+
     def uplink_mtu(self) -> int:
         """The MTU of the link holding --advertise-addr (1500 when not found)."""
-        for link in self.rt.kernel.dump_links():
-            if any(a == str(self.advertise) for a, _ in self.rt.kernel.link_addresses(link.index)):
-                return self.rt.kernel.link_mtu(link.index) or 1500
-        return 1500
+        index = self.underlay_ifindex()
+        return (self.rt.kernel.link_mtu(index) or 1500) if index else 1500
 
     def check_underlay(self) -> None:
-        for link in self.rt.kernel.dump_links():
-            if any(a == str(self.advertise) for a, _ in self.rt.kernel.link_addresses(link.index)):
-                return
-        raise InvalidArgument(f"--advertise-addr {self.advertise} is not an address of this host's managed "
-                              "namespace: other hosts send VXLAN packets to it")
+        if not self.underlay_ifindex():
+            raise InvalidArgument(f"--advertise-addr {self.advertise} is not an address of this host's managed "
+                                  "namespace: other hosts send VXLAN packets to it")
 
     # -- networks ----------------------------------------------------------------------------
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +210,12 @@ class OverlayDriver(BridgeDriver):
         self.vx_ifindex, created = self.rt.kernel.ensure_vxlan(VXLAN_DEVICE, VXLAN_PORT, mtu)
         if created:
             log.info("overlay: made %s (external, UDP %d, ifindex %d)", VXLAN_DEVICE, VXLAN_PORT, self.vx_ifindex)
-        self.rt.datapath.set_tunnel(self.vx_ifindex)
+        if self.native:
+            # the programs encapsulate towards the route to each VTEP; receiving natively needs
+            # uplink_ingress on the underlay, which the outside service attaches (it owns uplinks)
+            self.rt.datapath.set_tunnel(self.vx_ifindex, self.advertise, self.underlay_ifindex())
+        else:
+            self.rt.datapath.set_tunnel(self.vx_ifindex)
         self.sync(self.cluster.view, resync=True)
         self.cluster.start(lambda view: self.sync(view))
 

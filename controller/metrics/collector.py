@@ -141,6 +141,11 @@ def _family_specs() -> dict[str, _Family]:
         "bpfnet_tunnel_received_bytes", "counter",
         "Bytes that arrived through the overlay tunnel and were delivered to a local endpoint.", (),
     )
+    f["tunnel_native"] = _Family(
+        "bpfnet_tunnel_native_packets", "counter",
+        "Overlay packets whose VXLAN headers the eBPF programs wrote (direction encap) or stripped "
+        "(decap) themselves, without the VXLAN device (--overlay-encap native).", ("direction",),
+    )
     f["cluster_nodes"] = _Family(
         "bpfnet_cluster_nodes", "gauge",
         "Nodes of the cluster: alive (lease held) or down (lease expired, endpoints kept in the store).",
@@ -383,7 +388,7 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
     ``bpfnet_scrape_duration_seconds`` is measured from start to now."""
     out: _StateSamples = {
         key: [] for key in ("ipam", "ipam_in_use", "endpoints", "network_info", "datapath", "program",
-                            "tunnel_rx", "tunnel_rx_bytes", "cluster_nodes", "cluster_remote", "cluster_store_up",
+                            "tunnel_rx", "tunnel_rx_bytes", "tunnel_native", "cluster_nodes", "cluster_remote", "cluster_store_up",
                             "cluster_requests")
     }
     if snap is not None:
@@ -400,6 +405,8 @@ def _state_samples(snap: MetricsSnapshot | None, start: float) -> _StateSamples:
             for outcome, k in (("delivered", "rx_packets"), ("unknown", "rx_unknown"), ("not_ip", "rx_not_ip")):
                 out["tunnel_rx"].append(((outcome,), float(t.get(k, 0))))
             out["tunnel_rx_bytes"].append(((), float(t.get("rx_bytes", 0))))
+            for direction, k in (("encap", "tx_native"), ("decap", "rx_native")):
+                out["tunnel_native"].append(((direction,), float(t.get(k, 0))))
         if snap.cluster is not None:
             cl = snap.cluster
             out["cluster_nodes"] += [(("alive",), cl.nodes_alive), (("down",), cl.nodes_down)]

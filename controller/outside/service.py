@@ -147,9 +147,11 @@ class OutsideService:
         if ports:
             self.kernel.write_sysctls(FASTPATH_SYSCTLS)
         dp.set_published(ports)
-        # routed networks' cross-host packets arrive through the uplinks too (bpf/routed.h)
-        routed = any(NetworkConfig.from_json(r.config).driver == "routed" for r in self.rt.store.networks())
-        dp.set_uplinks(self._uplinks(plan) if ports or routed else {})
+        # routed and overlay networks' cross-host packets arrive through the uplinks too
+        # (bpf/routed.h, bpf/tunnel.h)
+        cross_host = any(NetworkConfig.from_json(r.config).driver in ("routed", "overlay")
+                         for r in self.rt.store.networks())
+        dp.set_uplinks(self._uplinks(plan) if ports or cross_host else {})
 
     def _fast_ports(self, plan: ruleset.Plan) -> list[PublishedPort]:
         """One entry per published mapping and family; slots kept from the map (a mapping keeps
