@@ -109,12 +109,16 @@ def cmd_network_inspect(args: argparse.Namespace, c: Client) -> None:
     print(json.dumps(net, indent=2))
 
 
-def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
-    paths = [object_path("networks", name) for name in args.names]  # every name checked before any is removed
+def _remove_each(kind: str, args: argparse.Namespace, c: Client) -> None:
+    paths = [object_path(kind, name) for name in args.names]  # every name checked before any is removed
     for name, path in zip(args.names, paths):
         c.delete(path)
         if not args.json:
             print(name)
+
+
+def cmd_network_rm(args: argparse.Namespace, c: Client) -> None:
+    _remove_each("networks", args, c)
 
 
 def cmd_endpoint_add(args: argparse.Namespace, c: Client) -> None:
@@ -155,11 +159,11 @@ def cmd_endpoint_inspect(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_endpoint_rm(args: argparse.Namespace, c: Client) -> None:
-    paths = [object_path("endpoints", name) for name in args.names]  # every name checked before any is removed
-    for name, path in zip(args.names, paths):
-        c.delete(path)
-        if not args.json:
-            print(name)
+    _remove_each("endpoints", args, c)
+
+
+def cmd_node_rm(args: argparse.Namespace, c: Client) -> None:
+    _remove_each("nodes", args, c)
 
 
 def cmd_node_ls(args: argparse.Namespace, c: Client) -> None:
@@ -208,6 +212,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     }
     cfg = load_daemon_config(args.config, overrides)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("pyroute2", "asyncio"):  # their debug lines (every netlink message) drown bpfnet's
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
     return run(cfg, cleanup=args.cleanup)
 
 
@@ -419,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                               required=True)
     nl2 = node.add_parser("ls", parents=[client_opts], help="list the cluster's nodes and their state")
     nl2.set_defaults(func=cmd_node_ls)
+    nr2 = node.add_parser("rm", parents=[client_opts],
+                          help="forget nodes that are gone for good (down): their endpoints' records, address leases "
+                               "and routed blocks leave the cluster store")
+    nr2.add_argument("names", nargs="+")
+    nr2.set_defaults(func=cmd_node_rm)
 
     st = sub.add_parser("stats", parents=[client_opts], help="per-endpoint counters from the BPF maps")
     st.set_defaults(func=cmd_stats)

@@ -36,7 +36,7 @@ class ClientError(Exception):
 
 
 #: Collections of named objects in the API -> what the daemon calls their names in errors.
-_COLLECTIONS = {"networks": "network name", "endpoints": "endpoint name"}
+_COLLECTIONS = {"networks": "network name", "endpoints": "endpoint name", "nodes": "node name"}
 
 
 def object_path(collection: str, name: str) -> str:

@@ -135,7 +135,8 @@ class Daemon:
         self.rt.outer_prefixes = outer_prefixes
         routes.install(self.router, networks=self.networks, endpoints=self.endpoints,
                        info=self.info, snapshot=self.snapshot,
-                       nodes=self.overlay.nodes if self.overlay is not None else None)
+                       nodes=self.overlay.nodes if self.overlay is not None else None,
+                       remove_node=self.overlay.remove_node if self.overlay is not None else None)
         self.docker = docker.DockerPlugin(self.networks, self.endpoints)
 
     def _app(self, req: Request) -> tuple[int, Any, str]:

@@ -589,6 +589,11 @@ def openapi() -> dict[str, Any]:
         "/v1/openapi.json": {"get": _operation("getOpenapi", "This document", 200, {"type": "object"})},
         "/v1/nodes": {"get": _operation("listNodes", "The cluster's nodes (--cluster-store)", 200, _list_of(NodeDoc),
                                         (400, 503))},
+        "/v1/nodes/{name}": {
+            "delete": _operation("removeNode", "Forget a node that is gone for good (down): its endpoints' records, "
+                                 "address leases and routed blocks leave the cluster store", 204, None,
+                                 (400, 404, 409, 503), named="node"),
+        },
         "/v1/networks": {
             "get": _operation("listNetworks", "Every network", 200, _list_of(NetworkDoc)),
             "post": _operation("createNetwork", "Create a network (a bridge)", 201, _ref(NetworkDoc),

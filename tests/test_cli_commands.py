@@ -93,6 +93,9 @@ def test_host_flag_positions_and_env(d: DaemonProcess) -> None:
         (["endpoint", "add", "bpfnet-tq", "--ip", "10.9.9.9"], "outside network bridge's subnet"),
         (["endpoint", "add", "bpfnet-tq", "--mac", "nope"], "malformed MAC"),
         (["endpoint", "add", "bpfnet-tq", "--network", "nosuch"], "network 'nosuch' not found"),
+        (["node", "ls"], "this daemon is not part of a cluster"),
+        (["node", "rm", "h9"], "this daemon is not part of a cluster"),
+        (["node", "rm", "bad/name"], "node name"),
     ],
 )
 def test_errors_one_line(d: DaemonProcess, args: list[str], fragment: str) -> None:

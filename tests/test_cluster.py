@@ -351,6 +351,40 @@ def test_killed_node_leaves_the_others_and_reconciles_on_restart(cluster: Cluste
     assert cluster.etcd.keys() == sorted([*keys, "/bpfnet/v1/nodes/h2"])  # its node again; nothing else
 
 
+def test_node_rm_forgets_a_dead_node(cluster: Cluster, overlay: dict[str, Any]) -> None:
+    """node rm: a dead node's records and leases leave etcd, refused for live or unknown nodes; if it
+    comes back anyway, its endpoint is stored again unless its address went to another meanwhile."""
+    h, eps = cluster.hosts, overlay["eps"]
+    for name, status, message in (("h1", 409, "node 'h1' is alive"), ("nope", 404, "no node 'nope' in the cluster"),
+                                  ("h0", 409, "this daemon's own node")):
+        with pytest.raises(ClientError, match=re.escape(message)) as exc:
+            h[0].client.delete(f"/v1/nodes/{name}")
+        assert exc.value.status == status
+    h[2].kill()
+    wait_until(lambda: {n["name"]: n["state"] for n in h[0].client.get("/v1/nodes")}.get("h2") == "down", 4 * TTL,
+               what="h2 down")
+    r = h[0].cli("node", "rm", "h2")
+    assert r.returncode == 0 and r.stdout.strip() == "h2", r.stderr
+    left = cluster.etcd.keys()
+    assert not [k for k in left if "/h2/" in k or k.endswith(addr(eps[2]))]
+    wait_until(lambda: "h2" not in {n["name"] for n in h[1].client.get("/v1/nodes")}, 10, what="h2 gone on h1")
+    # its address is free again: an endpoint on h0 takes it; h2, back, must not claim it a second time
+    taken = h[0].client.post("/v1/endpoints", {"name": h[0].name("taken"), "network": "ov", "ip": addr(eps[2])})
+    try:
+        h[2].start(timeout=60)
+        wait_until(lambda: "not stored again" in h[2].log_path.read_text(errors="replace"), 15, what="h2 to refuse its taken address")
+        lease = json.loads(cluster.etcd.ctl("get", "--print-value-only", f"/bpfnet/v1/leases/ov/{addr(eps[2])}"))
+        assert lease == {"node": "h0", "endpoint": taken["name"]}
+        stored = cluster.etcd.keys()
+        assert not [k for k in stored if k.startswith("/bpfnet/v1/endpoints/ov/h2/")]
+    finally:
+        h[0].client.delete(f"/v1/endpoints/{taken['name']}")
+    # once the address is free, the next resync (a restart) stores h2's endpoint again
+    h[2].restart()
+    wait_until(lambda: remote_count(h[0]) == 2 and remote_count(h[1]) == 2, 15, what="h2's endpoint back")
+    assert ping(eps[0]["netns"], addr(eps[2]), count=2)
+
+
 def test_unreachable_store_and_foreign_advertise_addr_stop_the_start(cluster: Cluster) -> None:
     before = cluster.etcd.keys()
     for args, message in (

@@ -81,6 +81,13 @@ def test_unknown_toml_key(tmp_path: Path) -> None:
         load_daemon_config(write(tmp_path, "[extra]\na = 1\n"), {})
 
 
+def test_overlay_encap(tmp_path: Path) -> None:
+    assert load_daemon_config(None, {}).overlay_encap == "native"
+    assert load_daemon_config(write(tmp_path, 'overlay_encap = "device"\n'), {}).overlay_encap == "device"
+    with pytest.raises(InvalidArgument, match="--overlay-encap 'bpf': expected native or device"):
+        load_daemon_config(write(tmp_path, 'overlay_encap = "bpf"\n'), {})
+
+
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="invalid TOML"):
         load_daemon_config(write(tmp_path, "bip = \n"), {})

@@ -416,6 +416,7 @@ def test_any_body_is_accepted_or_refused_with_invalid_argument(raw: bytes) -> No
 # --- the OpenAPI document ----------------------------------------------------------------------
 ROUTES = {
     ("get", "/v1/info"), ("get", "/v1/stats"), ("get", "/v1/openapi.json"), ("get", "/v1/nodes"),
+    ("delete", "/v1/nodes/{name}"),
     ("get", "/v1/networks"), ("post", "/v1/networks"),
     ("get", "/v1/networks/{name}"), ("delete", "/v1/networks/{name}"),
     ("get", "/v1/endpoints"), ("post", "/v1/endpoints"),

@@ -88,7 +88,8 @@ class Router:
 
 def install(router: Router, *, networks: NetworkService, endpoints: EndpointService,
             info: Callable[[], dict[str, Any]], snapshot: SnapshotFn,
-            nodes: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+            nodes: Callable[[], list[dict[str, Any]]] | None = None,
+            remove_node: Callable[[str], None] | None = None) -> None:
     """Add every /v1 route to ``router``."""
     ok, created = HTTPStatus.OK, HTTPStatus.CREATED
     document = schemas.openapi()
@@ -97,6 +98,7 @@ def install(router: Router, *, networks: NetworkService, endpoints: EndpointServ
     r.add("GET", "/v1/stats", lambda p, b: (ok, stats_document(snapshot())))
     r.add("GET", "/v1/openapi.json", lambda p, b: (ok, document))
     r.add("GET", "/v1/nodes", lambda p, b: (ok, _nodes(nodes)))
+    r.add("DELETE", "/v1/nodes/{name}", lambda p, b: _no_content(_clustered(remove_node), _name(p, "node")))
     r.add("GET", "/v1/networks", lambda p, b: (ok, networks.list_all()))
     r.add("POST", "/v1/networks", lambda p, b: (
         created, networks.create(schemas.parse_body(schemas.NetworkCreate, b).to_json())))
@@ -137,11 +139,20 @@ def info_document(cfg: DaemonConfig, rt: Runtime, metrics_url: str | None,
     }
 
 
+NOT_CLUSTERED = ("this daemon is not part of a cluster (start it with --cluster-store etcd://HOST:PORT "
+                 "--advertise-addr IP)")
+
+
 def _nodes(nodes: Callable[[], list[dict[str, Any]]] | None) -> list[dict[str, Any]]:
     if nodes is None:
-        raise InvalidArgument("this daemon is not part of a cluster (start it with --cluster-store etcd://HOST:PORT "
-                              "--advertise-addr IP)")
+        raise InvalidArgument(NOT_CLUSTERED)
     return nodes()
+
+
+def _clustered(action: Callable[[str], None] | None) -> Callable[[str], None]:
+    if action is None:
+        raise InvalidArgument(NOT_CLUSTERED)
+    return action
 
 
 def _no_content(action: Callable[[str], None], name: str) -> tuple[int, None]:

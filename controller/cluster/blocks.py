@@ -23,10 +23,9 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from ..errors import Conflict, Exhausted, InvalidArgument
-from .model import NODES, PREFIX
+from .model import NODES, ROUTED
 from .store import EtcdStore, _absent, _b64, _delete, _put, _range_end, _unb64, _version_is
 
-ROUTED = PREFIX + "routed/"
 DEFAULT_HOST_PREFIX4 = 24
 DEFAULT_HOST_PREFIX6 = 80
 MAX_HOST_PREFIX4 = 30  # a block holds the bridge's gateway and at least one endpoint

@@ -42,6 +42,7 @@ NETWORKS = PREFIX + "networks/"
 VNIS = PREFIX + "vnis/"
 LEASES = PREFIX + "leases/"
 ENDPOINTS = PREFIX + "endpoints/"
+ROUTED = PREFIX + "routed/"  # routed networks' settings and per-node blocks (blocks.py)
 NETWORKS_VERSION = PREFIX + "meta/networks"
 # VXLAN network identifiers: 24 bits; like Docker's overlay, picked from 4096 up, unless given.
 VNI_MIN, VNI_MAX, VNI_FIRST = 1, (1 << 24) - 1, 4096

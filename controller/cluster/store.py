@@ -29,12 +29,14 @@ import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
 
-from ..errors import Conflict, StoreUnavailable
+from ..errors import Conflict, NotFound, StoreUnavailable
 from .model import (
     DEFAULT_TTL,
+    ENDPOINTS,
     NETWORKS,
     NETWORKS_VERSION,
     PREFIX,
+    ROUTED,
     VNIS,
     ClusterEndpoint,
     ClusterView,
@@ -49,6 +51,7 @@ REQUEST_TIMEOUT = 2.0  # seconds: an API call waits at most this long for etcd
 RETRY_INTERVAL = 1.0
 RESTART_GRACE = 30  # seconds a stopped daemon's node stays registered (see EtcdStore.stop)
 WATCH_IDLE = 30.0  # seconds without a byte before the watch is re-opened (from where it was)
+TXN_OPS = 100  # operations per transaction (etcd refuses more than --max-txn-ops, default 128)
 
 Listener = Callable[[ClusterView], None]
 
@@ -415,6 +418,51 @@ class EtcdStore:
             if raw is not None and json.loads(raw) == {"node": ep.node, "endpoint": ep.name}:
                 ops.append(_delete(f"{leases_prefix(ep.network)}{a}"))
         self._txn([], ops)
+
+    def owns_leases(self, ep: ClusterEndpoint) -> bool:
+        """Every address of EP is leased to EP itself (read now)."""
+        owner = {"node": ep.node, "endpoint": ep.name}
+        for a in ep.addresses:
+            raw, _ = self._get(f"{leases_prefix(ep.network)}{a}")
+            if raw is None or json.loads(raw) != owner:
+                return False
+        return True
+
+    def remove_node(self, node: str) -> dict[str, int]:
+        """Forget a node that is gone for good: its endpoints' records, the address leases they
+        hold and its routed networks' blocks, in transactions that each hold only while the node
+        is not registered (a node that comes back meanwhile keeps the rest). Refused for a live
+        node. How many endpoints and blocks were removed."""
+        if self._get(node_key(node))[0] is not None:
+            raise Conflict(f"node {node!r} is alive (its lease is held): stop its daemon and wait for the lease "
+                           "to expire first")
+        endpoints, _ = self._range(ENDPOINTS)
+        ops: list[dict[str, Any]] = []
+        n_endpoints = n_blocks = 0
+        for key, value in endpoints:
+            record = ClusterEndpoint.from_json(value)
+            if record.node != node:
+                continue
+            n_endpoints += 1
+            ops.append(_delete(key))
+            owner = {"node": node, "endpoint": record.name}
+            for a in record.addresses:
+                lease = f"{leases_prefix(record.network)}{a}"
+                raw, _ = self._get(lease)
+                if raw is not None and json.loads(raw) == owner:
+                    ops.append(_delete(lease))
+        blocks, _ = self._range(ROUTED)
+        for key, value in blocks:
+            if "/blocks/" in key and json.loads(value).get("node") == node:
+                n_blocks += 1
+                ops.append(_delete(key))
+        if not ops:
+            raise NotFound(f"no node {node!r} in the cluster: no endpoint record or block names it")
+        for i in range(0, len(ops), TXN_OPS):
+            if not self._txn([_absent(node_key(node))], ops[i:i + TXN_OPS]):
+                raise Conflict(f"node {node!r} registered again while it was being removed; nothing more removed")
+        log.info("cluster: node %s removed: %d endpoint record(s), %d block(s)", node, n_endpoints, n_blocks)
+        return {"endpoints": n_endpoints, "blocks": n_blocks}
 
     def remove_endpoints(self, eps: Iterable[ClusterEndpoint]) -> None:
         for ep in eps:

@@ -300,8 +300,14 @@ class OverlayDriver(BridgeDriver):
             for key, record in have.items():
                 if mine.get(key) != record:
                     log.info("overlay: endpoint %s is missing from the cluster: storing it again", record.name)
-                    if not self.cluster.claim_endpoint(record):
+                    if self.cluster.claim_endpoint(record):
+                        continue
+                    if self.cluster.owns_leases(record):
                         self.cluster.put_endpoint(record)  # its leases are there already (its own)
+                    else:  # `node rm` forgot this node, and its address went to another endpoint since
+                        log.error("overlay: endpoint %s: an address of it (%s) is leased to another endpoint "
+                                  "of the cluster now; not stored again: remove it", record.name,
+                                  ", ".join(record.addresses))
             self._mine_checked = resyncs
         except StoreUnavailable:
             pass  # the next sync after the store is back does it
@@ -351,6 +357,13 @@ class OverlayDriver(BridgeDriver):
         out += [{"name": n, "address": next((str(e.vtep) for e in view.endpoints.values() if e.node == n), None),
                  "started": None, "state": "down", "self": False, "endpoints": counts.get(n, 0)} for n in down]
         return out
+
+    def remove_node(self, name: str) -> None:
+        """``node rm``: forget a node that is gone for good (see EtcdStore.remove_node); the
+        watch then takes its endpoints out of every host's view."""
+        if name == self.node:
+            raise Conflict(f"node {name!r} is this daemon's own node")
+        self.cluster.remove_node(name)
 
     def describe(self, cfg: NetworkConfig) -> dict[str, Any]:
         remote = sum(1 for e in self.cluster.view.remote(self.node).values() if e.network == cfg.name)
