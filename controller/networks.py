@@ -213,6 +213,11 @@ class NetworkService:
             self.rt.observer.network_overlaps(row.name, len(found[row.name]))
         return found
 
+    def taken_subnets(self, version: int) -> list[IPv4Network | IPv6Network]:
+        """What a new network of this family must not overlap on this host: its networks, routes and
+        addresses (the overlay driver adds the cluster's networks when it picks a subnet)."""
+        return self._taken(None, version)
+
     def _taken(self, bridge: str | None, version: int) -> list[IPv4Network | IPv6Network]:
         taken: list[IPv4Network | IPv6Network] = [p for p in self.host_prefixes(bridge) if p.version == version]
         for row in self.rt.store.networks():

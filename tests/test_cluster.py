@@ -166,7 +166,7 @@ def test_bad_input_leaves_nothing_behind(cluster: Cluster, overlay: dict[str, An
          "subnet 10.50.0.128/25 overlaps network ov's subnet 10.50.0.0/24"),
         ({"name": "ov3", "driver": "overlay", "subnet4": "10.51.0.0/24", "vni": 4096}, 409,
          "VNI 4096 is in use by network 'ov'"),
-        ({"name": "ov4", "driver": "overlay"}, 400, "an overlay network needs --subnet"),
+        ({"name": "ov4", "driver": "overlay", "gateway4": "10.53.0.1"}, 400, "gateway4 needs subnet4"),
         ({"name": "ov5", "driver": "overlay", "subnet4": "10.52.0.0/24", "mtu": 1500}, 400,
          "at most 1450 on this uplink"),
     ]
@@ -192,6 +192,43 @@ def test_bad_input_leaves_nothing_behind(cluster: Cluster, overlay: dict[str, An
         wait_until(lambda d=d: all(n["name"] != "ov9" for n in d.client.get("/v1/networks")), 10,
                    what=f"ov9 gone from {d.tag}")
     assert cluster.etcd.keys() == before_keys and h1.links() == before_links
+
+
+def test_overlay_without_subnets_gets_them_from_the_cluster(cluster: Cluster, overlay: dict[str, Any]) -> None:
+    """As Docker's swarm: IPv4 the first free /24 of 10.0.0.0/8, IPv6 a /64 of one ULA /48 that
+    the whole cluster shares; a second network elsewhere gets the next ones; endpoints reach
+    each other across hosts."""
+    from ipaddress import IPv4Network, IPv6Network
+
+    h = cluster.hosts
+    before = cluster.etcd.keys()
+    a = h[1].client.post("/v1/networks", {"name": "auto1", "driver": "overlay", "ipv6": True})
+    b = h[2].client.post("/v1/networks", {"name": "auto2", "driver": "overlay", "ipv6": True})
+    try:
+        v4 = [n["ipam"]["ipv4"]["subnet"] for n in (a, b)]
+        assert v4 == ["10.0.0.0/24", "10.0.1.0/24"]  # the underlay is 10.77.0.0/24
+        assert a["subnet_source"] == "cluster pool 10.0.0.0/8"
+        prefix = IPv6Network(cluster.etcd.ctl("get", "--print-value-only", "/bpfnet/v1/meta/ula_prefix").strip())
+        assert prefix.prefixlen == 48 and prefix.network_address.packed[0] == 0xFD
+        six = [IPv6Network(n["ipam"]["ipv6"]["subnet"]) for n in (a, b)]
+        assert all(s.prefixlen == 64 and s.subnet_of(prefix) for s in six) and six[0] != six[1]
+        assert not IPv4Network(v4[0]).overlaps(IPv4Network("10.50.0.0/24"))
+        wait_until(lambda: any(n["name"] == "auto1" for n in h[0].client.get("/v1/networks")), 10, what="auto1 on h0")
+        e0 = h[0].client.post("/v1/endpoints", {"name": h[0].name("au"), "network": "auto1"})
+        e1 = h[1].client.post("/v1/endpoints", {"name": h[1].name("au"), "network": "auto1"})
+        try:
+            wait_until(lambda: remote_count(h[0]) == 3, 10, what="h0 to learn h1's auto1 endpoint")
+            assert ping(e0["netns"], addr(e1), count=2) and ping(e1["netns"], addr(e0, 6), count=2)
+        finally:
+            for d, e in ((h[0], e0), (h[1], e1)):
+                d.client.delete(f"/v1/endpoints/{e['name']}")
+    finally:
+        h[1].client.delete("/v1/networks/auto1")
+        h[2].client.delete("/v1/networks/auto2")
+    for d in h:
+        wait_until(lambda d=d: not {"auto1", "auto2"} & {n["name"] for n in d.client.get("/v1/networks")}, 10,
+                   what=f"the auto networks gone from {d.tag}")
+    assert cluster.etcd.keys() == sorted({*before, "/bpfnet/v1/meta/ula_prefix"})
 
 
 def test_no_icc_applies_across_hosts(cluster: Cluster, overlay: dict[str, Any]) -> None:

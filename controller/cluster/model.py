@@ -14,6 +14,7 @@ key                                    value                                    
 ``vnis/<vni>``                         the network's name (a VNI is taken once)        until rm
 ``meta/networks``                      a counter bumped by every network create/rm     always
                                        (the overlap check's compare target)
+``meta/ula_prefix``                    the cluster's IPv6 ULA /48 (picked once)        always
 ``leases/<network>/<address>``         ``{"node", "endpoint"}``                        until rm
 ``endpoints/<network>/<node>/<name>``  ``{"node", "name", "network", "ipv4", "ipv6",   until rm
                                        "mac", "vtep"}``
@@ -44,6 +45,7 @@ LEASES = PREFIX + "leases/"
 ENDPOINTS = PREFIX + "endpoints/"
 ROUTED = PREFIX + "routed/"  # routed networks' settings and per-node blocks (blocks.py)
 NETWORKS_VERSION = PREFIX + "meta/networks"
+ULA_PREFIX = PREFIX + "meta/ula_prefix"  # the cluster's IPv6 /48 for overlay networks without --subnet6
 # VXLAN network identifiers: 24 bits; like Docker's overlay, picked from 4096 up, unless given.
 VNI_MIN, VNI_MAX, VNI_FIRST = 1, (1 << 24) - 1, 4096
 DEFAULT_TTL = 10  # seconds a node's lease lives without a keepalive

@@ -37,6 +37,7 @@ from .model import (
     NETWORKS_VERSION,
     PREFIX,
     ROUTED,
+    ULA_PREFIX,
     VNIS,
     ClusterEndpoint,
     ClusterView,
@@ -383,6 +384,15 @@ class EtcdStore:
         )
         if not ok:
             raise Conflict(f"network {name!r}: another node created or removed a network meanwhile; retry")
+
+    def claim_ula_prefix(self, mine: str) -> str:
+        """The cluster's IPv6 ULA prefix: the one stored, else MINE, stored unless another node's
+        won the race (then that one)."""
+        raw, _ = self._get(ULA_PREFIX)
+        if raw is None:
+            self._txn([_absent(ULA_PREFIX)], [_put(ULA_PREFIX, mine)])
+            raw, _ = self._get(ULA_PREFIX)
+        return raw.decode() if raw is not None else mine
 
     def taken_vnis(self) -> set[int]:
         kvs, _ = self._range(VNIS)

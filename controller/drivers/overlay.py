@@ -24,14 +24,16 @@ Who does what when:
 from __future__ import annotations
 
 import logging
+import secrets
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_network
-from typing import Any, Protocol
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Any, Protocol, TypeVar
 
 from ..cluster.model import ClusterEndpoint, ClusterView, pick_vni
 from ..cluster.store import EtcdStore
 from ..config import NetworkConfig
-from ..errors import BpfnetError, Conflict, InvalidArgument, StoreUnavailable
+from ..errors import BpfnetError, Conflict, Exhausted, InvalidArgument, StoreUnavailable
 from ..model import RemoteEndpointSpec
 from ..rollback import Rollback
 from ..runtime import Runtime
@@ -54,11 +56,29 @@ class ClusterNetworks(Protocol):
     def forget_cluster_network(self, name: str) -> None:
         """Remove a network the cluster no longer has from this host."""
 
+    def taken_subnets(self, version: int) -> list[IPv4Network | IPv6Network]:
+        """This host's networks, routes and addresses of that family (a new subnet avoids them)."""
+
 
 @dataclass(frozen=True)
 class _Remote:
     spec: RemoteEndpointSpec
     bridge: str  # the local bridge of its network: where its IPv6 proxy entries go
+
+
+OVERLAY_POOL4 = IPv4Network("10.0.0.0/8")  # Docker swarm's default address pool for overlay networks
+OVERLAY_SUBNET_PREFIXLEN4 = 24
+
+
+Net = TypeVar("Net", IPv4Network, IPv6Network)
+
+
+def _first_free(candidates: Iterator[Net], taken: Sequence[Net]) -> Net | None:
+    """The first of CANDIDATES (in order) that overlaps nothing in TAKEN."""
+    for subnet in candidates:
+        if not any(subnet.overlaps(t) for t in taken):
+            return subnet
+    return None
 
 
 def overlaps(a: str | None, b: str | None) -> bool:
@@ -113,14 +133,44 @@ class OverlayDriver(BridgeDriver):
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("name") in self._adopting:
             return data  # as stored by the host that made it
-        if not data.get("subnet4"):
-            raise InvalidArgument("an overlay network needs --subnet: every host of the cluster uses it, "
-                                  "so it is not picked from this host's address pools")
         data = dict(data)
+        if not data.get("subnet4") or (data.get("ipv6") and not data.get("subnet6")):
+            self._pick_subnets(data)
         if data.get("vni") is None:
             data["vni"] = pick_vni(self.cluster.taken_vnis())
         data.setdefault("mtu", self.uplink_mtu() - VXLAN_OVERHEAD)
         return data
+
+    def _pick_subnets(self, data: dict[str, Any]) -> None:
+        """Subnets for an overlay network created without them, as Docker's swarm does: IPv4 the
+        first /24 of 10.0.0.0/8, IPv6 the first /64 of the cluster's ULA /48, that overlaps no
+        network of the cluster and nothing of this host. The store's transaction then refuses
+        the network if another node took the subnet meanwhile."""
+        if (data.get("gateway4") or data.get("ip_range4")) and not data.get("subnet4"):
+            raise InvalidArgument("gateway4 and ip_range4 need subnet4")
+        if self.networks is None:
+            raise InvalidArgument("an overlay network needs --subnet here")
+        cluster = [c.get(k) for c in self.cluster.networks().values() for k in ("subnet4", "subnet6")]
+        name = data.get("name")
+        if not data.get("subnet4"):
+            taken4 = [*(n for n in self.networks.taken_subnets(4) if isinstance(n, IPv4Network)),
+                      *(IPv4Network(c) for c in cluster if c and ":" not in c)]
+            subnet4 = _first_free(OVERLAY_POOL4.subnets(new_prefix=OVERLAY_SUBNET_PREFIXLEN4), taken4)
+            if subnet4 is None:
+                raise Exhausted(f"every /{OVERLAY_SUBNET_PREFIXLEN4} of the overlay pool {OVERLAY_POOL4} overlaps a "
+                                "network of the cluster or of this host; pass --subnet")
+            data.update(subnet4=str(subnet4), subnet_source=f"cluster pool {OVERLAY_POOL4}")
+            log.info("overlay: network %s: picked %s from the cluster pool %s", name, subnet4, OVERLAY_POOL4)
+        if data.get("ipv6") and not data.get("subnet6"):
+            mine = IPv6Network(((0xFD << 40 | secrets.randbits(40)) << 80, 48))
+            prefix = IPv6Network(self.cluster.claim_ula_prefix(str(mine)))
+            taken6 = [*(n for n in self.networks.taken_subnets(6) if isinstance(n, IPv6Network)),
+                      *(IPv6Network(c) for c in cluster if c and ":" in c)]
+            subnet6 = _first_free(prefix.subnets(new_prefix=64), taken6)
+            if subnet6 is None:
+                raise Exhausted(f"every /64 of the cluster's IPv6 prefix {prefix} is taken; pass --subnet6")
+            data.update(subnet6=str(subnet6), subnet6_source=f"cluster ula {prefix}")
+            log.info("overlay: network %s: picked %s from the cluster's IPv6 prefix %s", name, subnet6, prefix)
 
     def check_network(self, cfg: NetworkConfig) -> None:
         limit = self.uplink_mtu() - VXLAN_OVERHEAD
