@@ -284,7 +284,9 @@ def markdown(doc: dict[str, Any]) -> list[str]:
               f"start {m.get('loadavg_at_start')}."), "",
              head, "| --- " * (head.count("|") - 1) + "|", *rows, "",
              f"The bpfnet sender's counters over the run: {doc['bpfnet_sender_paths']} (the tunnel path carried it)."
-             + (f" Native encapsulation: {doc['bpfnet_native']}." if "bpfnet_native" in doc else ""),
+             + (" Native encapsulation: {encapsulated_on_a} packets encapsulated by host A's programs, "
+                "{decapsulated_on_b} of the {delivered_on_b} delivered on host B decapsulated by its "
+                "programs.".format(**doc["bpfnet_native"]) if "bpfnet_native" in doc else ""),
              ""]
     if device:
         nd = doc["ratios_native_over_device"]
@@ -300,7 +302,9 @@ def markdown(doc: dict[str, Any]) -> list[str]:
     lines += [(f"Goals: packet rate ≥ 1.3x Docker's overlay: **{'met' if goal_rate else 'missed'}** "
                f"({ratio['udp_pps']:.2f}x); convergence p99 under 1 s: "
                f"**{'met' if c['p99_ms'] < 1000 else 'missed'}** ({c['p99_ms']} ms)."), ""]
-    return lines + list(doc.get("notes", [])) + ([""] if doc.get("notes") else [])
+    for note in doc.get("notes", []):
+        lines += [note, ""]
+    return lines
 
 
 def main(argv: list[str]) -> int:
