@@ -12,6 +12,7 @@ bpf_packets' reference arithmetic.
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -30,6 +31,10 @@ UP_MAC, PEER_MAC = "02:00:00:00:77:01", "02:00:00:00:77:07"
 LOCAL_VTEP, VTEP, VTEP_NO_NEIGH, VTEP_NO_ROUTE = "192.0.2.1", "192.0.2.7", "192.0.2.8", "198.51.100.9"
 VNI_A, VNI_B = 4096, 4097
 OUTER = 14 + 20 + 8 + 8  # outer Ethernet, IPv4, UDP, VXLAN: then the inner frame
+# bpf_skb_adjust_room() learnt to strip an outer header in front of another family's (the
+# BPF_F_ADJ_ROOM_DECAP_L3_* flags) in Linux 6.3; before, tunnel_recv() leaves every packet to
+# the kernel's VXLAN device (make vm-test KERNEL=6.1 runs this file there).
+DECAP = tuple(int(x) for x in os.uname().release.split(".")[:2]) >= (6, 3)
 
 
 def _ip(*args: str) -> None:
@@ -199,7 +204,12 @@ def test_receive_is_decapsulated_into_the_endpoint(env: Any, native: dict[str, A
           else ipv6(str(r1.ipv6[0]), str(a1.ipv6[0]), payload=udp()))
     inner = eth("02:00:00:00:00:99", r1.mac, ETH_IP if family == 4 else ETH_IPV6, ip)
     before = env.dp.tunnel_counters()
-    r = run(env.dp, "uplink_ingress", vxlan(VTEP, LOCAL_VTEP, VNI_A, inner), native["up"])
+    pkt = vxlan(VTEP, LOCAL_VTEP, VNI_A, inner)
+    r = run(env.dp, "uplink_ingress", pkt, native["up"])
+    if not DECAP:
+        assert r.verdict == TC_ACT_OK and r.data == pkt and r.counts == {}  # the device's way
+        assert env.dp.tunnel_counters() == before
+        return
     assert r.verdict == TC_ACT_REDIRECT
     assert r.data == mac(a1.mac) + inner[6:]  # the endpoint's MAC, the rest as the sender wrote it
     assert r.counts == {a1.id: {"rx_tunnel_packets": 1, "rx_tunnel_bytes": len(inner)}}
