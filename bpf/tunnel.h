@@ -33,7 +33,9 @@
  * tunnel GSO state in a program), kernels whose bpf_skb_adjust_room() lacks
  * the decapsulation flags (before 6.3), fragments, anything not for a local
  * endpoint of the VNI's network or not from its VTEP, icc=false networks.
- * The native send side declines (device path) when the FIB has no route.
+ * The native send side declines (device path) when the FIB has no route to
+ * the remote VTEP or the outer packet would not fit the route's MTU (the
+ * device then sends the endpoint its ICMP error).
  *
  * Not carried across hosts: ARP (answered here, from the remote endpoint
  * table), IPv6 neighbour discovery (answered by the kernel's NDP proxy on the
@@ -163,6 +165,10 @@ static __always_inline int tunnel_encap(struct __sk_buff *skb, const struct endp
 	fib.l4_protocol = IPPROTO_UDP;
 	fib.ipv4_src = cfg->vtep;
 	fib.ipv4_dst = dst->vtep;
+	/* the outer packet must fit the route's MTU, else the device path sends the ICMP error
+	 * (path MTU discovery); a GSO super-packet is checked per segment later: tot_len 0 */
+	if (!skb->gso_size)
+		fib.tot_len = len + VXLAN_ROOM - sizeof(struct ethhdr);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return -1;

@@ -171,6 +171,18 @@ def test_no_route_to_the_vtep_takes_the_device(env: Any, native: dict[str, Any])
     assert env.dp.tunnel_counters()["tx_native"] == before["tx_native"]
 
 
+def test_too_big_for_the_underlay_takes_the_device(env: Any, native: dict[str, Any]) -> None:
+    """An outer packet over the uplink's MTU (1500) is left to the device, which answers with
+    the ICMP error path MTU discovery needs; one that fits is encapsulated here."""
+    a1, r1 = env.endpoints["a1"], native["r1"]
+    for ip_len, native_path in ((1450, True), (1451, False)):
+        ip = ipv4(str(a1.ipv4), str(r1.ipv4), payload=udp(payload=b"x" * (ip_len - 28)))
+        pkt = eth("02:00:00:00:00:99", a1.mac, ETH_IP, ip)
+        r = run(env.dp, "ep_ingress", pkt, a1.host_ifindex)
+        assert r.verdict == TC_ACT_REDIRECT
+        assert (len(r.data) == len(pkt) + OUTER) == native_path, ip_len
+
+
 def test_without_forwarding_the_device_encapsulates(env: Any, native: dict[str, Any]) -> None:
     """bpf_fib_lookup answers only where the namespace forwards (--ip-forward=false)."""
     a1, r1 = env.endpoints["a1"], native["r1"]
