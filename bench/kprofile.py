@@ -52,8 +52,7 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80,
         f.write(traffic.trafgen_config(pair.sender, pair.receiver, family))
     traffic.udp_delivered(pair.receiver.ns, family)
     env.wait_quiet(traffic.CPU)
-    gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q", "-C"],
-                    ns=pair.sender.ns, cpu=traffic.CPU)
+    gen = traffic.start_trafgen(pair, cfg)
     try:
         time.sleep(0.5)
         c0, t0 = traffic.udp_delivered(pair.receiver.ns, family), time.monotonic()
