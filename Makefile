@@ -46,7 +46,7 @@ vm-test: setup
 # kernel in the VM; the JSON lands in bench/netkit_vm.json.
 #   make vm-bench KERNEL=6.12 ACCEL=tcg
 vm-bench: setup
-	ACCEL=$(ACCEL) BENCH_OUT=bench/netkit_vm.json bash vagrant/run-kernel $(KERNEL) -- --bench 3 4 10
+	ACCEL=$(ACCEL) BENCH_OUT=bench/netkit_vm.json bash vagrant/run-kernel $(KERNEL) -- --bench 5 4 3 4
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

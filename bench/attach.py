@@ -91,8 +91,6 @@ def measure(n: int = 100) -> dict[str, Any]:
 
 
 def packet_rates(rounds: int = 3, seconds: float = 2.0) -> dict[str, Any]:
-    import socket
-
     from . import env, traffic
     from .topology import BpfnetDaemon
 
@@ -108,7 +106,7 @@ def packet_rates(rounds: int = 3, seconds: float = 2.0) -> dict[str, Any]:
     rates: dict[str, list[float]] = {a: [] for a in pairs}
     for _ in range(rounds):
         for attach, pair in pairs.items():
-            rates[attach].append(traffic.packet_rate(pair, socket.AF_INET, seconds))
+            rates[attach].append(traffic.packet_rate(pair, 4, seconds))
     env.cleanup()
     out: dict[str, Any] = {a: {"best_pps": round(max(r)), "median_pps": round(statistics.median(r)),
                                "runs": [round(x) for x in r]} for a, r in rates.items()}

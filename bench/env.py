@@ -61,8 +61,9 @@ def run(cmd: Sequence[str], ns: str | None = None, check: bool = True, timeout: 
 
 
 def spawn(cmd: Sequence[str], ns: str | None = None, cpu: int | None = None,
-          stdout: Any = subprocess.DEVNULL, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a long-running child (registered: killed at clean-up)."""
+          stdout: Any = subprocess.DEVNULL, env: dict[str, str] | None = None,
+          cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a long-running child (registered: killed at clean-up), in cwd if given."""
     # setpriv --pdeathsig: clean-up covers SIGTERM/SIGINT and normal exits,
     # but not a SIGKILL of the harness (e.g. a test runner's timeout); without
     # it a trafgen would go on saturating CPU 0 and starve every later run.
@@ -70,7 +71,7 @@ def spawn(cmd: Sequence[str], ns: str | None = None, cpu: int | None = None,
     # setting reaches the real process. (The kernel sends it when the spawning
     # thread exits: the harness spawns from its main thread.)
     proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *_wrap(cmd, ns, cpu)], stdout=stdout,
-                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                            stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
     _procs.append(proc)
     return proc
 

@@ -46,14 +46,13 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80,
     contexts carry the packets through the stack): "path_ns_per_packet" is then what the
     packets' own path costs, whatever else shares the CPU."""
     out_dir = env.tmpdir("perf")
-    data = os.path.join(out_dir, f"{pair.variant}-{family}.data")
+    data = os.path.join(out_dir, f"{pair.variant.replace('/', '_')}-{family}.data")  # netkit.py: veth/redirect-peer
     cfg = os.path.join(out_dir, f"udp{family}.cfg")
     with open(cfg, "w", encoding="ascii") as f:
         f.write(traffic.trafgen_config(pair.sender, pair.receiver, family))
     traffic.udp_delivered(pair.receiver.ns, family)
     env.wait_quiet(traffic.CPU)
-    gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q", "-C"],
-                    ns=pair.sender.ns, cpu=traffic.CPU)
+    gen = traffic.start_trafgen(pair, cfg)
     try:
         time.sleep(0.5)
         c0, t0 = traffic.udp_delivered(pair.receiver.ns, family), time.monotonic()
@@ -94,8 +93,9 @@ def compare(profiles: list[dict[str, Any]], focus: str, base: str = "direct",
     return rows[:top]
 
 
-def run(pairs: dict[str, Pair], family: int, seconds: float) -> dict[str, Any]:
-    """Profile every pair (one after another), or say why not."""
+def run(pairs: dict[str, Pair], family: int, seconds: float, focus: str = "") -> dict[str, Any]:
+    """Profile every pair (one after another), or say why not. focus: the variant compared
+    with "direct" (default: the first of redirect-peer, redirect, bridge that ran)."""
     why = available()
     if why:
         return {"skipped": why}
@@ -106,6 +106,6 @@ def run(pairs: dict[str, Pair], family: int, seconds: float) -> dict[str, Any]:
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
             log.warning("perf profile of %s failed: %s", pair.variant, exc)
     variants = [p["variant"] for p in profiles]
-    focus = next((v for v in ("redirect-peer", "redirect", "bridge") if v in variants), "")
+    focus = focus or next((v for v in ("redirect-peer", "redirect", "bridge") if v in variants), "")
     return {"family": family, "seconds": seconds, "profiles": profiles, "focus": focus,
             "compare": compare(profiles, focus)}

@@ -1,6 +1,7 @@
 """netkit endpoints vs veth endpoints vs a direct veth pair: packet rate, side by side.
 
-Boundary: ``python -m bench.netkit [ROUNDS [SECONDS [WARMUP]]]``, JSON on stdout. Needs a
+Boundary: ``python -m bench.netkit [ROUNDS [SECONDS [WARMUP [PROFILE_SECONDS]]]]``, JSON on
+stdout (with PROFILE_SECONDS, a ``bench.kprofile`` pass of each variant after the rounds). Needs a
 kernel with netkit (Linux 6.7+ with CONFIG_NETKIT): ``make vm-bench KERNEL=6.12``
 runs it in the qemu VM of ``vagrant/run-kernel`` and keeps the JSON.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import statistics
 import sys
 from typing import Any
@@ -33,8 +33,9 @@ from bpfnet.datapath import bpffs
 log = logging.getLogger(__name__)
 
 
-def packet_rates(rounds: int = 3, seconds: float = 2.0, warmup: float = 0.5) -> dict[str, Any]:
-    from . import traffic
+def packet_rates(rounds: int = 3, seconds: float = 2.0, warmup: float = 0.5,
+                 profile_seconds: float = 0.0) -> dict[str, Any]:
+    from . import kprofile, traffic
     from .topology import BpfnetDaemon, DirectPair, Pair
 
     pairs: dict[str, Pair] = {"direct": DirectPair().start()}
@@ -49,11 +50,13 @@ def packet_rates(rounds: int = 3, seconds: float = 2.0, warmup: float = 0.5) -> 
     for _ in range(rounds):
         for variant, pair in pairs.items():
             # trafgen preprocesses its config with cpp before it sends: seconds under emulation
-            rates[variant].append(traffic.packet_rate(pair, socket.AF_INET, seconds, warmup=warmup))
+            rates[variant].append(traffic.packet_rate(pair, 4, seconds, warmup=warmup))
     out: dict[str, Any] = {v: {"best_pps": round(max(r)), "median_pps": round(statistics.median(r)),
                                "runs": [round(x) for x in r]} for v, r in rates.items()}
     base = out["direct"]["best_pps"] or 1
     out["ratio_to_direct_best"] = {v: round(out[v]["best_pps"] / base, 3) for v in rates}
+    if profile_seconds > 0:  # where netkit's time goes next to the direct pair (untimed pass)
+        out["kprofile"] = kprofile.run(pairs, 4, profile_seconds, focus="netkit/redirect")
     return out
 
 
@@ -70,12 +73,27 @@ def markdown(doc: dict[str, Any]) -> list[str]:
     rows = [f"| {v} | {pps[v]['best_pps']} | {pps[v]['median_pps']} | {ratio[v]:.3f}x |" for v in ratio]
     where = "EMULATED (qemu TCG): absolute rates mean nothing, only the ratios" if doc.get("emulated") \
         else f"accel {doc.get('accel')}"
-    return [title, "",
-            (f"One run in the VM on kernel {doc['kernel']}, {doc.get('cpus')} guest CPUs, **{where}**. "
-            f"64-byte UDP/IPv4 between two endpoints, {doc['rounds']} alternating rounds of {doc['seconds']} s "
-            "(`bench/netkit.py`)."), "",
-            "| variant | best packets/s | median packets/s | best / direct |", "| --- | --- | --- | --- |",
-            *rows, ""]
+    nk = ratio.get("netkit/redirect", 0.0)
+    lines = [title, "",
+             (f"One run in the VM on kernel {doc['kernel']}, {doc.get('cpus')} guest CPUs, **{where}**. "
+              f"64-byte UDP/IPv4 between two endpoints, {doc['rounds']} alternating rounds of {doc['seconds']} s "
+              "after a warm-up, packets counted at the receiver's UDP layer (`bench/netkit.py`)."), "",
+             "| variant | best packets/s | median packets/s | best / direct |", "| --- | --- | --- | --- |",
+             *rows, "",
+             (f"Goal (issue 16): netkit endpoint to endpoint ≥ 1.0x a direct veth pair: "
+              f"**{'met' if nk >= 1.0 else 'missed'}** ({nk:.3f}x, emulated)."), ""]
+    lines += [f"- {n}" for n in doc.get("notes", [])] + ([""] if doc.get("notes") else [])
+    kp = pps.get("kprofile")
+    if kp and "skipped" in kp:
+        lines += [f"Kernel profile skipped: {kp['skipped']}", ""]
+    elif kp and kp.get("profiles"):
+        from .report import kprofile_tables
+
+        lines += [(f"Kernel profile in the same VM (`perf record -e cpu-clock -C 0`, {kp['seconds']} s per "
+                   "variant, an untimed pass; emulated, so a symbol's cost is TCG's cost of its code): ns per "
+                   "delivered packet, the symbols where netkit differs most from the direct pair."), "",
+                  *kprofile_tables(kp)]
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -85,6 +103,7 @@ def main(argv: list[str]) -> int:
     rounds = int(argv[0]) if argv else 3
     seconds = float(argv[1]) if len(argv) > 1 else 2.0
     warmup = float(argv[2]) if len(argv) > 2 else 0.5
+    profile_seconds = float(argv[3]) if len(argv) > 3 else 0.0
     env.install_handlers()
     env.sweep_dead_runs()
     try:
@@ -92,7 +111,7 @@ def main(argv: list[str]) -> int:
             doc = {"kernel": os.uname().release, "accel": os.environ.get("BPFNET_VM_ACCEL", "host"),
                    "emulated": os.environ.get("BPFNET_VM_ACCEL") == "tcg",
                    "cpus": os.cpu_count(), "rounds": rounds, "seconds": seconds,
-                   "warmup": warmup, "pps": packet_rates(rounds, seconds, warmup)}
+                   "warmup": warmup, "pps": packet_rates(rounds, seconds, warmup, profile_seconds)}
             print(json.dumps(doc, indent=2))
     finally:
         env.cleanup()

@@ -511,18 +511,23 @@ def _kprofile_md(doc: dict[str, Any]) -> list[str]:
     profs = kp.get("profiles", [])
     if not profs:
         return []
-    variants = [p["variant"] for p in profs]
-    lines = ["## Kernel profile of the packet-rate path", "",
-             (f"`perf record -e cpu-clock -C 0` for {kp['seconds']} s while trafgen sends 64-byte UDP/IPv"
+    return ["## Kernel profile of the packet-rate path", "",
+            (f"`perf record -e cpu-clock -C 0` for {kp['seconds']} s while trafgen sends 64-byte UDP/IPv"
              f"{kp['family']} (an untimed pass; everything runs on CPU 0). Each symbol's share of the samples"
              " is converted to ns per delivered packet; the rows are the symbols where "
-             f"**{kp.get('focus')}** differs most from the direct pair."), "",
-             _table(["", *variants], [["total ns/packet (1e9 / rate)",
-                                       *[f"{p['ns_per_packet']:.0f}" for p in profs]]]), "",
-             _table(["symbol", *[f"{v} ns/pkt" for v in variants], f"{kp.get('focus')} − direct"],
-                    [[f"`{r['symbol']}`", *[f"{r.get(v, 0.0):.1f}" for v in variants],
-                      f"{r['extra']:+.1f}"] for r in kp.get("compare", [])]), ""]
-    return lines
+             f"**{kp.get('focus')}** differs most from the direct pair."), "", *kprofile_tables(kp)]
+
+
+def kprofile_tables(kp: dict[str, Any]) -> list[str]:
+    """Total ns/packet per variant, then the symbols where kp's focus differs most from direct
+    (a ``kprofile.run`` result)."""
+    profs = kp.get("profiles", [])
+    variants = [p["variant"] for p in profs]
+    return [_table(["", *variants], [["total ns/packet (1e9 / rate)",
+                                      *[f"{p['ns_per_packet']:.0f}" for p in profs]]]), "",
+            _table(["symbol", *[f"{v} ns/pkt" for v in variants], f"{kp.get('focus')} − direct"],
+                   [[f"`{r['symbol']}`", *[f"{r.get(v, 0.0):.1f}" for v in variants],
+                     f"{r['extra']:+.1f}"] for r in kp.get("compare", [])]), ""]
 
 
 def _scale_md(doc: dict[str, Any]) -> list[str]:

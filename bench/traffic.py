@@ -29,6 +29,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import env
 from .topology import Host, Pair
@@ -105,8 +106,21 @@ def trafgen_config(src: Host, dst: Host, family: int) -> str:
             "}\n")
 
 
+def start_trafgen(pair: Pair, cfg: str, stdout: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """trafgen sending cfg's frame from pair's sender (one process on CPU), until stopped."""
+    # trafgen shares its per-CPU counters through a MAP_SHARED mapping of a file it
+    # creates in its working directory: on a 9p mount (the repository inside
+    # vagrant/run-kernel's VM) that mmap fails ("Cannot setup shared variable!",
+    # exit 1), so it runs in the config's temporary directory.
+    return env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q", "-C"],
+                     ns=pair.sender.ns, cpu=CPU, stdout=stdout, cwd=os.path.dirname(cfg))
+
+
 def packet_rate(pair: Pair, family: int, seconds: float, warmup: float = 0.5) -> float:
-    """Packets per second delivered to the receiver's UDP layer (see module docstring)."""
+    """Packets per second delivered to the receiver's UDP layer (see module docstring).
+    family is 4 or 6 (not socket.AF_INET, which is 2 and used to select IPv6 here)."""
+    if family not in (4, 6):
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
     cfg = os.path.join(env.tmpdir("tg"), f"udp{family}.cfg")
     with open(cfg, "w", encoding="ascii") as f:
         f.write(trafgen_config(pair.sender, pair.receiver, family))
@@ -115,8 +129,7 @@ def packet_rate(pair: Pair, family: int, seconds: float, warmup: float = 0.5) ->
     env.wait_quiet(CPU)  # not while the kernel still tears down namespaces or others run
     out_path = cfg + ".out"
     with open(out_path, "wb") as out:  # trafgen's messages, for the error below
-        gen = env.spawn(["trafgen", "-o", pair.sender.ifname, "-i", cfg, "-P", "1", "--no-sock-mem", "-Q",
-                         "-C"], ns=pair.sender.ns, cpu=CPU, stdout=out)
+        gen = start_trafgen(pair, cfg, stdout=out)
     try:
         time.sleep(warmup)
         if gen.poll() is not None:
