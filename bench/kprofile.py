@@ -25,6 +25,9 @@ from . import env, traffic
 from .topology import Pair
 
 log = logging.getLogger(__name__)
+# vagrant/run-kernel sets this under emulation (TCG): perf's start-up (it reads every
+# process's maps and the kernel's symbols) and its report take minutes there, not seconds.
+SLOW = float(os.environ.get("BPFNET_TEST_SLOWDOWN", "1"))
 _LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+\[([k.])\]\s+(.+?)\s*$")
 
 
@@ -32,8 +35,11 @@ def available() -> str | None:
     """None when perf can sample CPU 0, else why not."""
     if shutil.which("perf") is None:
         return "perf is not installed"
-    r = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-C", "0", "-o", "/dev/null", "--",
-                        "sleep", "0.05"], capture_output=True, text=True, check=False, timeout=30)
+    try:
+        r = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-C", "0", "-o", "/dev/null", "--",
+                            "sleep", "0.05"], capture_output=True, text=True, check=False, timeout=30 * SLOW)
+    except subprocess.TimeoutExpired:
+        return f"perf record of 0.05 s did not finish within {30 * SLOW:.0f} s"
     if r.returncode != 0:
         return f"perf record failed: {r.stderr.strip()[-200:]}"
     return None
@@ -57,14 +63,14 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80,
         time.sleep(0.5)
         c0, t0 = traffic.udp_delivered(pair.receiver.ns, family), time.monotonic()
         env.run(["perf", "record", "-q", "-e", "cpu-clock", "-C", str(traffic.CPU), "-o", data, "--",
-                 "sleep", str(seconds)], timeout=seconds + 60)
+                 "sleep", str(seconds)], timeout=seconds + 60 * SLOW)
         c1, t1 = traffic.udp_delivered(pair.receiver.ns, family), time.monotonic()
     finally:
         env.stop(gen, signal.SIGINT)
     rate = (c1 - c0) / (t1 - t0)
     only = ["--comms", ",".join(comms), "--percentage", "absolute"] if comms else []
     rep = env.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
-                   "--percent-limit", "0.01" if comms else "0.1", *only], timeout=120)
+                   "--percent-limit", "0.01" if comms else "0.1", *only], timeout=120 * SLOW)
     symbols = []
     for line in rep.stdout.splitlines():
         m = _LINE.match(line)

@@ -56,6 +56,8 @@ def packet_rates(rounds: int = 3, seconds: float = 2.0, warmup: float = 0.5,
     base = out["direct"]["best_pps"] or 1
     out["ratio_to_direct_best"] = {v: round(out[v]["best_pps"] / base, 3) for v in rates}
     if profile_seconds > 0:  # where netkit's time goes next to the direct pair (untimed pass)
+        # the rates first, on stderr: a profile that hangs under emulation must not take them along
+        log.warning("packet rates (profiling next): %s", json.dumps(out))
         out["kprofile"] = kprofile.run(pairs, 4, profile_seconds, focus="netkit/redirect")
     return out
 
