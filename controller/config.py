@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import tomllib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +49,11 @@ NO_BRIDGE = "none"  # --bridge none: no default network (dockerd's -b none)
 POOL_MAX_SIZE = 30  # a pool's subnets hold at least two endpoints and a gateway
 ULA_PREFIXLEN = 48  # RFC 4193: fd + a 40-bit global ID
 ULA_SUBNET_PREFIXLEN = 64
+
+
+def random_ula_prefix() -> IPv6Network:
+    """A new ULA /48 (RFC 4193: fd + a random 40-bit global ID)."""
+    return IPv6Network(((0xFD << 40 | secrets.randbits(40)) << (128 - ULA_PREFIXLEN), ULA_PREFIXLEN))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ work through ``Runtime.kernel`` (``bpfnet.kernel``).
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import replace
 from ipaddress import (
     IPv4Interface,
@@ -24,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from .addressing import mac_from_ipv4
 from .config import (
-    ULA_PREFIXLEN,
     ULA_SUBNET_PREFIXLEN,
     AddressPool,
     NetworkConfig,
     bridge_name_for,
     check_name,
+    random_ula_prefix,
 )
 from .datapath.abi import MAX_NETWORKS, MODE_BRIDGE
 from .drivers import Drivers
@@ -242,8 +241,7 @@ class NetworkService:
 
     def ula_prefix(self) -> IPv6Network:
         """This host's ULA /48 (RFC 4193: fd + a random 40-bit global ID), chosen once and kept in the state."""
-        mine = IPv6Network(((0xFD << 40 | secrets.randbits(40)) << (128 - ULA_PREFIXLEN), ULA_PREFIXLEN))
-        return IPv6Network(self.rt.store.claim_meta("ula_prefix", str(mine)))
+        return IPv6Network(self.rt.store.claim_meta("ula_prefix", str(random_ula_prefix())))
 
     def pick_subnet6(self, bridge: str | None = None) -> tuple[IPv6Network, IPv6Network]:
         """(the next free /64 of the host's ULA prefix, that prefix)."""

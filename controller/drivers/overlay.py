@@ -24,7 +24,6 @@ Who does what when:
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -32,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..cluster.model import ClusterEndpoint, ClusterView, pick_vni
 from ..cluster.store import EtcdStore
-from ..config import NetworkConfig
+from ..config import NetworkConfig, random_ula_prefix
 from ..errors import BpfnetError, Conflict, Exhausted, InvalidArgument, StoreUnavailable
 from ..model import RemoteEndpointSpec
 from ..rollback import Rollback
@@ -162,8 +161,7 @@ class OverlayDriver(BridgeDriver):
             data.update(subnet4=str(subnet4), subnet_source=f"cluster pool {OVERLAY_POOL4}")
             log.info("overlay: network %s: picked %s from the cluster pool %s", name, subnet4, OVERLAY_POOL4)
         if data.get("ipv6") and not data.get("subnet6"):
-            mine = IPv6Network(((0xFD << 40 | secrets.randbits(40)) << 80, 48))
-            prefix = IPv6Network(self.cluster.claim_ula_prefix(str(mine)))
+            prefix = IPv6Network(self.cluster.claim_ula_prefix(str(random_ula_prefix())))
             taken6 = [*(n for n in self.networks.taken_subnets(6) if isinstance(n, IPv6Network)),
                       *(IPv6Network(c) for c in cluster if c and ":" in c)]
             subnet6 = _first_free(prefix.subnets(new_prefix=64), taken6)
