@@ -339,7 +339,7 @@ import json, socket, sys
 fam = socket.AF_INET if sys.argv[1] == "4" else socket.AF_INET6
 s = socket.socket(fam, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0" if sys.argv[1] == "4" else "::", int(sys.argv[2])))
-s.settimeout(2.0)
+s.settimeout(float(sys.argv[3]))  # idle limit; the caller scales it for emulated kernels
 print("ready", flush=True)
 got = []
 while True:
@@ -479,6 +479,9 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     d = daemons.start(*V6, datapath="auto")
     a, b = d.add_endpoint("a"), d.add_endpoint("b")
     assert ping(a["netns"], ip4(b))
+    # counted before the first request: under emulation (TCG) a counters() call takes
+    # seconds, so hundreds of requests would pass between the pinger's start and c0
+    c_start = counters(d)[a["name"]]
     pinger = start_pinger(a["netns"], ip4(b))
     try:
         time.sleep(0.8)
@@ -500,7 +503,9 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     # ping stops on SIGINT, possibly with its last request still in flight
     assert sent >= 100 and received >= sent - 1, f"packets lost across restart: {out}"
     c3 = counters(d)[a["name"]]
-    assert c3["tx_fast_packets"] - c0["tx_fast_packets"] >= received - 100, (c0, c3)
+    # every answered request crossed the fast path; the slack is for requests whose
+    # neighbour entry was being re-validated (those go through the kernel)
+    assert c3["tx_fast_packets"] - c_start["tx_fast_packets"] >= received - 20, (c_start, c3)
     assert counters(d)[b["name"]]["rx_fast_packets"] >= received
 
 
