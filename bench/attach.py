@@ -69,7 +69,8 @@ def measure(n: int = 100) -> dict[str, Any]:
             dp = EbpfDatapath(mode="redirect-peer", pin_dir=pins, attach=attach)
             try:
                 dp.start([net], [])
-                adds, removes = [], []
+                adds: list[float] = []
+                removes: list[float] = []
                 for rnd in range(2):  # the first round warms caches; the second is reported
                     adds, removes = [], []
                     for ep in eps:

@@ -48,8 +48,9 @@ ROUNDS = 3
 def _query(name: str, qid: int) -> bytes:
     from bpfnet.dns import wire
 
-    return (wire.HEADER.pack(qid, wire.FLAG_RD, 1, 0, 0, 0) + wire.encode_name(name)
+    query: bytes = (wire.HEADER.pack(qid, wire.FLAG_RD, 1, 0, 0, 0) + wire.encode_name(name)
             + struct.pack("!HH", wire.QTYPE_A, wire.CLASS_IN))
+    return query
 
 
 def probe(server: str, port: int, count: int, names: list[str], pause: float = 0.0) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def _dnsmasq(ns: str, workdir: Path, *args: str) -> subprocess.Popen[bytes]:
 def _wait_answer(ns: str, server: str, port: int, name: str) -> None:
     def ok() -> bool:
         try:
-            return _probe_in(ns, server, port, 1, [name])["failed"] == 0
+            return bool(_probe_in(ns, server, port, 1, [name])["failed"] == 0)
         except RuntimeError:
             return False
     env.wait_until(ok, timeout=20, what=f"{server}:{port} to answer {name}")

@@ -71,7 +71,7 @@ def profile_pair(pair: Pair, family: int, seconds: float, top: int = 80,
     only = ["--comms", ",".join(comms), "--percentage", "absolute"] if comms else []
     rep = env.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
                    "--percent-limit", "0.01" if comms else "0.1", *only], timeout=120 * SLOW)
-    symbols = []
+    symbols: list[dict[str, Any]] = []
     for line in rep.stdout.splitlines():
         m = _LINE.match(line)
         if m:

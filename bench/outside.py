@@ -354,7 +354,7 @@ def markdown(doc: dict[str, Any]) -> list[str]:
         for row in prof["symbols"][:12]:
             lines.append(f"| `{row['symbol']}` | {row.get('docker', 0):.0f} | {row.get('bpfnet', 0):.0f} |")
         lines.append("")
-    notes = doc.get("notes", [])
+    notes: list[str] = doc.get("notes", [])
     return lines + notes + ([""] if notes else [])
 
 

@@ -436,11 +436,7 @@ def _overlay_md() -> list[str]:
     """The cross-host figures of the last ``python -m bench.overlay --write`` (bench/overlay.json)."""
     from . import overlay
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), overlay.OUT_JSON)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return overlay.markdown(json.load(f))
+    return _section(overlay.OUT_JSON, overlay.markdown)
 
 
 def _outside_md() -> list[str]:
@@ -470,25 +466,14 @@ def _kernels_md() -> list[str]:
     """tcx vs cls_bpf (bench/attach.json) and netkit vs veth (bench/netkit_vm.json, from the VM)."""
     from . import attach, netkit
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    out: list[str] = []
-    for mod, name in ((attach, attach.OUT_JSON), (netkit, netkit.OUT_JSON)):
-        path = os.path.join(here, name)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                out += mod.markdown(json.load(f))
-    return out
+    return _section(attach.OUT_JSON, attach.markdown) + _section(netkit.OUT_JSON, netkit.markdown)
 
 
 def _underlay_md() -> list[str]:
     """The cross-host figures of the last ``python -m bench.underlay --write`` (bench/underlay.json)."""
     from . import underlay
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), underlay.OUT_JSON)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return underlay.markdown(json.load(f))
+    return _section(underlay.OUT_JSON, underlay.markdown)
 
 
 def _relative_rates(med: dict[str, dict[str, float]]) -> str:
