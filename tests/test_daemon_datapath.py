@@ -512,8 +512,9 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
 @pytest.mark.skipif("not tcx_here()", reason="this kernel has no tcx (Linux 6.6+)")
 def test_upgrade_from_tc_filters_to_tcx_under_traffic(daemons: DaemonFactory) -> None:
     """A daemon forced to clsact + cls_bpf (as on a kernel without tcx), restarted
-    with auto: the programs move to tcx links without losing a packet."""
-    d = daemons.start(*V6, "--datapath-attach", "tc", datapath="auto")
+    with auto: the programs move to tcx links without losing a packet. veth endpoints:
+    a netkit endpoint's ep_ingress is a netkit link whatever the attach mode."""
+    d = daemons.start(*V6, "--datapath-attach", "tc", "--endpoint-device", "veth", datapath="auto")
     a, b = d.add_endpoint("a"), d.add_endpoint("b")
     assert d.cli_json("info")["datapath"]["attach"] == "tc"
     assert "bpfnet:ep_ingress" in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
