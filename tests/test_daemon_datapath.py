@@ -519,7 +519,7 @@ def test_upgrade_from_tc_filters_to_tcx_under_traffic(daemons: DaemonFactory) ->
     assert d.cli_json("info")["datapath"]["attach"] == "tc"
     assert "bpfnet:ep_ingress" in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
     assert "tcx" not in tc_filters(d.netns, a["host_ifname"], "ingress").stdout
-    check_fast_path(d, a, b, auto_mode())
+    check_fast_path(d, a, b, "redirect-peer")  # veth on a tcx kernel
     pinger = start_pinger(a["netns"], ip4(b))
     try:
         time.sleep(0.5)
@@ -541,7 +541,7 @@ def test_upgrade_from_tc_filters_to_tcx_under_traffic(daemons: DaemonFactory) ->
         assert "bpfnet:ep_egress" in hook and "tcx bpf" not in hook, hook
     bridge = d.network()["bridge"]
     assert "clsact" not in run("tc", "-n", d.netns, "qdisc", "show", "dev", bridge, check=False).stdout
-    check_fast_path(d, a, b, auto_mode())
+    check_fast_path(d, a, b, "redirect-peer")  # veth on a tcx kernel
 
 
 # The pins of the layout before endpoint ids (bpf/maps.h of that version) that this one no
