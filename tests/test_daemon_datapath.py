@@ -52,9 +52,11 @@ def auto_mode() -> str:
     return "redirect" if netkit_here() else "redirect-peer"
 
 
-def ingress_hook() -> str:
-    """Where ep_ingress sits on the host end: tc ingress of a veth, netkit's peer hook."""
-    return "netkit-peer" if netkit_here() else "ingress"
+def ingress_hook(info: dict[str, Any]) -> str:
+    """Where ep_ingress sits on the host end, from a daemon's `info`: tc ingress of a veth,
+    netkit's peer hook. The daemon's devices, not the kernel's default: a test may ask for
+    veth on a netkit kernel."""
+    return "netkit-peer" if info["datapath"]["endpoint_device"] == "netkit" else "ingress"
 
 
 def ip4(ep: dict[str, Any]) -> str:
@@ -155,8 +157,7 @@ def check_fast_path(d: DaemonProcess, a: dict[str, Any], b: dict[str, Any], mode
     info = d.cli_json("info")
     assert info["datapath"]["mode"] == mode
     attach = {p["attach"]: p["name"] for p in info["datapath"]["programs"]}
-    # this daemon's devices, not the kernel's default: a test may ask for veth on a netkit kernel
-    hook = "netkit-peer" if info["datapath"]["endpoint_device"] == "netkit" else "ingress"
+    hook = ingress_hook(info)
     for ep in (a, b):
         assert attach.get(f"{ep['host_ifname']}/{hook}") == "ep_ingress", attach
         assert attach.get(f"{ep['host_ifname']}/egress") == "ep_egress", attach
@@ -505,8 +506,8 @@ def test_restart_and_kill_under_traffic_lose_nothing(daemons: DaemonFactory) -> 
     # ping stops on SIGINT, possibly with its last request still in flight
     assert sent >= 100 and received >= sent - 1, f"packets lost across restart: {out}"
     c3 = counters(d)[a["name"]]
-    # every answered request crossed the fast path; the slack is for requests whose
-    # neighbour entry was being re-validated (those go through the kernel)
+    # every answered request should have crossed the fast path; 20 is a margin for any the
+    # programs hand to the kernel (tx_kernel_packets), not a measured figure
     assert c3["tx_fast_packets"] - c_start["tx_fast_packets"] >= received - 20, (c_start, c3)
     assert counters(d)[b["name"]]["rx_fast_packets"] >= received
 
@@ -653,9 +654,10 @@ def test_endpoint_rm_and_cleanup_remove_filters_map_entries_pins(daemons: Daemon
     assert b["host_ifindex"] in ifx and b4 in v4 and b6 <= v6, "b's map entries went too"
     assert a["host_ifname"] not in d.links()
     assert a["name"] not in counters(d) and b["name"] in counters(d)
-    progs = {p["attach"] for p in d.cli_json("info")["datapath"]["programs"]}
+    info = d.cli_json("info")
+    progs = {p["attach"] for p in info["datapath"]["programs"]}
     assert not any(p.startswith(a["host_ifname"] + "/") for p in progs), progs
-    assert f"{b['host_ifname']}/{ingress_hook()}" in progs
+    assert f"{b['host_ifname']}/{ingress_hook(info)}" in progs
 
     d.stop()
     assert "ep_ingress" in tc_filters(d.netns, b["host_ifname"], "ingress").stdout  # stop leaves them
