@@ -30,7 +30,7 @@ import pytest
 import schemathesis
 from bpfnet.config import NAME_RE
 from bpfnet.schemas import openapi
-from helpers import DaemonFactory, DaemonProcess, netns_list
+from helpers import DaemonFactory, DaemonProcess, netns_list, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -181,10 +181,13 @@ def leftovers(d: DaemonProcess) -> list[str]:
     nets = d.client.get("/v1/networks")
     eps = d.client.get("/v1/endpoints")
     problems = []
-    want_ns = {d.netns} | {e["netns"] for e in eps}
+    # A handoff endpoint has no namespace until its runtime moves the peer: the peer waits,
+    # named ifname, beside its host end in the managed namespace.
+    waiting = {e["ifname"] for e in eps if e["handoff"] and not e["netns"]}
+    want_ns = {d.netns} | {e["netns"] for e in eps if e["netns"]}
     if d.owned_netns() != want_ns:
         problems.append(f"namespaces {sorted(d.owned_netns() ^ want_ns)} differ from the daemon's state")
-    want_links = {"lo"} | {n["bridge"] for n in nets} | {e["host_ifname"] for e in eps}
+    want_links = {"lo"} | {n["bridge"] for n in nets} | {e["host_ifname"] for e in eps} | waiting
     if d.links() != want_links:
         problems.append(f"links {sorted(d.links() ^ want_links)} differ from the daemon's state")
     return problems
@@ -277,3 +280,17 @@ def test_hostile_bodies_live(daemons: DaemonFactory) -> None:
     if (d.links(), d.owned_netns()) != before:
         wrong.append(f"made: {sorted((d.links() - before[0]) | (d.owned_netns() - before[1]))}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_state_checks_count_a_waiting_handoff_peer(daemons: DaemonFactory) -> None:
+    """The fuzzer's own state checks: a handoff endpoint (no namespace, its peer waiting in the
+    managed namespace) is state the daemon accounts for; a stray link is not."""
+    d = daemons.start("--bip", "172.29.0.1/16")
+    d.client.post("/v1/endpoints", {"name": d.name("plain")})
+    waiting = d.client.post("/v1/endpoints", {"name": d.name("hand"), "handoff": True})
+    assert waiting["netns"] == "" and waiting["ifname"] in d.links()
+    assert leftovers(d) == []
+    run("ip", "-n", d.netns, "link", "add", "stray0", "type", "veth", "peer", "name", "stray1")
+    assert leftovers(d) == ["links ['stray0', 'stray1'] differ from the daemon's state"]
+    run("ip", "-n", d.netns, "link", "del", "stray0")
+    assert remove_everything(d) == []
