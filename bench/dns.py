@@ -49,7 +49,7 @@ def _query(name: str, qid: int) -> bytes:
     from bpfnet.dns import wire
 
     query: bytes = (wire.HEADER.pack(qid, wire.FLAG_RD, 1, 0, 0, 0) + wire.encode_name(name)
-            + struct.pack("!HH", wire.QTYPE_A, wire.CLASS_IN))
+                    + struct.pack("!HH", wire.QTYPE_A, wire.CLASS_IN))
     return query
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -453,13 +454,13 @@ def _dns_md() -> list[str]:
     return _section(dns.OUT_JSON, dns.markdown)
 
 
-def _section(name: str, render: Any) -> list[str]:
+def _section(name: str, render: Callable[[dict[str, Any]], list[str]]) -> list[str]:
     """A section rendered from a JSON file beside this module, written by a separate benchmark."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return list(render(json.load(f)))
+        return render(json.load(f))
 
 
 def _kernels_md() -> list[str]:
